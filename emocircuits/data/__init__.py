@@ -1,0 +1,534 @@
+"""Datasets as :class:`Example` sequences: built-ins, loaders for the papers' published formats, splits.
+
+Data spec strings (``load_data(spec)`` and every CLI ``--data``):
+
+==========================  =========================================================================
+``builtin:dialogues``       3,060 synthetic two-speaker dialogues, Ekman's six (``data/dialogues.md``)
+``builtin:sev``             160 scenario-event skeletons x 3 valences (``data/sev.md``)
+``builtin:appraisal_events`` 360 event descriptions with appraisal ratings (``data/appraisal_events.md``)
+``emoprism:PATH``           Lee et al.'s dialogue corpus: JSONL or ``.json.gz`` (topic, dialogue, label)
+``sev:PATH``                SEV skeleton JSONL (scenario + events per valence)
+``envent:PATH``             crowd-enVENT CSV (cp1252; emotion, generated_text, hidden_emo_text, ratings)
+``jsonl:PATH``/``csv:PATH`` generic files with ``text`` and ``label`` (other fields -> ``meta``)
+==========================  =========================================================================
+
+Splits: files with a ``split`` field (the built-ins) use it; others are split 95/5 stratified by label
+with the fixed seed :data:`SPLIT_SEED` (SEV: by skeleton, 50/50), independent of ``seed``, so a
+``test`` split never changes between runs. ``seed`` only drives ``limit_per_label`` sampling.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import random
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, overload
+
+import pandas as pd
+
+from emocircuits.errors import EmocircuitsError
+
+EKMAN6: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
+VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")
+SPLIT_SEED = 20250
+TEST_SHARE = 0.05
+APPRAISAL_COLUMNS: tuple[str, ...] = (
+    "suddenness", "familiarity", "predict_event", "pleasantness", "unpleasantness", "goal_relevance",
+    "self_responsblt", "other_responsblt", "chance_responsblt", "self_control", "other_control",
+    "chance_control", "goal_support", "urgency", "accept_conseq", "standards", "social_norms",
+    "attention", "not_consider", "effort",
+)
+# Label spellings mapped onto the scheme (only when the raw label is not itself in the scheme).
+LABEL_ALIASES: dict[str, str] = {"joy": "happiness", "happy": "happiness", "sad": "sadness", "angry": "anger"}
+ENVENT_TEXT_FIELDS = ("generated_text", "hidden_emo_text")
+
+__all__ = [
+    "APPRAISAL_COLUMNS", "EKMAN6", "VALENCES", "Dataset", "Example", "data_dir", "load_data",
+    "stratified_split", "known_specs",
+]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled text. ``group``: topic (dialogues) or skeleton id (SEV); ``meta``: everything else."""
+
+    id: str
+    text: str
+    label: str
+    group: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Dataset(Sequence[Example]):
+    """An immutable, ordered list of :class:`Example` with its label scheme.
+
+    ``info`` records loading facts (source path, rows dropped per reason) for manifests.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        labels: Sequence[str],
+        examples: Sequence[Example],
+        split_name: str | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.labels: tuple[str, ...] = tuple(labels)
+        self.examples: tuple[Example, ...] = tuple(examples)
+        self.split_name = split_name
+        self.info: dict[str, Any] = dict(info or {})
+
+    @overload
+    def __getitem__(self, i: int) -> Example: ...
+    @overload
+    def __getitem__(self, i: slice) -> Dataset: ...
+    def __getitem__(self, i: int | slice) -> Example | Dataset:
+        if isinstance(i, slice):
+            return self._derive(self.examples[i])
+        return self.examples[i]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.examples)
+
+    def __repr__(self) -> str:
+        counts = {k: len(v) for k, v in self.by_label().items()}
+        return f"Dataset({self.name!r}, split={self.split_name!r}, n={len(self)}, per_label={counts})"
+
+    def _derive(self, examples: Sequence[Example]) -> Dataset:
+        return Dataset(self.name, self.labels, examples, self.split_name, self.info)
+
+    def by_label(self) -> dict[str, list[Example]]:
+        """Examples grouped by label, in scheme order (labels without examples map to ``[]``)."""
+        out: dict[str, list[Example]] = {lab: [] for lab in self.labels}
+        for ex in self.examples:
+            out.setdefault(ex.label, []).append(ex)
+        return out
+
+    def limit_per_label(self, n: int, seed: int = 0) -> Dataset:
+        """At most ``n`` examples per label, sampled with ``seed``; original order kept (deterministic)."""
+        if n < 1:
+            raise EmocircuitsError(f"limit_per_label must be a positive integer, got {n}; pass 1 or more.")
+        keep: set[int] = set()
+        idx_by_label: dict[str, list[int]] = {}
+        for i, ex in enumerate(self.examples):
+            idx_by_label.setdefault(ex.label, []).append(i)
+        for lab, idx in idx_by_label.items():
+            if len(idx) > n:
+                idx = random.Random(f"{seed}:{lab}").sample(idx, n)
+            keep.update(idx)
+        return self._derive([ex for i, ex in enumerate(self.examples) if i in keep])
+
+    def filter(self, predicate: Callable[[Example], bool]) -> Dataset:
+        """The examples for which ``predicate`` is true, same scheme."""
+        return self._derive([ex for ex in self.examples if predicate(ex)])
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per example: ``id, text, label, group`` plus one column per scalar meta key."""
+        rows = []
+        for ex in self.examples:
+            row: dict[str, Any] = {"id": ex.id, "text": ex.text, "label": ex.label, "group": ex.group}
+            for k, v in ex.meta.items():
+                if k not in row:
+                    row[k] = v if isinstance(v, str | int | float | bool) or v is None else json.dumps(v)
+            rows.append(row)
+        return pd.DataFrame(rows, columns=None if rows else ["id", "text", "label", "group"])
+
+
+def data_dir() -> Path:
+    """Folder of the built-in data files: ``$EMOCIRCUITS_DATA_DIR`` or ``<repo>/data``."""
+    env = os.environ.get("EMOCIRCUITS_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+
+
+def stratified_split(labels: Sequence[str], test_share: float = TEST_SHARE, seed: int = SPLIT_SEED) -> list[str]:
+    """``"train"``/``"test"`` per item; per label a seeded shuffle sends round(share·n) (≥1) to test."""
+    out = ["train"] * len(labels)
+    by_label: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_label.setdefault(lab, []).append(i)
+    for lab in sorted(by_label):
+        idx = list(by_label[lab])
+        random.Random(f"{seed}:{lab}").shuffle(idx)
+        for i in idx[: max(1, round(test_share * len(idx)))]:
+            out[i] = "test"
+    return out
+
+
+# ------------------------------------------------------------------------------------------ parsing
+@dataclass
+class _Row:
+    """A raw record with where it came from (for error messages)."""
+
+    fields: dict[str, Any]
+    where: str  # "file.jsonl, line 7"
+
+
+def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding)  # type: ignore[return-value]
+    return open(path, encoding=encoding, newline="")  # noqa: SIM115
+
+
+def _check_file(path: Path) -> Path:
+    if not path.is_file():
+        raise EmocircuitsError(f"Data file {path} does not exist; check the path in the data spec.")
+    return path
+
+
+def _read_json_records(path: Path) -> list[_Row]:
+    """JSON lines, or (``.json``/``.json.gz``) a JSON array / JSON lines; one object per record."""
+    _check_file(path)
+    try:
+        with _open_text(path) as fh:
+            text = fh.read()
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise EmocircuitsError(f"{path} could not be read as UTF-8 JSON ({e}); check the file is not corrupt.") from e
+    if text.lstrip().startswith("["):
+        try:
+            arr = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise EmocircuitsError(f"{path}, line {e.lineno}: invalid JSON ({e.msg}); fix that line.") from e
+        rows = []
+        for i, obj in enumerate(arr):
+            if not isinstance(obj, dict):
+                raise EmocircuitsError(f"{path}, record {i + 1}: expected a JSON object, got {type(obj).__name__}.")
+            rows.append(_Row(obj, f"{path}, record {i + 1}"))
+        return rows
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EmocircuitsError(f"{path}, line {lineno}: invalid JSON ({e.msg}); fix or remove that line.") from e
+        if not isinstance(obj, dict):
+            raise EmocircuitsError(
+                f"{path}, line {lineno}: expected a JSON object per line, got {type(obj).__name__}; fix that line."
+            )
+        rows.append(_Row(obj, f"{path}, line {lineno}"))
+    return rows
+
+
+def _read_csv_records(path: Path, encoding: str) -> list[_Row]:
+    _check_file(path)
+    try:
+        with _open_text(path, encoding=encoding) as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                return []
+            header = [h.strip() for h in header]
+            rows = []
+            for rec in reader:
+                lineno = reader.line_num
+                if not rec or all(not c.strip() for c in rec):
+                    continue
+                if len(rec) != len(header):
+                    raise EmocircuitsError(
+                        f"{path}, line {lineno}: {len(rec)} fields but the header has {len(header)}; "
+                        "fix the quoting or the number of columns on that line."
+                    )
+                rows.append(_Row(dict(zip(header, rec, strict=True)), f"{path}, line {lineno}"))
+            return rows
+    except UnicodeDecodeError as e:
+        raise EmocircuitsError(f"{path} is not valid {encoding} ({e.reason} at byte {e.start}); re-save it as {encoding}.") from e
+    except csv.Error as e:
+        raise EmocircuitsError(f"{path}: malformed CSV ({e}); fix the quoting in that file.") from e
+
+
+def _require(row: _Row, *names: str) -> None:
+    missing = [n for n in names if n not in row.fields or row.fields[n] in (None, "")]
+    if missing:
+        have = ", ".join(sorted(row.fields)) or "none"
+        raise EmocircuitsError(
+            f"{row.where}: missing field(s) {', '.join(missing)} (fields present: {have}); add them or fix the file."
+        )
+
+
+class _LabelMapper:
+    """Maps raw labels onto the scheme; unknown ones raise, or are dropped and counted."""
+
+    def __init__(self, scheme: Sequence[str], drop_unknown: bool) -> None:
+        self.scheme = tuple(scheme)
+        self.drop_unknown = drop_unknown
+        self.dropped: dict[str, int] = {}
+
+    def __call__(self, raw: Any, row: _Row) -> str | None:
+        lab = str(raw).strip().lower()
+        if lab not in self.scheme and LABEL_ALIASES.get(lab) in self.scheme:
+            lab = LABEL_ALIASES[lab]
+        if lab in self.scheme:
+            return lab
+        if self.drop_unknown:
+            self.dropped[lab] = self.dropped.get(lab, 0) + 1
+            return None
+        raise EmocircuitsError(
+            f"{row.where}: unknown label {raw!r}; allowed labels are {', '.join(self.scheme)} "
+            "(pass labels=... to change the scheme or drop_unknown=True to skip such rows)."
+        )
+
+
+def _dialogue_text(value: Any, row: _Row) -> str:
+    """A dialogue field as text: a string, or a list of turns (strings or {speaker, text} objects)."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):
+        turns = []
+        for i, t in enumerate(value):
+            if isinstance(t, str):
+                turns.append(t.strip())
+            elif isinstance(t, dict) and "text" in t:
+                spk = t.get("speaker") or ("A" if i % 2 == 0 else "B")
+                turns.append(f"{spk}: {str(t['text']).strip()}")
+            else:
+                raise EmocircuitsError(f"{row.where}: turn {i + 1} of 'dialogue' is neither text nor {{speaker, text}}.")
+        return "\n".join(turns)
+    raise EmocircuitsError(f"{row.where}: field 'dialogue' must be a string or a list of turns.")
+
+
+# ------------------------------------------------------------------------------------------ loaders
+def _load_dialogue_records(
+    rows: list[_Row], mapper: _LabelMapper, *, id_prefix: str, text_field: str
+) -> list[tuple[Example, str | None]]:
+    out = []
+    for n, row in enumerate(rows):
+        _require(row, text_field, "label")
+        lab = mapper(row.fields["label"], row)
+        if lab is None:
+            continue
+        f = row.fields
+        meta = {k: v for k, v in f.items() if k not in (text_field, "label", "id", "split")}
+        out.append(
+            (
+                Example(
+                    id=str(f.get("id", f"{id_prefix}-{n:06d}")),
+                    text=_dialogue_text(f[text_field], row),
+                    label=lab,
+                    group=str(f["topic"]) if f.get("topic") not in (None, "") else None,
+                    meta=meta,
+                ),
+                f.get("split"),
+            )
+        )
+    return out
+
+
+def _load_generic(
+    rows: list[_Row], mapper: _LabelMapper, *, id_prefix: str, text_field: str
+) -> list[tuple[Example, str | None]]:
+    out = []
+    for n, row in enumerate(rows):
+        _require(row, text_field, "label")
+        lab = mapper(row.fields["label"], row)
+        if lab is None:
+            continue
+        f = row.fields
+        meta = {k: v for k, v in f.items() if k not in (text_field, "label", "id", "split", "group")}
+        grp = f.get("group")
+        out.append(
+            (
+                Example(str(f.get("id") or f"{id_prefix}-{n:06d}"), str(f[text_field]).strip(), lab,
+                        str(grp) if grp not in (None, "") else None, meta),
+                f.get("split"),
+            )
+        )
+    return out
+
+
+def _load_envent(
+    rows: list[_Row], mapper: _LabelMapper, *, id_prefix: str, text_field: str
+) -> list[tuple[Example, str | None]]:
+    out = []
+    for n, row in enumerate(rows):
+        _require(row, text_field, "emotion")
+        lab = mapper(row.fields["emotion"], row)
+        if lab is None:
+            continue
+        meta: dict[str, Any] = {}
+        for k, v in row.fields.items():
+            if k in ("split",):
+                continue
+            if k in APPRAISAL_COLUMNS and v not in (None, ""):
+                try:
+                    meta[k] = float(v)
+                except ValueError as e:
+                    raise EmocircuitsError(
+                        f"{row.where}: appraisal column {k!r} has non-numeric value {v!r}; ratings must be numbers."
+                    ) from e
+            elif k != text_field:
+                meta[k] = v
+        ident = row.fields.get("text_id") or row.fields.get("id") or f"{id_prefix}-{n:06d}"
+        out.append((Example(str(ident), str(row.fields[text_field]).strip(), lab, None, meta), row.fields.get("split")))
+    return out
+
+
+def _load_sev(rows: list[_Row], labels: Sequence[str], drop_unknown: bool) -> list[tuple[Example, str | None]]:
+    out = []
+    for n, row in enumerate(rows):
+        _require(row, "scenario", "events")
+        f = row.fields
+        events = f["events"]
+        if not isinstance(events, dict):
+            raise EmocircuitsError(f"{row.where}: 'events' must be an object mapping valence to event text.")
+        unknown = [v for v in events if v not in labels]
+        if unknown and not drop_unknown:
+            raise EmocircuitsError(
+                f"{row.where}: unknown valence(s) {', '.join(map(repr, unknown))}; allowed labels are "
+                f"{', '.join(labels)} (pass drop_unknown=True to skip them)."
+            )
+        skel = str(f.get("id") or f"sev-{n:04d}")
+        for valence in labels:
+            if valence not in events:
+                continue
+            meta = {
+                "theme": f.get("theme"),
+                "scenario": f["scenario"],
+                "events": dict(events),
+                "valence": valence,
+                "event": events[valence],
+            }
+            text = f"{str(f['scenario']).strip()} {str(events[valence]).strip()}"
+            out.append((Example(f"{skel}:{valence}", text, valence, skel, meta), f.get("split")))
+    return out
+
+
+_PREFIXES = ("builtin", "emoprism", "sev", "envent", "jsonl", "csv")
+_BUILTINS = {
+    "dialogues": ("emoprism", "dialogues.jsonl"),
+    "sev": ("sev", "sev.jsonl"),
+    "appraisal_events": ("envent", "appraisal_events.csv"),
+}
+
+
+def known_specs() -> list[str]:
+    """The data spec forms, for help texts and error messages."""
+    return [f"builtin:{b}" for b in _BUILTINS] + [f"{p}:PATH" for p in _PREFIXES[1:]]
+
+
+def _assign_splits(
+    pairs: list[tuple[Example, str | None]], *, by_group: bool, where: str
+) -> list[tuple[Example, str]]:
+    given = [s for _, s in pairs]
+    if all(s is not None for s in given):
+        bad = {s for s in given if s not in ("train", "test")}
+        if bad:
+            raise EmocircuitsError(f"{where}: split values must be 'train' or 'test', found {sorted(bad)}.")
+        return [(ex, str(s)) for ex, s in pairs]
+    if by_group:  # SEV: half of the skeletons (per theme) to test
+        groups = sorted({ex.group or "" for ex, _ in pairs})
+        themes = {}
+        for ex, _ in pairs:
+            themes[ex.group or ""] = str(ex.meta.get("theme") or "")
+        gsplit = dict(zip(groups, stratified_split([themes[g] for g in groups], 0.5, SPLIT_SEED), strict=True))
+        return [(ex, gsplit[ex.group or ""]) for ex, _ in pairs]
+    splits = stratified_split([ex.label for ex, _ in pairs], TEST_SHARE, SPLIT_SEED)
+    return [(ex, s) for (ex, _), s in zip(pairs, splits, strict=True)]
+
+
+def load_data(
+    spec: str,
+    *,
+    split: str | None = None,
+    labels: Sequence[str] | None = None,
+    limit_per_label: int | None = None,
+    seed: int = 0,
+    drop_unknown: bool = False,
+    text_field: str | None = None,
+) -> Dataset:
+    """Load a dataset from a data spec string (see the module docstring for the forms).
+
+    Args:
+        spec: ``builtin:NAME`` or ``KIND:PATH``.
+        split: ``"train"``, ``"test"`` or ``None`` (all examples).
+        labels: the label scheme; Ekman's six by default (SEV: positive, neutral, negative).
+        limit_per_label: keep at most this many examples per label (seeded, stratified).
+        seed: seed of the ``limit_per_label`` sampling (splits use the fixed :data:`SPLIT_SEED`).
+        drop_unknown: skip rows whose label is outside the scheme (counted in ``Dataset.info``) instead
+            of raising. crowd-enVENT rows outside the scheme are always dropped and counted.
+        text_field: the field holding the text (``text`` for generic files, ``dialogue`` for emoprism,
+            ``generated_text`` or ``hidden_emo_text`` for crowd-enVENT).
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise EmocircuitsError(f"Data spec {spec!r} has no 'kind:' prefix; use one of {', '.join(known_specs())}.")
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in _PREFIXES:
+        raise EmocircuitsError(f"Unknown data kind {kind!r} in {spec!r}; use one of {', '.join(known_specs())}.")
+    if split not in (None, "train", "test"):
+        raise EmocircuitsError(f"Unknown split {split!r}; use 'train', 'test' or None for all examples.")
+    name = spec
+    if kind == "builtin":
+        if arg not in _BUILTINS:
+            raise EmocircuitsError(f"Unknown built-in dataset {arg!r}; known: {', '.join(_BUILTINS)}.")
+        kind, fname = _BUILTINS[arg]
+        path = data_dir() / fname
+        if not path.is_file():
+            raise EmocircuitsError(
+                f"Built-in data file {path} is missing; run `python scripts/make_data.py` or set EMOCIRCUITS_DATA_DIR."
+            )
+    else:
+        path = Path(arg).expanduser()
+    scheme = tuple(labels) if labels is not None else (VALENCES if kind == "sev" else EKMAN6)
+    if not scheme or len(set(scheme)) != len(scheme):
+        raise EmocircuitsError(f"Label scheme {list(scheme)} must be a non-empty list of distinct labels.")
+    scheme = tuple(str(s).strip().lower() for s in scheme)
+    mapper = _LabelMapper(scheme, drop_unknown or kind == "envent")
+    info: dict[str, Any] = {"path": str(path), "kind": kind}
+
+    if kind == "sev":
+        pairs = _load_sev(_read_json_records(path), scheme, drop_unknown)
+        splits = _assign_splits(pairs, by_group=True, where=str(path))
+    else:
+        if kind == "envent":
+            tf = text_field or "generated_text"
+            rows = _read_csv_records(path, "cp1252")
+            if rows and tf not in rows[0].fields:
+                raise EmocircuitsError(
+                    f"{path}: text column {tf!r} not found; crowd-enVENT text columns are {', '.join(ENVENT_TEXT_FIELDS)}."
+                )
+            pairs = _load_envent(rows, mapper, id_prefix="envent", text_field=tf)
+        elif kind == "emoprism":
+            pairs = _load_dialogue_records(
+                _read_json_records(path), mapper, id_prefix="emoprism", text_field=text_field or "dialogue"
+            )
+        elif kind == "jsonl":
+            pairs = _load_generic(_read_json_records(path), mapper, id_prefix="jsonl", text_field=text_field or "text")
+        else:  # csv
+            pairs = _load_generic(
+                _read_csv_records(path, "utf-8-sig"), mapper, id_prefix="csv", text_field=text_field or "text"
+            )
+        splits = _assign_splits(pairs, by_group=False, where=str(path))
+    if mapper.dropped:
+        info["dropped"] = dict(sorted(mapper.dropped.items()))
+        n_drop = sum(mapper.dropped.values())
+        warnings.warn(
+            f"{path}: dropped {n_drop} row(s) with labels outside the scheme: {info['dropped']}.", stacklevel=2
+        )
+    if not splits:
+        raise EmocircuitsError(
+            f"{path} yielded no examples for labels {', '.join(scheme)}; check the file and the label scheme."
+        )
+    seen: set[str] = set()
+    for ex, _ in splits:
+        if ex.id in seen:
+            raise EmocircuitsError(f"{path}: duplicate example id {ex.id!r}; ids must be unique.")
+        seen.add(ex.id)
+    chosen = [ex for ex, s in splits if split is None or s == split]
+    if not chosen:
+        raise EmocircuitsError(f"{path} has no examples in split {split!r}; use split=None for all examples.")
+    ds = Dataset(name, scheme, chosen, split, info)
+    if limit_per_label is not None:
+        ds = ds.limit_per_label(limit_per_label, seed=seed)
+    return ds

@@ -1,0 +1,157 @@
+"""The one table from abstract sites to TransformerLens hook names and shapes.
+
+No other module spells a hook name. A *site* names what an analysis reads or writes; ``hook_name``
+turns (site, layer) into the bridge's hook for the loaded architecture, and ``read_value`` applies
+the site's reading (e.g. ``neuron.silu_only`` = act(gate) computed from the gate pre-activation).
+
+==================  ==========================  ==========================  ==========================
+site                hook (gated MLP, e.g. Llama) hook (plain MLP, e.g. GPT-2) shape
+==================  ==========================  ==========================  ==========================
+neuron.gated        blocks.L.mlp.hook_post      blocks.L.mlp.hook_post      [batch, pos, d_mlp]
+neuron.silu_only    act(blocks.L.mlp.hook_pre)  blocks.L.mlp.hook_post      [batch, pos, d_mlp]
+neuron.pre          blocks.L.mlp.hook_pre       blocks.L.mlp.hook_pre       [batch, pos, d_mlp]
+head.z              blocks.L.attn.hook_z        blocks.L.attn.hook_z        [batch, pos, n_heads, d_head]
+attn.pattern        blocks.L.attn.hook_pattern  blocks.L.attn.hook_pattern  [batch, n_heads, q_pos, k_pos]
+attn.out            blocks.L.hook_attn_out      blocks.L.hook_attn_out      [batch, pos, d_model]
+mlp.out             blocks.L.hook_mlp_out       blocks.L.hook_mlp_out       [batch, pos, d_model]
+resid.pre           blocks.L.hook_resid_pre     blocks.L.hook_resid_pre     [batch, pos, d_model]
+resid.mid           blocks.L.hook_resid_mid     blocks.L.hook_resid_mid     [batch, pos, d_model]
+resid.post          blocks.L.hook_resid_post    blocks.L.hook_resid_post    [batch, pos, d_model]
+==================  ==========================  ==========================  ==========================
+
+``neuron.gated`` is the input of the down projection, so writing it writes exactly one column of
+that input per neuron; ``head.z`` is the per-head input of the output projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from emocircuits.errors import EmocircuitsError
+from emocircuits.models import ModelSpec, spec_of
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """How one abstract site maps onto a hook: template, symbolic shape, and a reading transform."""
+
+    name: str
+    gated_hook: str
+    plain_hook: str
+    shape: tuple[str, ...]
+    reads_activation: bool = False  # True: value = act_fn(hook value) on gated MLPs
+    writable: bool = True
+    doc: str = ""
+
+    def hook(self, spec: ModelSpec) -> str:
+        return self.gated_hook if spec.gated_mlp else self.plain_hook
+
+
+_D = ("batch", "pos", "d_model")
+SITES: dict[str, SiteInfo] = {
+    s.name: s
+    for s in [
+        SiteInfo("neuron.gated", "blocks.{L}.mlp.hook_post", "blocks.{L}.mlp.hook_post", ("batch", "pos", "d_mlp"),
+                 doc="MLP neuron value: act(gate)*up on gated MLPs, act(pre) otherwise (down-projection input)"),
+        SiteInfo("neuron.silu_only", "blocks.{L}.mlp.hook_pre", "blocks.{L}.mlp.hook_post", ("batch", "pos", "d_mlp"),
+                 reads_activation=True, writable=False, doc="act(gate) only (what LAPE counts)"),
+        SiteInfo("neuron.pre", "blocks.{L}.mlp.hook_pre", "blocks.{L}.mlp.hook_pre", ("batch", "pos", "d_mlp"),
+                 doc="gate pre-activation (plain MLPs: the pre-activation)"),
+        SiteInfo("head.z", "blocks.{L}.attn.hook_z", "blocks.{L}.attn.hook_z", ("batch", "pos", "n_heads", "d_head"),
+                 doc="per-query-head attention output before the output projection"),
+        SiteInfo("attn.pattern", "blocks.{L}.attn.hook_pattern", "blocks.{L}.attn.hook_pattern",
+                 ("batch", "n_heads", "q_pos", "k_pos"), writable=False, doc="attention probabilities"),
+        SiteInfo("attn.out", "blocks.{L}.hook_attn_out", "blocks.{L}.hook_attn_out", _D, doc="attention sublayer output"),
+        SiteInfo("mlp.out", "blocks.{L}.hook_mlp_out", "blocks.{L}.hook_mlp_out", _D, doc="MLP sublayer output"),
+        SiteInfo("resid.pre", "blocks.{L}.hook_resid_pre", "blocks.{L}.hook_resid_pre", _D, doc="residual before block"),
+        SiteInfo("resid.mid", "blocks.{L}.hook_resid_mid", "blocks.{L}.hook_resid_mid", _D, doc="residual after attention"),
+        SiteInfo("resid.post", "blocks.{L}.hook_resid_post", "blocks.{L}.hook_resid_post", _D, doc="residual after block"),
+    ]
+}
+
+# The neuron readings of the emotion-neurons method, by their short names.
+READINGS = {"gated": "neuron.gated", "silu_only": "neuron.silu_only", "pre": "neuron.pre"}
+
+
+def site_info(site: str) -> SiteInfo:
+    """The table row of a site name (also accepts the short neuron readings: gated, silu_only, pre)."""
+    site = READINGS.get(site, site)
+    if site not in SITES:
+        raise EmocircuitsError(f"Unknown site {site!r}; known sites are {sorted(SITES)} (or readings {sorted(READINGS)}).")
+    return SITES[site]
+
+
+def check_layer(model: Any, layer: int) -> int:
+    n = spec_of(model).n_layers
+    if not isinstance(layer, int) or not 0 <= layer < n:
+        raise EmocircuitsError(f"Layer {layer!r} is out of range; this model has layers 0..{n - 1}.")
+    return layer
+
+
+def hook_name(model: Any, site: str, layer: int) -> str:
+    """The bridge hook for ``site`` at ``layer``; raises one sentence if the architecture lacks it."""
+    info = site_info(site)
+    check_layer(model, layer)
+    name = info.hook(spec_of(model)).format(L=layer)
+    if name not in model.hook_dict:
+        raise EmocircuitsError(
+            f"Site {info.name!r} (hook {name}) does not exist on {spec_of(model).architecture}; "
+            f"sites available here: {available_sites(model)}."
+        )
+    return name
+
+
+def available_sites(model: Any) -> list[str]:
+    spec = spec_of(model)
+    return [s for s, info in SITES.items() if info.hook(spec).format(L=0) in model.hook_dict]
+
+
+def reading_fn(model: Any, site: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The transform from the raw hook value to the site's value (identity except ``neuron.silu_only``)."""
+    info = site_info(site)
+    spec = spec_of(model)
+    if info.reads_activation and spec.gated_mlp:
+        return activation_fn(spec.act_fn)
+    return _identity
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The MLP activation named in the HF config, as a torch function."""
+    from transformers.activations import ACT2FN
+
+    if name not in ACT2FN:
+        raise EmocircuitsError(f"Unknown activation {name!r}; known: {sorted(ACT2FN)[:12]}...")
+    return ACT2FN[name]
+
+
+def neuron_write_site() -> str:
+    """Neuron interventions always write the down-projection input (``neuron.gated``)."""
+    return "neuron.gated"
+
+
+def layer_range(n_layers: int, name: str) -> list[int]:
+    """Layer ranges of the emotion-neurons sweeps: bottom [0, L/3), middle [L/3, 2L/3), top [2L/3, L), all,
+    or an explicit ``A-B`` (inclusive) or a single layer ``A``."""
+    third, two_thirds = n_layers // 3, (2 * n_layers) // 3
+    named = {"bottom": range(0, third), "middle": range(third, two_thirds), "top": range(two_thirds, n_layers),
+             "all": range(n_layers)}
+    if name in named:
+        return list(named[name])
+    try:
+        a, _, b = name.partition("-")
+        lo, hi = int(a), int(b or a)
+    except ValueError:
+        raise EmocircuitsError(
+            f"Unknown layer range {name!r}; use bottom, middle, top, all, or A-B with 0 <= A <= B < {n_layers}."
+        ) from None
+    if not 0 <= lo <= hi < n_layers:
+        raise EmocircuitsError(f"Layer range {name!r} is out of range; use A-B with 0 <= A <= B < {n_layers}.")
+    return list(range(lo, hi + 1))

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random models (fast tier) and the embedded SmolLM2 (slow tier)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emocircuits.models import load_model, tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """(bridge, spec) of a 3-layer random Llama-style model (GQA 4 query / 2 KV heads, gated SiLU MLP)."""
+    return tiny_model("llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    """(bridge, spec) of a 3-layer random GPT-2-style model (plain GELU MLP)."""
+    return tiny_model("gpt2", seed=0)
+
+
+@pytest.fixture(scope="session", params=["llama", "gpt2"])
+def tiny_any(request):
+    return tiny_model(request.param, seed=0)
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """(bridge, spec) of the embedded SmolLM2-135M-Instruct in float32."""
+    return load_model("default", dtype=torch.float32, progress=False)
+
+
+@pytest.fixture()
+def token_ids(tiny_llama):
+    bridge, _ = tiny_llama
+    return bridge.tokenizer(["I cannot believe they cancelled the trip again"], return_tensors="pt").input_ids
