@@ -1,0 +1,43 @@
+"""The ``emocircuits`` command line: a thin typer front over the same functions notebooks call."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from emocircuits.errors import EmocircuitsError
+
+app = typer.Typer(
+    help="emocircuits: find and manipulate emotion neurons, heads, directions and circuits in language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    from emocircuits.commands import models
+
+    models.register(app)
+    try:
+        from emocircuits.commands import classify
+    except ImportError:  # pragma: no cover - during development only
+        return
+    app.command("classify")(classify.classify_cmd)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Entry point: user errors print one sentence and exit with code 2, never a traceback."""
+    try:
+        app()
+    except EmocircuitsError as exc:
+        typer.echo(f"emocircuits: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

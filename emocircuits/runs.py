@@ -1,0 +1,195 @@
+"""Run directories: the only place results are written.
+
+A run directory holds ``manifest.json`` (command, full config, model spec with weights hash, dtype,
+device, seed, package versions, start/end times, status, and the list of files written), tables as
+Parquet, tensors as safetensors, and small JSON documents. Every write is atomic: data goes to a
+temporary file in the same directory, is flushed and fsynced, then renamed over the target, so a
+killed process leaves the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from emocircuits.errors import EmocircuitsError
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is fsynced and renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def write_table(path: Path, frame: Any) -> None:
+    """Write a pandas DataFrame as Parquet, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_tensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``{name: tensor or ndarray}`` as safetensors, atomically."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    clean = {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v.contiguous())
+             for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=dict(metadata or {}))
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("emocircuits", "torch", "transformer-lens", "transformers", "numpy", "pandas"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class RunDir:
+    """A run directory being written. Use ``RunDir.create(...)`` as a context manager::
+
+        with RunDir.create(out, command="classify", config=cfg, model_spec=spec, seed=0) as run:
+            run.write_table("predictions", df)
+            run.write_json("metrics", metrics)
+
+    On normal exit the manifest's status becomes ``complete``; on an exception ``failed`` with the
+    error, and the files already written stay.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = Path(path)
+        self.manifest = manifest
+
+    @classmethod
+    @contextmanager
+    def create(cls, path: Path | str, *, command: str, config: Mapping[str, Any], model_spec: Any = None,
+               seed: int | None = None, overwrite: bool = True) -> Iterator[RunDir]:
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise EmocircuitsError(f"Output path {str(path)!r} exists and is not a directory; choose another --out.")
+        if path.exists() and (path / MANIFEST).exists() and not overwrite:
+            raise EmocircuitsError(f"Run directory {str(path)!r} already holds a run; choose another --out.")
+        path.mkdir(parents=True, exist_ok=True)
+        spec = model_spec.to_dict() if hasattr(model_spec, "to_dict") else model_spec
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "command": command,
+            "config": dict(config),
+            "model": spec,
+            "dtype": (spec or {}).get("dtype"),
+            "device": (spec or {}).get("device"),
+            "seed": seed,
+            "versions": package_versions(),
+            "host": platform.node(),
+            "started": _now(),
+            "finished": None,
+            "status": "running",
+            "files": {},
+        }
+        run = cls(path, manifest)
+        run._flush()
+        try:
+            yield run
+        except BaseException as exc:
+            manifest["status"] = "failed"
+            manifest["error"] = f"{type(exc).__name__}: {exc}"
+            manifest["finished"] = _now()
+            run._flush()
+            raise
+        manifest["status"] = "complete"
+        manifest["finished"] = _now()
+        run._flush()
+
+    def _flush(self) -> None:
+        write_json(self.path / MANIFEST, self.manifest)
+
+    def _record(self, name: str, kind: str, description: str = "") -> Path:
+        self.manifest["files"][name] = {"kind": kind, "description": description}
+        self._flush()
+        return self.path / name
+
+    def write_json(self, name: str, data: Any, description: str = "") -> Path:
+        path = self.path / f"{name}.json"
+        write_json(path, data)
+        return self._record(path.name, "json", description)
+
+    def write_table(self, name: str, frame: Any, description: str = "") -> Path:
+        path = self.path / f"{name}.parquet"
+        write_table(path, frame)
+        return self._record(path.name, "parquet", description)
+
+    def write_tensors(self, name: str, tensors: Mapping[str, Any], description: str = "") -> Path:
+        path = self.path / f"{name}.safetensors"
+        write_tensors(path, tensors)
+        return self._record(path.name, "safetensors", description)
+
+    def update(self, **fields: Any) -> None:
+        """Add top-level fields (e.g. summary numbers) to the manifest."""
+        self.manifest.update(fields)
+        self._flush()
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """The manifest of a run directory, or one sentence saying why it cannot be read."""
+    path = Path(path)
+    file = path / MANIFEST if path.is_dir() else path
+    if not file.exists():
+        raise EmocircuitsError(f"{str(path)!r} is not a run directory (no {MANIFEST}); pass a directory an "
+                               "emocircuits command wrote.")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise EmocircuitsError(f"{str(file)!r} is not valid JSON (line {exc.lineno}); the run directory is damaged.") from exc
