@@ -586,3 +586,30 @@ def active_hook_count(model: Any) -> int:
     """Number of forward hooks attached to the model's hook points (0 when nothing is applied)."""
     points = {id(point): point for point in model.hook_dict.values()}  # aliases share one hook point
     return sum(len(point.fwd_hooks) for point in points.values())
+
+
+class _ForwardStopped(Exception):
+    """Raised inside a hook to end a forward pass early; never escapes ``run_until``."""
+
+
+def run_until(model: Any, input_ids: torch.Tensor, site: str, layer: int) -> None:
+    """Run the model forward only as far as ``site`` at ``layer``, then stop (hooks attached still fire).
+
+    For passes that read activations and need no logits: skips the later layers and the unembedding
+    (about a fifth of a small model's FLOPs per token).
+    """
+    name = hook_name(model, site, layer)
+
+    def stop(x: torch.Tensor, hook: Any = None) -> None:
+        raise _ForwardStopped
+
+    point = model.hook_dict[name]
+    handle = point.add_hook(stop)  # attached last, so it runs after every other hook on this point
+    try:
+        model(input_ids)
+    except _ForwardStopped:
+        pass
+    finally:
+        handle.hook.remove()
+        if handle in point.fwd_hooks:
+            point.fwd_hooks.remove(handle)

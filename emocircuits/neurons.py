@@ -1,0 +1,485 @@
+"""Emotion neurons (Lee et al., 2025, on LAPE): streaming statistics, entropy selection, masking, sweeps.
+
+Statistics: over texts labelled with emotion e, count per neuron u the tokens where its value is > 0:
+``f[u, e]``; ``T[e]`` = tokens counted for e. Then
+
+* ``P[u, e] = f[u, e] / T[e]``
+* ``P̂[u, e] = P[u, e] / Σ_e' P[u, e']``  (0 where the sum is 0)
+* ``H[u] = −Σ_e P̂[u, e] log P̂[u, e]``   (0·log 0 = 0; a neuron that never fires gets H = +inf)
+
+Selection keeps the global ``top_rate`` share of all ``n_layers·d_mlp`` neurons with the lowest H.
+Ties are broken by (layer, index) ascending, so selections are deterministic. Assignment ``argmax``
+gives each kept neuron to ``argmax_e P̂[u, e]`` (ties: the emotion listed first); ``lape`` first sets
+H = +inf for neurons whose largest P is not above the ``filter_rate`` quantile of all P, then assigns a
+kept neuron to every emotion whose P is above the ``activation_bar`` quantile (multi-assignment).
+
+Overlap between emotion sets is reported two ways: Jaccard ``|A∩B| / |A∪B|`` and ``|A∩B| / min(|A|,|B|)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emocircuits.components import NeuronSet
+from emocircuits.errors import EmocircuitsError
+from emocircuits.interventions import ZeroNeurons, batch_context, observe, run_until
+from emocircuits.models import spec_of
+from emocircuits.sites import READINGS, layer_range
+
+TOKEN_MODES = ("all", "last")
+ASSIGN_MODES = ("argmax", "lape")
+RATIO_MODES = ("truncate", "reselect")
+LAYER_RANGES = ("bottom", "middle", "top", "all")
+
+
+# ============================================================================ statistics
+
+
+@dataclass
+class NeuronStats:
+    """Streamed activation counts. ``counts [n_layers, d_mlp, n_emotions]`` (int64), ``totals [n_emotions]``."""
+
+    counts: torch.Tensor
+    totals: torch.Tensor
+    labels: tuple[str, ...]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def probabilities(self) -> torch.Tensor:
+        """``P [n_layers, d_mlp, n_emotions]`` (float64): share of e's tokens on which u is active."""
+        if (self.totals == 0).any():
+            empty = [lab for lab, t in zip(self.labels, self.totals.tolist(), strict=True) if t == 0]
+            raise EmocircuitsError(f"No tokens were counted for {empty}; give the data at least one text per emotion.")
+        return self.counts.double() / self.totals.double()
+
+    def select(self, top_rate: float = 0.01, assign: str = "argmax", filter_rate: float = 0.95,
+               activation_bar: float = 0.95) -> Selection:
+        """Lowest-entropy neurons per emotion; see the module docstring for the rules."""
+        sel = select_neurons(self.probabilities(), self.labels, top_rate=top_rate, assign=assign,
+                             filter_rate=filter_rate, activation_bar=activation_bar)
+        sel.config.update({k: v for k, v in self.config.items() if k not in sel.config})
+        return sel
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        p = self.probabilities()
+        return {"counts": self.counts, "totals": self.totals, "P": p, "P_hat": normalise(p), "entropy": entropy(p)}
+
+
+def normalise(p: torch.Tensor) -> torch.Tensor:
+    """``P̂ = P / Σ_e P`` over the last axis, 0 where the sum is 0."""
+    s = p.sum(-1, keepdim=True)
+    return torch.where(s > 0, p / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(p))
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """``H [...]`` of the normalised distribution over the last axis; +inf where P is all zero."""
+    q = normalise(p)
+    h = -(torch.where(q > 0, q * torch.log(torch.where(q > 0, q, torch.ones_like(q))), torch.zeros_like(q))).sum(-1)
+    return torch.where(p.sum(-1) > 0, h, torch.full_like(h, math.inf))
+
+
+def collect(model: Any, dataset: Sequence[Any], *, reading: str = "gated", tokens: str = "all",
+            template: str = "chat", labels: Sequence[str] | None = None, max_tokens: int = 4096,
+            progress: bool = True) -> NeuronStats:
+    """One batched pass over labelled texts counting, per layer/neuron/emotion, tokens where the neuron is > 0.
+
+    ``reading``: gated (mlp.hook_post), silu_only (act(gate)) or pre (gate pre-activation).
+    ``tokens``: ``all`` non-padding prompt tokens, or the ``last`` prompt token. Memory is
+    ``O(n_layers·d_mlp·n_emotions)`` whatever the dataset size; no activation is kept.
+    """
+    from tqdm.auto import tqdm
+
+    from emocircuits.readout import LabelReadout
+
+    if reading not in READINGS:
+        raise EmocircuitsError(f"Unknown reading {reading!r}; use one of {list(READINGS)}.")
+    if tokens not in TOKEN_MODES:
+        raise EmocircuitsError(f"Unknown token selection {tokens!r}; use one of {list(TOKEN_MODES)}.")
+    spec = spec_of(model)
+    labs = _labels_of(dataset, labels)
+    y_all = _label_indices(dataset, labs)
+    readout = LabelReadout(model, labs, template, share_prefix=False, max_tokens=max_tokens)
+    token_ids = readout.encode(list(dataset))
+    counts = torch.zeros(spec.n_layers, len(labs), spec.d_mlp, dtype=torch.int64)
+    totals = torch.zeros(len(labs), dtype=torch.int64)
+    current: dict[str, torch.Tensor] = {}
+
+    def count(layer: int, value: torch.Tensor) -> None:  # value: [batch, pos, d_mlp]
+        active = (value > 0) & current["where"][..., None]
+        per_row = active.sum(1, dtype=torch.int64)  # [batch, d_mlp]
+        counts[layer].index_add_(0, current["y"], per_row.cpu())
+
+    site = READINGS[reading]
+    layers = list(range(spec.n_layers))
+    bar = tqdm(total=len(token_ids), desc=f"neuron stats ({reading}, {tokens})", unit="ex", disable=not progress)
+    with torch.inference_mode(), observe(model, site, layers, count):
+        for batch in readout.batches(token_ids):
+            if tokens == "all":
+                where = batch.pad_mask
+            else:
+                where = torch.zeros_like(batch.pad_mask)
+                where[torch.arange(len(batch.rows)), batch.last_index] = True
+            y = y_all[batch.rows]
+            current["where"], current["y"] = where, y
+            totals.index_add_(0, y, where.sum(1))
+            with batch_context(batch.last_index):
+                run_until(model, batch.input_ids, site, spec.n_layers - 1)
+            bar.update(len(batch.rows))
+    bar.close()
+    config = {"reading": reading, "tokens": tokens, "template": template, "n_texts": len(token_ids),
+              "model": spec.model_id, "weights_hash": spec.weights_hash}
+    return NeuronStats(counts.permute(0, 2, 1).contiguous(), totals, labs, config)
+
+
+def _labels_of(dataset: Sequence[Any], labels: Sequence[str] | None) -> tuple[str, ...]:
+    labs = tuple(labels or getattr(dataset, "labels", ()) or sorted({ex.label for ex in dataset}))
+    if not labs:
+        raise EmocircuitsError("The dataset has no labels; emotion neurons need labelled texts.")
+    return labs
+
+
+def _label_indices(dataset: Sequence[Any], labels: Sequence[str]) -> torch.Tensor:
+    index = {lab: i for i, lab in enumerate(labels)}
+    bad = sorted({ex.label for ex in dataset if ex.label not in index})
+    if bad:
+        raise EmocircuitsError(f"Labels {bad} are not in the label scheme {list(labels)}; pass labels= to include them.")
+    if len(dataset) == 0:
+        raise EmocircuitsError("The dataset is empty; give at least one text per emotion.")
+    return torch.tensor([index[ex.label] for ex in dataset], dtype=torch.long)
+
+
+# ============================================================================ selection
+
+
+@dataclass
+class Selection:
+    """Emotion neuron sets. ``sets[e]`` is a NeuronSet; ``ranked[e]`` lists e's candidates by entropy."""
+
+    sets: dict[str, NeuronSet]
+    ranked: dict[str, list[tuple[int, int]]]
+    labels: tuple[str, ...]
+    n_layers: int
+    d_mlp: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, emotion: str) -> NeuronSet:
+        if emotion not in self.sets:
+            raise EmocircuitsError(f"No neuron set for {emotion!r}; this selection has {list(self.sets)}.")
+        return self.sets[emotion]
+
+    def layer_table(self) -> pd.DataFrame:
+        """Neurons per (emotion, layer): columns ``emotion, layer, count``."""
+        rows = [{"emotion": e, "layer": layer, "count": c}
+                for e, s in self.sets.items() for layer, c in enumerate(s.counts(self.n_layers))]
+        return pd.DataFrame(rows)
+
+    def overlap(self) -> pd.DataFrame:
+        """Pairwise overlap: ``a, b, n_a, n_b, n_shared, jaccard (|A∩B|/|A∪B|), overlap_min (|A∩B|/min)``."""
+        rows = []
+        for a in self.labels:
+            for b in self.labels:
+                sa, sb = self.sets[a], self.sets[b]
+                shared = len(sa.intersection(sb))
+                union = len(sa) + len(sb) - shared
+                rows.append({"a": a, "b": b, "n_a": len(sa), "n_b": len(sb), "n_shared": shared,
+                             "jaccard": shared / union if union else 0.0,
+                             "overlap_min": shared / min(len(sa), len(sb)) if min(len(sa), len(sb)) else 0.0})
+        return pd.DataFrame(rows)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``neurons.json`` document: ``neurons`` (emotion → [[layer, index], ...]), ``ranked``, ``config``."""
+        return {"neurons": {e: s.pairs() for e, s in self.sets.items()},
+                "ranked": {e: [list(p) for p in r] for e, r in self.ranked.items()},
+                "labels": list(self.labels), "n_layers": self.n_layers, "d_mlp": self.d_mlp, "config": self.config}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], source: str = "neurons.json") -> Selection:
+        if "neurons" not in doc or not isinstance(doc["neurons"], Mapping):
+            raise EmocircuitsError(f"{source} has no 'neurons' mapping (emotion → [[layer, index], ...]); "
+                                   "pass a file written by `emocircuits neurons find`.")
+        sets = {e: NeuronSet.from_pairs(p) for e, p in doc["neurons"].items()}
+        ranked = {e: [tuple(p) for p in r] for e, r in (doc.get("ranked") or {}).items()}
+        labels = tuple(doc.get("labels") or sets)
+        n_layers = int(doc.get("n_layers") or max((max(s.layers, default=0) for s in sets.values()), default=0) + 1)
+        d_mlp = int(doc.get("d_mlp") or 0)
+        return cls(sets, ranked, labels, n_layers, d_mlp, dict(doc.get("config") or {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Selection:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "neurons.json"
+        if not path.exists():
+            raise EmocircuitsError(f"Neuron file {str(path)!r} does not exist; run `emocircuits neurons find` first.")
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise EmocircuitsError(f"{str(path)!r} is not valid JSON (line {exc.lineno}); re-create it with "
+                                   "`emocircuits neurons find`.") from exc
+        return cls.from_json(doc, str(path))
+
+
+def select_neurons(p: torch.Tensor, labels: Sequence[str], *, top_rate: float = 0.01, assign: str = "argmax",
+                   filter_rate: float = 0.95, activation_bar: float = 0.95, ranked_factor: int = 5) -> Selection:
+    """Select emotion neurons from ``P [n_layers, d_mlp, n_emotions]``.
+
+    ``ranked[e]`` keeps e's candidates (finite H, assigned to e) in selection order, up to
+    ``ranked_factor × |S_e|`` entries (enough for ratio sweeps up to ``ranked_factor × top_rate``).
+    """
+    if assign not in ASSIGN_MODES:
+        raise EmocircuitsError(f"Unknown assignment {assign!r}; use one of {list(ASSIGN_MODES)}.")
+    if not 0 < top_rate <= 1:
+        raise EmocircuitsError(f"top_rate {top_rate} is out of range; use a share in (0, 1], e.g. 0.01.")
+    n_layers, d_mlp, n_e = p.shape
+    if n_e != len(labels):
+        raise EmocircuitsError(f"P has {n_e} emotions but {len(labels)} labels were given.")
+    h = entropy(p).reshape(-1)  # [n_layers*d_mlp]
+    flat = p.reshape(-1, n_e)
+    if assign == "lape":
+        filter_q = torch.quantile(flat.reshape(-1).float(), filter_rate).double()
+        bar_q = torch.quantile(flat.reshape(-1).float(), activation_bar).double()
+        h = torch.where(flat.max(-1).values > filter_q, h, torch.full_like(h, math.inf))
+        member = flat > bar_q  # [N, E]
+    else:
+        member = torch.zeros_like(flat, dtype=torch.bool)
+        member[torch.arange(flat.shape[0]), normalise(flat).argmax(-1)] = True  # argmax: first max wins
+    k = max(1, round(top_rate * n_layers * d_mlp))
+    # stable sort by entropy; equal entropies keep (layer, index) order
+    order = torch.from_numpy(np.argsort(h.numpy(), kind="stable"))
+    finite = order[torch.isfinite(h[order])]
+    kept = finite[:k]
+    sets, ranked = {}, {}
+    for j, e in enumerate(labels):
+        chosen = kept[member[kept, j]]
+        sets[e] = NeuronSet.from_pairs([(int(i) // d_mlp, int(i) % d_mlp) for i in chosen])
+        cand = finite[member[finite, j]][: max(ranked_factor * len(chosen), ranked_factor)]
+        ranked[e] = [(int(i) // d_mlp, int(i) % d_mlp) for i in cand]
+    config = {"top_rate": top_rate, "assign": assign, "filter_rate": filter_rate, "activation_bar": activation_bar,
+              "n_selected": int(len(kept)), "n_never_active": int(torch.isinf(entropy(p)).sum())}
+    return Selection(sets, ranked, tuple(labels), n_layers, d_mlp, config)
+
+
+# ============================================================================ conditions and controls
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One masking condition: an emotion's neurons, restricted to a layer range, at a ratio."""
+
+    emotion: str
+    layers: str = "all"
+    ratio: float | None = None
+    ratio_mode: str = "truncate"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def condition_set(selection: Selection, cond: Condition, stats: NeuronStats | None = None) -> NeuronSet:
+    """The NeuronSet a condition masks.
+
+    ``ratio=None``: the emotion's selected set. ``truncate``: the first ``round(|S_e|·ratio/top_rate)``
+    neurons of e's entropy-ranked list. ``reselect``: re-run the selection with ``top_rate = ratio``
+    (needs ``stats``). The layer range is applied last.
+    """
+    if cond.ratio_mode not in RATIO_MODES:
+        raise EmocircuitsError(f"Unknown ratio mode {cond.ratio_mode!r}; use one of {list(RATIO_MODES)}.")
+    base = selection[cond.emotion]
+    if cond.ratio is None:
+        chosen = base
+    elif cond.ratio_mode == "reselect":
+        if stats is None:
+            raise EmocircuitsError("ratio_mode 'reselect' needs the neuron statistics; use truncate or pass stats.")
+        chosen = stats.select(top_rate=cond.ratio, assign=selection.config.get("assign", "argmax"))[cond.emotion]
+    else:
+        top_rate = float(selection.config.get("top_rate", 0.01))
+        n = round(len(base) * cond.ratio / top_rate)
+        ranked = selection.ranked.get(cond.emotion) or base.pairs()
+        if n > len(ranked):
+            raise EmocircuitsError(
+                f"Ratio {cond.ratio} needs {n} ranked neurons for {cond.emotion} but the selection keeps {len(ranked)}; "
+                "use a smaller ratio or ratio_mode 'reselect'."
+            )
+        chosen = NeuronSet.from_pairs(ranked[:n])
+    return chosen.restrict(layer_range(selection.n_layers, cond.layers))
+
+
+def random_control(neurons: NeuronSet, d_mlp: int, seed: int) -> NeuronSet:
+    """Random neurons with the same per-layer counts as ``neurons``, disjoint from it, seeded."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for layer, idx in neurons.layers.items():
+        pool = np.setdiff1d(np.arange(d_mlp), np.asarray(idx))
+        out[layer] = tuple(int(i) for i in rng.choice(pool, size=min(len(idx), len(pool)), replace=False))
+    return NeuronSet(out)
+
+
+def control_seed(seed: int, cond: Condition, k: int) -> int:
+    """A stable per-(condition, control) seed, independent of evaluation order."""
+    key = f"{seed}|{cond.emotion}|{cond.layers}|{cond.ratio}|{cond.ratio_mode}|{k}"
+    return int.from_bytes(__import__("hashlib").sha256(key.encode()).digest()[:8], "little")
+
+
+# ============================================================================ masked evaluation
+
+
+class MaskingEngine:
+    """Classify one dataset under many neuron masks, sharing everything shareable.
+
+    Tokenisation, batching and the clean (unmasked) pass happen once; each mask then costs one
+    batched masked pass (with the readout's shared-prefix cache).
+    """
+
+    def __init__(self, model: Any, dataset: Sequence[Any], *, labels: Sequence[str] | None = None,
+                 template: str = "chat", scoring: str = "first_token", max_tokens: int = 4096,
+                 progress: bool = True) -> None:
+        from emocircuits.readout import LabelReadout
+
+        self.model, self.progress = model, progress
+        self.spec = spec_of(model)
+        self.examples = list(dataset)
+        self.labels = _labels_of(dataset, labels)
+        self.y = _label_indices(self.examples, self.labels).numpy()
+        self.readout = LabelReadout(model, self.labels, template, scoring, max_tokens=max_tokens)
+        self.batches = list(self.readout.batches(self.readout.encode(self.examples)))
+        self.clean = self.predict()
+
+    def predict(self, neurons: NeuronSet | None = None) -> np.ndarray:
+        """Predicted label index per example ``[n_examples]`` with ``neurons`` zeroed (None = clean)."""
+        pred = np.empty(len(self.examples), dtype=np.int64)
+        ctx = ZeroNeurons(neurons.validate(self.spec.n_layers, self.spec.d_mlp)).apply(self.model) \
+            if neurons is not None and len(neurons) else _null()
+        with torch.inference_mode(), ctx:
+            for batch in self.batches:
+                pred[batch.rows] = self.readout.scores(batch).argmax(-1).numpy()
+        return pred
+
+    def evaluate(self, neuron_sets: Sequence[NeuronSet], desc: str = "masked passes") -> np.ndarray:
+        """Predictions ``[n_sets, n_examples]``, one masked pass per set."""
+        from tqdm.auto import tqdm
+
+        out = np.empty((len(neuron_sets), len(self.examples)), dtype=np.int64)
+        for i, s in enumerate(tqdm(neuron_sets, desc=desc, unit="mask", disable=not self.progress)):
+            out[i] = self.predict(s)
+        return out
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def bootstrap_ci(normal: np.ndarray, masked: np.ndarray, control: np.ndarray | None, *, n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of ``(acc_masked − acc_normal) − (acc_control − acc_normal)`` over resampled examples.
+
+    ``normal, masked [n]`` and ``control [K, n]`` are 0/1 correctness; without controls the CI is of the
+    masked effect alone.
+    """
+    n = len(normal)
+    if n == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    eff = masked[idx].mean(1) - normal[idx].mean(1)
+    if control is not None and len(control):
+        eff = eff - (control[:, idx].mean(2).mean(0) - normal[idx].mean(1))
+    lo, hi = np.quantile(eff, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+@dataclass
+class MaskResult:
+    """Tables of a masking run (schemas in the README): effects, errors, per-example predictions."""
+
+    effects: pd.DataFrame
+    errors: pd.DataFrame
+    predictions: pd.DataFrame
+    sets: dict[str, NeuronSet]
+    config: dict[str, Any]
+
+
+def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: Sequence[str] | None = None,
+         layers: str = "all", ratio: float | None = None, ratio_mode: str = "truncate",
+         stats: NeuronStats | None = None, controls: int = 5, seed: int = 0, n_boot: int = 1000,
+         template: str = "chat", engine: MaskingEngine | None = None, progress: bool = True) -> MaskResult:
+    """RQ2: mask each emotion's neurons and measure accuracy per (masked emotion × true label),
+    against the clean run and against ``controls`` random sets of the same per-layer sizes."""
+    engine = engine or MaskingEngine(model, dataset, labels=selection.labels, template=template, progress=progress)
+    emotions = list(emotions or selection.labels)
+    conds = [Condition(e, layers, ratio, ratio_mode) for e in emotions]
+    sets = {c.emotion: condition_set(selection, c, stats) for c in conds}
+    all_sets: list[NeuronSet] = []
+    for c in conds:
+        all_sets.append(sets[c.emotion])
+        all_sets += [random_control(sets[c.emotion], engine.spec.d_mlp, control_seed(seed, c, k)) for k in range(controls)]
+    preds = engine.evaluate(all_sets)
+    y, labels = engine.y, engine.labels
+    normal_ok = (engine.clean == y).astype(float)
+    eff_rows, err_rows = [], []
+    pred_frame: dict[str, Any] = {"id": [ex.id for ex in engine.examples], "true": [labels[i] for i in y],
+                                  "normal": [labels[i] for i in engine.clean]}
+    for ci, c in enumerate(conds):
+        block = preds[ci * (controls + 1):(ci + 1) * (controls + 1)]
+        masked_ok = (block[0] == y).astype(float)
+        control_ok = (block[1:] == y[None, :]).astype(float)
+        pred_frame[f"masked_{c.emotion}"] = [labels[i] for i in block[0]]
+        for t_i, t in [(-1, "all"), *enumerate(labels)]:
+            m = np.ones_like(y, dtype=bool) if t_i < 0 else (y == t_i)
+            if not m.any():
+                continue
+            acc_n, acc_m = normal_ok[m].mean(), masked_ok[m].mean()
+            acc_c = control_ok[:, m].mean() if controls else math.nan
+            lo, hi = bootstrap_ci(normal_ok[m], masked_ok[m], control_ok[:, m] if controls else None,
+                                  n_boot=n_boot, seed=seed + 7919 * (ci + 1) + t_i)
+            eff_rows.append({"masked_emotion": c.emotion, "true_label": t, "n": int(m.sum()),
+                             "n_neurons": len(sets[c.emotion]), "acc_normal": acc_n, "acc_masked": acc_m,
+                             "acc_control": acc_c, "delta_masked": acc_m - acc_n,
+                             "delta_control": (acc_c - acc_n) if controls else math.nan,
+                             "diff": (acc_m - acc_c) if controls else acc_m - acc_n, "ci_low": lo, "ci_high": hi})
+        wrong = block[0] != y
+        for t_i, p_i in zip(y[wrong], block[0][wrong], strict=True):
+            err_rows.append((c.emotion, labels[t_i], labels[p_i]))
+    errors = (pd.DataFrame(err_rows, columns=["masked_emotion", "true_label", "predicted"])
+              .value_counts().rename("count").reset_index()
+              .sort_values(["masked_emotion", "true_label", "predicted"], ignore_index=True))
+    config = {"layers": layers, "ratio": ratio, "ratio_mode": ratio_mode, "controls": controls, "seed": seed,
+              "n_boot": n_boot, "template": template, "emotions": emotions}
+    return MaskResult(pd.DataFrame(eff_rows), errors, pd.DataFrame(pred_frame), sets, config)
+
+
+def sweep(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: Sequence[str] | None = None,
+          ratios: Sequence[float] = (0.01, 0.02, 0.03, 0.04, 0.05), layer_ranges: Sequence[str] = LAYER_RANGES,
+          ratio_mode: str = "truncate", stats: NeuronStats | None = None, controls: int = 2, seed: int = 0,
+          n_boot: int = 1000, template: str = "chat", engine: MaskingEngine | None = None,
+          progress: bool = True) -> pd.DataFrame:
+    """RQ3: masking ratio × layer range for each emotion, one row per (emotion, ratio, layers) on the
+    emotion's own true label (``own_*``) and on all labels (``all_*``), with controls and CIs."""
+    engine = engine or MaskingEngine(model, dataset, labels=selection.labels, template=template, progress=progress)
+    rows = []
+    for r in ratios:
+        for lr in layer_ranges:
+            res = mask(model, dataset, selection, emotions=emotions, layers=lr, ratio=r, ratio_mode=ratio_mode,
+                       stats=stats, controls=controls, seed=seed, n_boot=n_boot, engine=engine)
+            eff = res.effects
+            for e in res.sets:
+                own = eff[(eff.masked_emotion == e) & (eff.true_label == e)].iloc[0]
+                overall = eff[(eff.masked_emotion == e) & (eff.true_label == "all")].iloc[0]
+                rows.append({"emotion": e, "ratio": r, "layers": lr, "ratio_mode": ratio_mode,
+                             "n_neurons": int(own.n_neurons), **{f"own_{k}": own[k] for k in _METRICS},
+                             **{f"all_{k}": overall[k] for k in _METRICS}})
+    return pd.DataFrame(rows)
+
+
+_METRICS = ("acc_normal", "acc_masked", "acc_control", "delta_masked", "delta_control", "diff", "ci_low", "ci_high")

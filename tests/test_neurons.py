@@ -1,0 +1,171 @@
+"""Emotion-neuron statistics, selection and masking against hand-computed answers and direct references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from emocircuits.components import NeuronSet
+from emocircuits.data import Example
+from emocircuits.errors import EmocircuitsError
+from emocircuits.neurons import (
+    Condition,
+    MaskingEngine,
+    NeuronStats,
+    Selection,
+    bootstrap_ci,
+    collect,
+    condition_set,
+    entropy,
+    mask,
+    normalise,
+    random_control,
+    select_neurons,
+)
+from emocircuits.readout import LabelReadout
+
+LABELS = ("a", "b", "c")
+
+
+def _hand_p() -> torch.Tensor:
+    """P for 1 layer x 5 neurons x 3 emotions with known P̂ and H."""
+    return torch.tensor([[
+        [0.5, 0.0, 0.0],   # n0: fires only on a -> H = 0
+        [0.2, 0.2, 0.2],   # n1: uniform -> H = log 3
+        [0.0, 0.0, 0.0],   # n2: never fires -> H = +inf (must not look selective)
+        [0.3, 0.1, 0.0],   # n3: P̂ = (.75, .25, 0) -> H = -(.75 ln .75 + .25 ln .25)
+        [0.0, 0.0, 0.4],   # n4: only c -> H = 0
+    ]], dtype=torch.float64)
+
+
+def test_normalise_and_entropy_hand_computed():
+    p = _hand_p()
+    q = normalise(p)
+    torch.testing.assert_close(q[0, 3], torch.tensor([0.75, 0.25, 0.0], dtype=torch.float64))
+    assert torch.all(q[0, 2] == 0)
+    h = entropy(p)[0]
+    assert h[0] == 0 and h[4] == 0
+    assert math.isclose(h[1].item(), math.log(3))
+    assert math.isinf(h[2].item())
+    assert math.isclose(h[3].item(), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+
+
+def test_select_argmax_picks_lowest_entropy_and_breaks_ties_by_position():
+    sel = select_neurons(_hand_p(), LABELS, top_rate=0.4, assign="argmax")  # k = round(0.4 * 5) = 2
+    # n0 and n4 both have H = 0: both kept, never-firing n2 is not
+    assert sel.sets["a"].pairs() == [[0, 0]]
+    assert sel.sets["c"].pairs() == [[0, 4]]
+    assert len(sel.sets["b"]) == 0
+    sel3 = select_neurons(_hand_p(), LABELS, top_rate=0.6, assign="argmax")  # k = 3: adds n3 (H≈0.56)
+    assert sel3.sets["a"].pairs() == [[0, 0], [0, 3]]
+    assert sel3.ranked["a"][:2] == [(0, 0), (0, 3)]
+
+
+def test_select_lape_filters_and_multi_assigns():
+    p = torch.tensor([[[0.9, 0.8, 0.0], [0.01, 0.0, 0.0], [0.5, 0.5, 0.5], [0.0, 0.0, 0.95]]], dtype=torch.float64)
+    # all P values sorted: the 75th percentile bar lets only the large values through
+    sel = select_neurons(p, LABELS, top_rate=1.0, assign="lape", filter_rate=0.75, activation_bar=0.75)
+    q = torch.quantile(p.reshape(-1).float(), 0.75).item()
+    assert 0.5 < q < 0.9
+    # n1 (tiny P) is filtered even though its entropy is 0; n0 belongs to a and b (multi-assignment)
+    assert sel.sets["a"].pairs() == [[0, 0]]
+    assert sel.sets["b"].pairs() == [[0, 0]]
+    assert sel.sets["c"].pairs() == [[0, 3]]
+
+
+def test_selection_json_round_trip_and_overlap():
+    sel = select_neurons(_hand_p(), LABELS, top_rate=0.6)
+    again = Selection.from_json(sel.to_json())
+    assert again.sets == sel.sets and again.ranked == sel.ranked
+    ov = sel.overlap().set_index(["a", "b"])
+    assert ov.loc[("a", "a"), "jaccard"] == 1.0
+    assert ov.loc[("a", "c"), "n_shared"] == 0
+    table = sel.layer_table()
+    assert table[table.emotion == "a"]["count"].sum() == 2
+
+
+def test_random_control_keeps_per_layer_counts_and_is_seeded():
+    s = NeuronSet({0: (1, 2, 3), 4: (7,)})
+    c1, c2 = random_control(s, 20, seed=1), random_control(s, 20, seed=1)
+    assert c1 == c2 and c1.counts(5) == s.counts(5)
+    assert not set(c1.layers[0]) & set(s.layers[0])
+    assert random_control(s, 20, seed=2) != c1
+
+
+def test_condition_set_truncate_and_layers():
+    sel = select_neurons(torch.rand(6, 10, 3, generator=torch.Generator().manual_seed(0)).double(), LABELS,
+                         top_rate=0.1)
+    full = condition_set(sel, Condition("a"))
+    assert full == sel.sets["a"]
+    half = condition_set(sel, Condition("a", ratio=0.05))
+    assert len(half) == round(len(full) * 0.5)
+    assert half.pairs() == [list(p) for p in sorted(sel.ranked["a"][: len(half)])]
+    top = condition_set(sel, Condition("a", layers="top"))
+    assert set(top.layers) <= {4, 5}
+    with pytest.raises(EmocircuitsError, match="ratio mode"):
+        condition_set(sel, Condition("a", ratio=0.05, ratio_mode="bogus"))
+
+
+def test_bootstrap_ci_brackets_effect_and_is_seeded():
+    normal = np.ones(200)
+    masked = np.r_[np.zeros(100), np.ones(100)]
+    lo, hi = bootstrap_ci(normal, masked, None, seed=0)
+    assert lo < -0.5 < hi and bootstrap_ci(normal, masked, None, seed=0) == (lo, hi)
+
+
+def _texts():
+    return [Example(str(i), t, lab) for i, (t, lab) in enumerate([
+        ("I am furious about the broken promise", "a"), ("That smell made me gag", "b"),
+        ("What a lovely surprise party", "c"), ("He lied to my face again", "a"),
+        ("Rotten food everywhere, so gross", "b"), ("We won the lottery today", "c"),
+        ("They cancelled it", "a")])]
+
+
+@pytest.mark.parametrize("tokens", ["all", "last"])
+@pytest.mark.parametrize("reading", ["gated", "silu_only", "pre"])
+def test_streamed_counts_equal_full_cache(tiny_any, tokens, reading):
+    bridge, spec = tiny_any
+    data = _texts()
+    stats = collect(bridge, data, reading=reading, tokens=tokens, template="raw", labels=LABELS, max_tokens=24,
+                    progress=False)
+    ro = LabelReadout(bridge, LABELS, "raw")
+    hook = {"gated": "mlp.hook_post", "silu_only": "mlp.hook_pre", "pre": "mlp.hook_pre"}[reading]
+    if reading != "pre" and not spec.gated_mlp:
+        hook = "mlp.hook_post"
+    ref = torch.zeros(spec.n_layers, spec.d_mlp, len(LABELS), dtype=torch.int64)
+    tot = torch.zeros(len(LABELS), dtype=torch.int64)
+    for ex, ids in zip(data, ro.encode(data), strict=True):  # one text at a time, no padding at all
+        with torch.inference_mode():
+            _, cache = bridge.run_with_cache(torch.tensor([ids]))
+        e = LABELS.index(ex.label)
+        for layer in range(spec.n_layers):
+            v = cache[f"blocks.{layer}.{hook}"][0]  # [pos, d_mlp]
+            v = v if tokens == "all" else v[-1:]
+            ref[layer, :, e] += (v > 0).sum(0)
+        tot[e] += len(ids) if tokens == "all" else 1
+    assert torch.equal(stats.totals, tot)
+    assert torch.equal(stats.counts, ref)
+
+
+def test_engine_masks_exactly_chosen_neurons_and_mask_tables(tiny_llama):
+    bridge, spec = tiny_llama
+    data = _texts()
+    engine = MaskingEngine(bridge, data, labels=LABELS, template="raw", progress=False)
+    empty = engine.predict(NeuronSet())
+    assert np.array_equal(empty, engine.clean)
+    stats = NeuronStats(torch.randint(0, 5, (spec.n_layers, spec.d_mlp, 3)), torch.tensor([5, 5, 5]), LABELS)
+    sel = stats.select(top_rate=0.05)
+    res = mask(bridge, data, sel, controls=2, seed=3, n_boot=50, template="raw", engine=engine)
+    eff = res.effects
+    assert set(eff.masked_emotion) == set(LABELS)
+    assert set(eff.true_label) == {"all", *LABELS}
+    row = eff[(eff.masked_emotion == "a") & (eff.true_label == "all")].iloc[0]
+    assert row.acc_normal == (engine.clean == engine.y).mean()
+    assert row.ci_low <= row.ci_high
+    again = mask(bridge, data, sel, controls=2, seed=3, n_boot=50, template="raw", engine=engine)
+    assert again.effects.equals(eff)
+    with pytest.raises(EmocircuitsError, match="neurons 0"):
+        engine.predict(NeuronSet({0: (spec.d_mlp,)}))
