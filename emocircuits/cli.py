@@ -17,14 +17,11 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from emocircuits.commands import models
+    from emocircuits.commands import classify, models, neurons
 
     models.register(app)
-    try:
-        from emocircuits.commands import classify
-    except ImportError:  # pragma: no cover - during development only
-        return
     app.command("classify")(classify.classify_cmd)
+    neurons.register(app)
 
 
 _register_all()

@@ -271,7 +271,11 @@ def load_model(
     torch_dtype = _parse_dtype(dtype)
     if spec.startswith("tiny-") and spec.removeprefix("tiny-") in TINY_ARCHS:
         bridge, model_spec = tiny_model(spec.removeprefix("tiny-"))
-        return bridge.to(torch_dtype), model_spec
+        if torch_dtype != torch.float32:
+            bridge = bridge.to(torch_dtype)
+            model_spec = describe(bridge, model_id=model_spec.model_id, source=model_spec.source,
+                                  weights_hash=model_spec.weights_hash)
+        return bridge, model_spec
     resolved = resolve_spec(spec)
     if resolved.kind == "gguf":
         directory, weights_hash = dequantised_dir(resolved.path, progress=progress)
