@@ -281,6 +281,10 @@ def load_model(
         directory, weights_hash = dequantised_dir(resolved.path, progress=progress)
     else:
         directory, weights_hash = resolved.path, _dir_weights_hash(resolved.path)
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": "eager"}
     if device_map is not None:
         kwargs["device_map"] = device_map
