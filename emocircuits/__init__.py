@@ -7,6 +7,7 @@ Quick start::
 """
 
 from emocircuits.components import HeadSet, NeuronSet
+from emocircuits.data import EKMAN6, Dataset, Example, load_data
 from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions import (
     AddDirection,
@@ -25,11 +26,23 @@ from emocircuits.interventions import (
     observe,
 )
 from emocircuits.models import ModelSpec, load_model, spec_of, tiny_model
+from emocircuits.readout import LabelReadout, classify
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("neurons", "viz", "sweeps", "runs", "sites", "interventions", "prompts", "readout", "data")
+
+
+def __getattr__(name: str):  # lazy submodules: `ec.neurons`, `ec.viz` import on first use
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"emocircuits.{name}")
+    raise AttributeError(f"module 'emocircuits' has no attribute {name!r}")
 
 __all__ = [
     "AddDirection", "Compose", "EmocircuitsError", "HeadSet", "Intervention", "ModelSpec", "MultiplyNeuronsPerRow",
     "NeuronSet", "Noise", "PatchFrom", "ScaleHeads", "ScaleNeurons", "ScaleSite", "ZeroHeads", "ZeroNeurons",
-    "batch_context", "capture", "load_model", "observe", "spec_of", "tiny_model",
+    "batch_context", "capture", "load_model", "observe", "spec_of", "tiny_model", "EKMAN6", "Dataset", "Example",
+    "load_data", "LabelReadout", "classify",
 ]

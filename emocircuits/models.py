@@ -390,7 +390,14 @@ def tiny_model(arch: str = "llama", *, seed: int = 0, n_layers: int = 3) -> tupl
     Uses the SmolLM2 tokenizer so prompts and label tokens behave as on the real model.
     Llama: d_model 64, d_mlp 96 (gated SiLU), 4 query heads over 2 KV heads (GQA).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     if arch not in TINY_ARCHS:
         raise EmocircuitsError(f"Unknown tiny architecture {arch!r}; choose one of {list(TINY_ARCHS)}.")

@@ -7,10 +7,17 @@ import time
 import pytest
 import torch
 
+from emocircuits.components import HeadSet
 from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions import ZeroHeads, ZeroNeurons, active_hook_count
-from emocircuits.components import HeadSet
-from emocircuits.models import dequantised_dir, embedded_gguf_path, load_model, resolve_spec, spec_of, tiny_model
+from emocircuits.models import (
+    dequantised_dir,
+    embedded_gguf_path,
+    load_model,
+    resolve_spec,
+    spec_of,
+    tiny_model,
+)
 from emocircuits.sites import available_sites, hook_name, layer_range
 
 
