@@ -17,11 +17,12 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from emocircuits.commands import classify, models, neurons
+    from emocircuits.commands import classify, models, neurons, sweep
 
     models.register(app)
     app.command("classify")(classify.classify_cmd)
     neurons.register(app)
+    sweep.register(app)
 
 
 _register_all()

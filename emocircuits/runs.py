@@ -193,3 +193,102 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
         return json.loads(file.read_text())
     except json.JSONDecodeError as exc:
         raise EmocircuitsError(f"{str(file)!r} is not valid JSON (line {exc.lineno}); the run directory is damaged.") from exc
+
+
+# ----------------------------------------------------------------------------- resuming and re-running runs
+
+
+@contextmanager
+def open_run(path: Path | str, *, command: str, config: Mapping[str, Any], model_spec: Any = None,
+             seed: int | None = None, resume: bool = False) -> Iterator[RunDir]:
+    """Like ``RunDir.create``, but with ``resume`` an existing run directory is continued.
+
+    A resumed manifest keeps its original ``started`` time and gains ``resumed: [times]``; its
+    ``config`` is replaced by ``config`` (the caller checks the two are compatible). Without an
+    existing manifest ``resume`` simply starts a new run.
+    """
+    path = Path(path)
+    if not (resume and (path / MANIFEST).exists()):
+        with RunDir.create(path, command=command, config=config, model_spec=model_spec, seed=seed) as run:
+            yield run
+        return
+    manifest = read_manifest(path)
+    if manifest.get("command") != command:
+        raise EmocircuitsError(f"{str(path)!r} holds a {manifest.get('command')!r} run, not {command!r}; "
+                               "choose another --out.")
+    manifest.update(config=dict(config), seed=seed, status="running", finished=None, versions=package_versions())
+    manifest.pop("error", None)
+    manifest.setdefault("resumed", []).append(_now())
+    if model_spec is not None:
+        spec = model_spec.to_dict() if hasattr(model_spec, "to_dict") else model_spec
+        manifest.update(model=spec, dtype=spec.get("dtype"), device=spec.get("device"))
+    run = RunDir(path, manifest)
+    run._flush()
+    try:
+        yield run
+    except BaseException as exc:
+        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}", finished=_now())
+        run._flush()
+        raise
+    manifest.update(status="complete", finished=_now())
+    run._flush()
+
+
+RerunFn = Any  # Callable[[dict[str, Any], Path], Any]: (manifest config, output directory)
+_RERUN: dict[str, RerunFn] = {}
+
+
+def register_command(name: str, fn: RerunFn) -> None:
+    """Register how to re-create a run of command ``name``: ``fn(config_dict, out_dir)``.
+
+    ``name`` is the manifest's ``command`` field (e.g. ``"sweep"``, ``"neurons mask"``). Commands
+    register themselves when their module is imported.
+    """
+    _RERUN[name] = fn
+
+
+def registered_commands() -> list[str]:
+    """Commands ``rerun`` can re-create (after importing every command module)."""
+    _import_command_modules()
+    return sorted(_RERUN)
+
+
+def _import_command_modules() -> None:
+    import importlib
+    import pkgutil
+
+    for modname in ("emocircuits.sweeps",):
+        try:
+            importlib.import_module(modname)
+        except ImportError:  # pragma: no cover - optional parts during development
+            pass
+    try:
+        import emocircuits.commands as cmds
+    except ImportError:  # pragma: no cover
+        return
+    for info in pkgutil.iter_modules(cmds.__path__):
+        try:
+            importlib.import_module(f"emocircuits.commands.{info.name}")
+        except ImportError:  # pragma: no cover - a command whose optional dependency is missing
+            continue
+
+
+def rerun(path: Path | str, out: Path | str) -> Any:
+    """Re-create the run in ``path`` from its manifest alone, writing a new run to ``out``.
+
+    Looks up the manifest's ``command`` in the registry (``register_command``) and calls it with the
+    manifest's ``config``; returns what that function returns.
+    """
+    manifest = read_manifest(path)
+    command = manifest.get("command")
+    if command not in _RERUN:
+        _import_command_modules()
+    if command not in _RERUN:
+        raise EmocircuitsError(f"Cannot re-run command {command!r} from {str(path)!r}; re-runnable commands: "
+                               f"{', '.join(sorted(_RERUN)) or 'none'}.")
+    out = Path(out)
+    if out.resolve() == Path(path).resolve():
+        raise EmocircuitsError("rerun needs a new --out directory; it never overwrites the original run.")
+    if "config" not in manifest:
+        raise EmocircuitsError(f"The manifest in {str(path)!r} has no 'config'; it cannot be re-run.")
+    return _RERUN[command](dict(manifest["config"]), out)

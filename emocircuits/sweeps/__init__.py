@@ -1,0 +1,18 @@
+"""Scripted sweeps: a TOML config → a grid of cells → one row per cell in ``DIR/results.parquet``.
+
+    from emocircuits.sweeps import load_config, run_sweep
+    result = run_sweep(load_config("examples/sweeps/quick.toml"), "runs/quick")   # resume=True continues
+    result.table                                                                   # pandas DataFrame
+
+See :mod:`emocircuits.sweeps.config` for the TOML schema, :mod:`emocircuits.sweeps.base` for the
+analysis protocol, :mod:`emocircuits.sweeps.store` for the directory layout.
+"""
+
+from emocircuits.sweeps.base import Analysis, analysis_names, cell_id, derive_seed, get_analysis
+from emocircuits.sweeps.config import SweepConfig, dumps_toml, expand, from_dict, load_config
+from emocircuits.sweeps.engine import SweepResult, plan_tasks, run_sweep
+
+__all__ = [
+    "Analysis", "SweepConfig", "SweepResult", "analysis_names", "cell_id", "derive_seed", "dumps_toml", "expand",
+    "from_dict", "get_analysis", "load_config", "plan_tasks", "run_sweep",
+]

@@ -1,0 +1,26 @@
+"""``python -m emocircuits.sweeps CONFIG.toml --out DIR [--resume]``: the sweep command on its own
+(for cluster nodes and tests); errors print one sentence and exit 2, as in the main CLI."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from emocircuits.errors import EmocircuitsError
+
+
+def main() -> None:
+    from emocircuits.commands.sweep import sweep_cmd
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(sweep_cmd)
+    try:
+        app()
+    except EmocircuitsError as exc:
+        typer.echo(f"emocircuits: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

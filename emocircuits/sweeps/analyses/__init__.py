@@ -1,0 +1,1 @@
+"""Built-in sweep analyses; each module registers itself on import."""

@@ -1,0 +1,402 @@
+"""Sweep configuration: a TOML file parsed into dataclasses, validated before any model loads.
+
+Schema (every table but ``[grid]`` is optional; unknown keys are rejected with the allowed keys named)::
+
+    [sweep]                      # analysis = name of a registered analysis (required)
+    analysis = "neuron_masking"
+    seed = 0                     # drives every random choice of every cell
+    cells_per_task = 0           # cells per task sent to a worker; 0 = the analysis' default
+
+    [model]                      # passed to emocircuits.load_model
+    spec = "default"
+    dtype = "float32"
+    device = "cpu"
+    device_map = ""              # e.g. "auto": split a big model over several GPUs (device is then ignored)
+
+    [data]                       # passed to emocircuits.load_data
+    spec = "builtin:dialogues"
+    split = "test"               # train | test | all
+    limit_per_label = 0          # 0 = every example
+    labels = []                  # [] = the dataset's default scheme
+    template = "chat"
+
+    [analysis]                   # the analysis' own parameters (see its Params dataclass)
+
+    [grid]                       # axis = list of values; the cells are the Cartesian product
+    emotion = ["anger", "disgust"]
+
+    [executor]                   # where cells run (not part of the results' identity)
+    kind = "local"               # local | ray
+    workers = 1
+    address = ""                 # Ray cluster address ("" = RAY_ADDRESS or a local instance)
+    cpus_per_worker = 1
+    gpus_per_worker = 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emocircuits.errors import EmocircuitsError
+
+EXECUTORS = ("local", "ray")
+DTYPES = ("float32", "bfloat16", "float16")
+SPLITS = ("train", "test", "all")
+
+
+# ----------------------------------------------------------------------------- typed dataclass coercion
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if tp is type(None):
+        return "none"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (int/float/str/bool, ``X | None``, ``list[X]``), or one sentence naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except EmocircuitsError:
+                continue
+        raise EmocircuitsError(f"Key {key!r} has value {value!r}; expected {_type_name(tp)}.")
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        if not isinstance(value, list | tuple):
+            raise EmocircuitsError(f"Key {key!r} has value {value!r}; expected {_type_name(tp)}.")
+        items = [coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise EmocircuitsError(f"Key {key!r} must be a table ([{key}]), not {value!r}.")
+        return from_mapping(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - programming error in an analysis' dataclass
+        raise TypeError(f"unsupported config field type {tp!r} for {key}")
+    raise EmocircuitsError(f"Key {key!r} has value {value!r}; expected {_type_name(tp)}.")
+
+
+def from_mapping(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and coercing types.
+
+    ``where`` prefixes key names in errors (``"data"`` -> ``data.split``).
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise EmocircuitsError(f"Unknown key {key!r}; allowed keys{' in [' + where + ']' if where else ''}: "
+                               f"{', '.join(names)}.")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = coerce(data[f.name], hints[f.name], f"{where}.{f.name}" if where else f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init:
+            key = f"{where}.{f.name}" if where else f.name
+            raise EmocircuitsError(f"Missing required key {key!r} ({_type_name(hints[f.name])}).")
+    return cls(**kwargs)
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as a plain JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
+    """Raise one sentence unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise EmocircuitsError(f"Key {key!r} has value {value!r}; allowed values: {', '.join(map(str, allowed))}.")
+
+
+# ----------------------------------------------------------------------------- the config sections
+
+
+@dataclass(frozen=True)
+class SweepSection:
+    """``[sweep]``: which analysis, the seed, and how many cells one task carries."""
+
+    analysis: str
+    seed: int = 0
+    cells_per_task: int = 0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: arguments of :func:`emocircuits.load_model`."""
+
+    spec: str = "default"
+    dtype: str = "float32"
+    device: str = "cpu"
+    device_map: str = ""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: arguments of :func:`emocircuits.data.load_data` and the prompt template."""
+
+    spec: str = "builtin:dialogues"
+    split: str = "test"
+    limit_per_label: int = 0
+    labels: list[str] = field(default_factory=list)
+    template: str = "chat"
+
+    def load(self, seed: int = 0, split: str | None = None) -> Any:
+        """The dataset (``split`` overrides ``self.split``; ``"all"`` = every example)."""
+        from emocircuits.data import load_data
+
+        s = split or self.split
+        return load_data(self.spec, split=None if s == "all" else s, labels=self.labels or None,
+                         limit_per_label=self.limit_per_label or None, seed=seed)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """``[executor]``: where cells run. Not part of the results' identity."""
+
+    kind: str = "local"
+    workers: int = 1
+    address: str = ""
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 0.0
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A whole sweep: what to run (model, data, analysis parameters, grid) and where (executor).
+
+    ``params`` is the analysis' own Params dataclass; ``grid`` maps each axis (a field of the
+    analysis' Cell dataclass) to its values, in file order.
+    """
+
+    sweep: SweepSection
+    model: ModelConfig
+    data: DataConfig
+    params: Any
+    grid: dict[str, list[Any]]
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+    @property
+    def analysis(self) -> str:
+        return self.sweep.analysis
+
+    @property
+    def seed(self) -> int:
+        return self.sweep.seed
+
+    def to_dict(self, *, with_executor: bool = True) -> dict[str, Any]:
+        """The config as the nested dict a TOML file would hold (``from_dict`` inverts it)."""
+        out = {
+            "sweep": as_dict(self.sweep),
+            "model": as_dict(self.model),
+            "data": as_dict(self.data),
+            "analysis": as_dict(self.params),
+            "grid": json.loads(json.dumps(self.grid)),
+        }
+        if with_executor:
+            out["executor"] = as_dict(self.executor)
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What determines every cell's result besides the cell itself: model, data, analysis params, seed."""
+        d = self.to_dict(with_executor=False)
+        return {"analysis": self.analysis, "seed": self.seed, "model": d["model"], "data": d["data"],
+                "params": d["analysis"]}
+
+    def identity_hash(self) -> str:
+        return _hash(self.identity())
+
+    def with_executor(self, **changes: Any) -> SweepConfig:
+        """A copy with some executor fields replaced (None values are ignored), validated."""
+        ex = dataclasses.replace(self.executor, **{k: v for k, v in changes.items() if v is not None})
+        _validate_executor(ex)
+        return dataclasses.replace(self, executor=ex)
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+TOP_KEYS = ("sweep", "model", "data", "analysis", "grid", "executor")
+
+
+def _validate_executor(ex: ExecutorConfig) -> None:
+    choice("executor.kind", ex.kind, EXECUTORS)
+    if ex.workers < 1:
+        raise EmocircuitsError(f"Key 'executor.workers' has value {ex.workers}; allowed values: integers >= 1.")
+    if ex.cpus_per_worker < 1:
+        raise EmocircuitsError(f"Key 'executor.cpus_per_worker' has value {ex.cpus_per_worker}; allowed: integers >= 1.")
+    if ex.gpus_per_worker < 0:
+        raise EmocircuitsError(f"Key 'executor.gpus_per_worker' has value {ex.gpus_per_worker}; allowed: numbers >= 0.")
+
+
+def from_dict(data: Mapping[str, Any]) -> SweepConfig:
+    """Parse and validate a config dict (the content of a sweep TOML); loads no model."""
+    from emocircuits.sweeps.base import get_analysis
+
+    if not isinstance(data, Mapping):
+        raise EmocircuitsError("A sweep config must be a table of tables ([sweep], [model], [data], [analysis], [grid]).")
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise EmocircuitsError(f"Unknown table [{unknown[0]}]; allowed tables: {', '.join(TOP_KEYS)}.")
+    for key in TOP_KEYS:
+        if key in data and not isinstance(data[key], Mapping):
+            raise EmocircuitsError(f"Key {key!r} must be a table ([{key}]), not {type(data[key]).__name__}.")
+    if "sweep" not in data or "analysis" not in data["sweep"]:
+        from emocircuits.sweeps.base import analysis_names
+
+        raise EmocircuitsError(f"Missing required key 'sweep.analysis'; allowed values: {', '.join(analysis_names())}.")
+    sweep = from_mapping(SweepSection, data["sweep"], "sweep")
+    analysis = get_analysis(sweep.analysis)
+    if sweep.cells_per_task < 0:
+        raise EmocircuitsError(f"Key 'sweep.cells_per_task' has value {sweep.cells_per_task}; allowed: integers >= 0.")
+    model = from_mapping(ModelConfig, data.get("model", {}), "model")
+    choice("model.dtype", model.dtype, DTYPES)
+    data_cfg = from_mapping(DataConfig, data.get("data", {}), "data")
+    choice("data.split", data_cfg.split, SPLITS)
+    if data_cfg.limit_per_label < 0:
+        raise EmocircuitsError(f"Key 'data.limit_per_label' has value {data_cfg.limit_per_label}; allowed: integers >= 0.")
+    from emocircuits.prompts import get_template
+
+    try:
+        get_template(data_cfg.template)
+    except EmocircuitsError as exc:
+        raise EmocircuitsError(f"Key 'data.template': {exc}") from None
+    params = from_mapping(analysis.Params, data.get("analysis", {}), "analysis")
+    grid = _parse_grid(analysis, data.get("grid", {}))
+    executor = from_mapping(ExecutorConfig, data.get("executor", {}), "executor")
+    _validate_executor(executor)
+    cfg = SweepConfig(sweep=sweep, model=model, data=data_cfg, params=params, grid=grid, executor=executor)
+    analysis.validate(cfg)
+    return cfg
+
+
+def _parse_grid(analysis: Any, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+    cell_cls = analysis.Cell
+    hints = typing.get_type_hints(cell_cls)
+    names = [f.name for f in dataclasses.fields(cell_cls)]
+    out: dict[str, list[Any]] = {}
+    for axis, values in grid.items():
+        if axis not in names:
+            raise EmocircuitsError(f"Unknown grid axis 'grid.{axis}'; allowed axes for analysis "
+                                   f"{analysis.name!r}: {', '.join(names)}.")
+        if not isinstance(values, list):
+            values = [values]
+        if not values:
+            raise EmocircuitsError(f"Grid axis 'grid.{axis}' is empty; give at least one value.")
+        coerced = [coerce(v, hints[axis], f"grid.{axis}") for v in values]
+        dupes = [v for i, v in enumerate(coerced) if v in coerced[:i]]
+        if dupes:
+            raise EmocircuitsError(f"Grid axis 'grid.{axis}' repeats the value {dupes[0]!r}; list each value once.")
+        out[axis] = coerced
+    missing = [f.name for f in dataclasses.fields(cell_cls)
+               if f.name not in out and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise EmocircuitsError(f"Missing grid axis 'grid.{missing[0]}'; analysis {analysis.name!r} needs "
+                               f"values for: {', '.join(missing)}.")
+    return out
+
+
+def expand(cfg: SweepConfig) -> list[Any]:
+    """The cells of a config: the Cartesian product of the grid axes in file order (last axis fastest)."""
+    from emocircuits.sweeps.base import get_analysis
+
+    analysis = get_analysis(cfg.analysis)
+    axes = list(cfg.grid)
+    return [analysis.Cell(**dict(zip(axes, combo, strict=True)))
+            for combo in itertools.product(*(cfg.grid[a] for a in axes))]
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep TOML file (no model is loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EmocircuitsError(f"Sweep config {str(path)!r} does not exist; pass a .toml file.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise EmocircuitsError(f"{str(path)!r} is not valid TOML ({exc}).") from None
+    return from_dict(data)
+
+
+# ----------------------------------------------------------------------------- a small TOML writer
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
+    """Write a two-level dict (tables of scalars/lists; nested tables as ``[a.b]``) as TOML; None is omitted."""
+    lines: list[str] = []
+
+    def table(name: str, body: Mapping[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        subs = []
+        for k, v in body.items():
+            if v is None:
+                continue
+            if isinstance(v, Mapping):
+                subs.append((k, v))
+            else:
+                lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+        for k, v in subs:
+            table(f"{name}.{k}", v)
+
+    for name, body in data.items():
+        table(name, body)
+    return "\n".join(lines)

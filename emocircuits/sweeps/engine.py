@@ -1,0 +1,166 @@
+"""The sweep engine: expand a config into cells, run the missing ones, store each as it finishes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emocircuits.errors import EmocircuitsError
+from emocircuits.runs import MANIFEST, open_run, read_manifest, register_command
+from emocircuits.sweeps.base import cell_dict, cell_id, get_analysis
+from emocircuits.sweeps.config import SweepConfig, as_dict, expand, from_dict, load_config
+from emocircuits.sweeps.executors import make_executor
+from emocircuits.sweeps.store import RESULTS, CellStore
+
+COMMAND = "sweep"
+
+
+@dataclass
+class SweepResult:
+    """What ``run_sweep`` did: ``table`` is ``results.parquet`` (one row per cell, grid order)."""
+
+    out: Path
+    table: Any
+    n_cells: int
+    n_run: int
+    n_failed: int
+    seconds: float
+
+
+def plan_tasks(cfg: SweepConfig, cells: list[Any], ids: list[str], done: set[str]) -> list[list[dict[str, Any]]]:
+    """Group the cells still to run into tasks of ``cells_per_task`` cells.
+
+    For analyses that stack cells in one batch the tasks are fixed slices of the full grid (so a cell is
+    always computed alongside the same cells, resumed or not) and a task runs whole if any of its cells
+    is missing; otherwise the missing cells are simply chunked.
+    """
+    analysis = get_analysis(cfg.analysis)
+    size = cfg.sweep.cells_per_task or analysis.default_cells_per_task
+    entries = [{"index": i, "cell_id": cid, "cell": cell_dict(c)} for i, (c, cid) in enumerate(zip(cells, ids, strict=True))]
+    if analysis.stacks_cells:
+        chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
+        return [ch for ch in chunks if any(e["cell_id"] not in done for e in ch)]
+    todo = [e for e in entries if e["cell_id"] not in done]
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _check_resumable(out: Path, cfg: SweepConfig) -> None:
+    manifest = read_manifest(out)
+    if manifest.get("command") != COMMAND:
+        raise EmocircuitsError(f"{str(out)!r} holds a {manifest.get('command')!r} run, not a sweep; choose another --out.")
+    old = from_dict(manifest["config"]).identity()
+    new = cfg.identity()
+    for section in ("analysis", "seed", "model", "data", "params"):
+        if old[section] != new[section]:
+            if isinstance(new[section], dict):
+                key = next(k for k in sorted(set(old[section]) | set(new[section]))
+                           if old[section].get(k) != new[section].get(k))
+                name = {"params": "analysis"}.get(section, section)
+                raise EmocircuitsError(
+                    f"Cannot resume {str(out)!r}: key '{name}.{key}' was {old[section].get(key)!r} there but is "
+                    f"{new[section].get(key)!r} now; only [grid] and [executor] may change on resume.")
+            raise EmocircuitsError(f"Cannot resume {str(out)!r}: '{section}' was {old[section]!r} there but is "
+                                   f"{new[section]!r} now; only [grid] and [executor] may change on resume.")
+
+
+def run_sweep(
+    config: SweepConfig | str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    executor: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Run (or with ``resume`` continue) a sweep into the run directory ``out``.
+
+    Cells already stored in ``out/cells`` are skipped on resume (failed ones are retried); each finished
+    cell is written atomically and ``results.parquet`` rebuilt at once, so a killed sweep loses at most
+    the tasks in flight. ``executor``/``workers``/``address`` override the config's ``[executor]``.
+    """
+    t0 = time.perf_counter()
+    cfg = config if isinstance(config, SweepConfig) else load_config(config)
+    cfg = cfg.with_executor(kind=executor, workers=workers, address=address)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EmocircuitsError(f"--out {str(out)!r} exists and is not a directory; choose another --out.")
+    store = CellStore(out)
+    has_run = (out / MANIFEST).exists()
+    if has_run and not resume:
+        raise EmocircuitsError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose another --out.")
+    if has_run:
+        _check_resumable(out, cfg)
+    analysis = get_analysis(cfg.analysis)
+    cells = expand(cfg)
+    ident = cfg.identity_hash()
+    ids = [cell_id(ident, c) for c in cells]
+    store.clean_temporaries()
+    existing = store.load() if resume else {}
+    wanted = set(ids)
+    records = {cid: rec for cid, rec in existing.items() if cid in wanted and rec.get("status") == "ok"}
+    done = set(records)
+    tasks = plan_tasks(cfg, cells, ids, done)
+    n_failed = 0
+    n_run = 0
+    from tqdm.auto import tqdm
+
+    with open_run(out, command=COMMAND, config=cfg.to_dict(with_executor=False), seed=cfg.seed, resume=resume) as run:
+        run.update(sweep={"analysis": cfg.analysis, "n_cells": len(cells), "identity_hash": ident,
+                          "executor": as_dict(cfg.executor), "n_cells_done_at_start": len(done)})
+        _write_text(out / "sweep.toml", cfg.to_toml())
+        store.write_results(records, ids)
+        if tasks:
+            shared = analysis.setup(cfg, out, progress=progress)
+            ex = make_executor(cfg, shared, progress=progress)
+            try:
+                spec = ex.model_spec or {}
+                run.update(model=spec, dtype=spec.get("dtype"), device=spec.get("device"))
+                bar = tqdm(total=len(cells), initial=len(done), desc=f"sweep {cfg.analysis}", unit="cell",
+                           disable=not progress, dynamic_ncols=True)
+                for outcomes in ex.iterate(tasks):
+                    for o in outcomes:
+                        if o["cell_id"] in done:  # a stacked task re-ran a cell that was already stored
+                            continue
+                        arrays = o.pop("arrays", None)
+                        store.write(o, arrays)
+                        records[o["cell_id"]] = o
+                        done.add(o["cell_id"])
+                        n_run += 1
+                        n_failed += o["status"] == "failed"
+                        bar.update(1)
+                    store.write_results(records, ids)
+                    if n_failed:
+                        bar.set_postfix(failed=n_failed)
+                bar.close()
+            finally:
+                ex.close()
+        store.write_results(records, ids)
+        table = store.read_results()
+        files = dict(run.manifest["files"])
+        files[RESULTS] = {"kind": "parquet", "description": "one row per cell: config columns, status, error, metrics"}
+        files["sweep.toml"] = {"kind": "toml", "description": "the resolved sweep config"}
+        files["cells/"] = {"kind": "json", "description": "one JSON record per finished cell (source of results)"}
+        run.update(files=files, summary={"n_cells": len(cells), "n_ok": int((table["status"] == "ok").sum()),
+                                         "n_failed": int((table["status"] == "failed").sum()),
+                                         "n_run_this_time": n_run, "seconds": round(time.perf_counter() - t0, 3)})
+    return SweepResult(out, table, len(cells), n_run, n_failed, time.perf_counter() - t0)
+
+
+def _write_text(path: Path, text: str) -> None:
+    from emocircuits.runs import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _rerun_sweep(config: dict[str, Any], out: Path) -> SweepResult:
+    """Re-create a sweep from its manifest's config (locally, in this process)."""
+    return run_sweep(from_dict(config), out, progress=True)
+
+
+register_command(COMMAND, _rerun_sweep)
+
+__all__ = ["SweepResult", "plan_tasks", "run_sweep"]
