@@ -17,12 +17,13 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from emocircuits.commands import classify, models, neurons, sweep
+    from emocircuits.commands import classify, models, neurons, report, sweep
 
     models.register(app)
     app.command("classify")(classify.classify_cmd)
     neurons.register(app)
     sweep.register(app)
+    report.register(app)
 
 
 _register_all()

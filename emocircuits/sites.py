@@ -17,7 +17,10 @@ mlp.out             blocks.L.hook_mlp_out       blocks.L.hook_mlp_out       [bat
 resid.pre           blocks.L.hook_resid_pre     blocks.L.hook_resid_pre     [batch, pos, d_model]
 resid.mid           blocks.L.hook_resid_mid     blocks.L.hook_resid_mid     [batch, pos, d_model]
 resid.post          blocks.L.hook_resid_post    blocks.L.hook_resid_post    [batch, pos, d_model]
+final.norm          ln_final.hook_out           ln_final.hook_out           [batch, pos, d_model]
 ==================  ==========================  ==========================  ==========================
+
+``final.norm`` (the normalised final residual, the unembedding's input) has no layer: pass ``layer=None``.
 
 ``neuron.gated`` is the input of the down projection, so writing it writes exactly one column of
 that input per neuron; ``head.z`` is the per-head input of the output projection.
@@ -70,6 +73,8 @@ SITES: dict[str, SiteInfo] = {
         SiteInfo("resid.pre", "blocks.{L}.hook_resid_pre", "blocks.{L}.hook_resid_pre", _D, doc="residual before block"),
         SiteInfo("resid.mid", "blocks.{L}.hook_resid_mid", "blocks.{L}.hook_resid_mid", _D, doc="residual after attention"),
         SiteInfo("resid.post", "blocks.{L}.hook_resid_post", "blocks.{L}.hook_resid_post", _D, doc="residual after block"),
+        SiteInfo("final.norm", "ln_final.hook_out", "ln_final.hook_out", _D, writable=False,
+                 doc="normalised final residual (input of the unembedding)"),
     ]
 }
 
@@ -92,11 +97,13 @@ def check_layer(model: Any, layer: int) -> int:
     return layer
 
 
-def hook_name(model: Any, site: str, layer: int) -> str:
-    """The bridge hook for ``site`` at ``layer``; raises one sentence if the architecture lacks it."""
+def hook_name(model: Any, site: str, layer: int | None) -> str:
+    """The bridge hook for ``site`` at ``layer`` (None for ``final.norm``); one sentence if the model lacks it."""
     info = site_info(site)
-    check_layer(model, layer)
-    name = info.hook(spec_of(model)).format(L=layer)
+    template = info.hook(spec_of(model))
+    if "{L}" in template:
+        check_layer(model, layer)  # type: ignore[arg-type]
+    name = template.format(L=layer)
     if name not in model.hook_dict:
         raise EmocircuitsError(
             f"Site {info.name!r} (hook {name}) does not exist on {spec_of(model).architecture}; "

@@ -273,10 +273,25 @@ def run_demo(config: dict[str, Any], out: Path, quiet: bool = False) -> Any:
         res = neurons.mask(bridge, test, sel, controls=config["controls"], seed=config["seed"],
                            template=config["template"], progress=not quiet)
         write_mask_outputs(run, res)
+        run.write_json("token_views", demo_token_views(bridge, test, sel), "circuitsvis token views for the report")
         timings = {"load_s": round(t_load, 1), "find_s": round(t_find - t0 - t_load, 1),
                    "mask_s": round(time.perf_counter() - t_find, 1), "total_s": round(time.perf_counter() - t0, 1)}
         run.update(timings=timings)
     return sel, res, timings
+
+
+def demo_token_views(bridge: Any, test: Any, sel: Any) -> dict[str, Any]:
+    """Two token views for the demo report: the first test text coloured by its emotion's neuron set
+    (summed values), and two heads' attention on the start of the second."""
+    from emocircuits import tokenviews
+
+    n_layers = sel.n_layers
+    views = [tokenviews.attention_view(bridge, test[1].text[:300], [(n_layers // 2, 0), (n_layers - 1, 1)])]
+    with_neurons = [ex for ex in test if len(sel.sets.get(ex.label, ()))]
+    if with_neurons:  # a tiny model may select no neuron for some emotions
+        ex = with_neurons[0]
+        views.insert(0, tokenviews.neuron_set_view(bridge, ex.text, sel, ex.label))
+    return tokenviews.views_document(views)
 
 
 def demo_cmd(

@@ -1,0 +1,410 @@
+"""One self-contained HTML report from one or more run directories.
+
+``write_report(["runs/demo", "runs/sweep"], "report.html")`` reads each run's manifest and the files
+it wrote, draws every figure those files support, and writes a single HTML file that opens offline:
+plotly.js and CircuitsVis' JavaScript are inlined once each, and a Content-Security-Policy forbids
+every network request. The manifests' summary is at the top.
+
+Files and the figures they give (a figure whose input is missing or unusable is listed under
+"not shown" with the reason, never silently dropped):
+
+=========================  ==========================================================
+file                       figures
+=========================  ==========================================================
+layer_counts.parquet       emotion neurons per layer (else from neurons.json)
+overlap.parquet            overlap heatmap (else computed from neurons.json)
+mask_effects.parquet       accuracy normal vs masked with controls; Δ accuracy grid
+mask_errors.parquet        misclassification heatmap
+results.parquet            ratio sweep and layer-range sweep (when the sweep varied them)
+neuron_summary.parquet     table of the most selective neurons
+token_views.json           CircuitsVis token views (``emocircuits.tokenviews``)
+=========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from tqdm.auto import tqdm
+
+from emocircuits.errors import EmocircuitsError
+from emocircuits.runs import MANIFEST, read_manifest
+from emocircuits.viz import figures as F
+from emocircuits.viz.colors import color_map
+from emocircuits.viz.tokens import TokenView, circuitsvis_js
+
+#: Class of the wrapper around each plotly figure (plotly itself adds ``js-plotly-plot`` to the graph div).
+FIGURE_CLASS = "ec-figure"
+TOKEN_VIEWS_FILE = "token_views.json"
+
+_PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
+                  "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+@dataclass
+class Item:
+    """One thing in a report section: a plotly figure, a token view, or a ready HTML block."""
+
+    kind: str  # "figure" | "token_view" | "html"
+    title: str
+    value: Any
+    caption: str = ""
+
+
+@dataclass
+class RunReport:
+    """What the report shows for one run directory."""
+
+    path: Path
+    manifest: dict[str, Any]
+    items: list[Item] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (figure, reason)
+
+    @property
+    def n_figures(self) -> int:
+        return sum(i.kind == "figure" for i in self.items)
+
+    @property
+    def n_token_views(self) -> int:
+        return sum(i.kind == "token_view" for i in self.items)
+
+
+@dataclass
+class Report:
+    """A built report: the runs it covers, its HTML, and where it was written (if it was)."""
+
+    runs: list[RunReport]
+    html: str
+    path: Path | None = None
+
+    @property
+    def n_figures(self) -> int:
+        return sum(r.n_figures for r in self.runs)
+
+    @property
+    def n_token_views(self) -> int:
+        return sum(r.n_token_views for r in self.runs)
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+class _Files:
+    """Lazy, cached access to a run directory's files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._cache: dict[str, Any] = {}
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def table(self, name: str) -> pd.DataFrame:
+        if name not in self._cache:
+            try:
+                self._cache[name] = pd.read_parquet(self.path / name)
+            except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged file
+                raise EmocircuitsError(f"{str(self.path / name)!r} cannot be read as Parquet ({type(exc).__name__}); "
+                                       "the run directory is damaged.") from exc
+        return self._cache[name]
+
+    def json(self, name: str) -> Any:
+        if name not in self._cache:
+            try:
+                self._cache[name] = json.loads((self.path / name).read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise EmocircuitsError(f"{str(self.path / name)!r} is not valid JSON (line {exc.lineno}); "
+                                       "the run directory is damaged.") from exc
+        return self._cache[name]
+
+
+def _labels_in(files: _Files) -> set[str]:
+    labels: set[str] = set()
+    if files.has("neurons.json"):
+        doc = files.json("neurons.json")
+        if isinstance(doc, dict) and isinstance(doc.get("neurons"), dict):
+            labels |= set(doc["neurons"])
+    for name, cols in (("layer_counts.parquet", ["emotion"]), ("mask_effects.parquet", ["masked_emotion", "true_label"]),
+                       ("mask_errors.parquet", ["masked_emotion", "true_label", "predicted"]),
+                       ("results.parquet", ["emotion", "true_label"])):
+        if files.has(name):
+            df = files.table(name)
+            for c in cols:
+                if c in df.columns:
+                    labels |= {str(x) for x in df[c].dropna().unique()}
+    return labels - {F.POOLED}
+
+
+def _model_dims(manifest: dict[str, Any]) -> tuple[int | None, int | None]:
+    model = manifest.get("model") or {}
+    return model.get("n_layers"), model.get("d_mlp")
+
+
+def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) -> RunReport:
+    run = RunReport(files.path, manifest)
+    n_layers, d_mlp = _model_dims(manifest)
+
+    def add(title: str, build: Callable[[], go.Figure], caption: str, needs: str) -> None:
+        try:
+            fig = build()
+        except EmocircuitsError as exc:
+            run.skipped.append((title, f"{needs}: {exc}"))
+            return
+        run.items.append(Item("figure", title, fig, caption))
+
+    neurons_doc = files.json("neurons.json") if files.has("neurons.json") else None
+    if files.has("layer_counts.parquet") or neurons_doc is not None:
+        source = files.table("layer_counts.parquet") if files.has("layer_counts.parquet") else neurons_doc
+        add("Layer distribution (Fig. 1)",
+            lambda: F.layer_distribution(source, n_layers=n_layers, d_mlp=d_mlp, colors=colors),
+            "How many of each emotion's selected neurons sit in each layer.", "layer_counts.parquet")
+    if files.has("overlap.parquet") or neurons_doc is not None:
+        source = files.table("overlap.parquet") if files.has("overlap.parquet") else neurons_doc
+        add("Overlap between emotion sets (Fig. 14)", lambda: F.overlap_heatmap(source, colors=colors),
+            "Jaccard overlap |A∩B| / |A∪B| of every pair of emotion neuron sets.", "overlap.parquet")
+    if files.has("mask_effects.parquet"):
+        effects = files.table("mask_effects.parquet")
+        add("Accuracy under masking (Fig. 2)", lambda: F.masking_accuracy(effects, colors=colors),
+            "Accuracy per true label with each emotion's neurons zeroed, against size-matched random neurons.",
+            "mask_effects.parquet")
+        add("Accuracy change grid", lambda: F.accuracy_change_heatmap(effects, colors=colors),
+            "The same masking runs as one grid: accuracy change in percentage points.", "mask_effects.parquet")
+    if files.has("mask_errors.parquet"):
+        errors = files.table("mask_errors.parquet")
+        add("Misclassifications under masking (Fig. 15)",
+            lambda: F.misclassification_heatmap(errors, colors=colors),
+            "Where the masked emotion's failed texts go.", "mask_errors.parquet")
+    if files.has("results.parquet"):
+        results = files.table("results.parquet")
+        add("Masking-ratio sweep (Fig. 3)", lambda: F.ratio_sweep(results, colors=colors),
+            "Accuracy change as a growing share of an emotion's neurons is masked.", "results.parquet")
+        add("Layer-range sweep (Fig. 4)",
+            lambda: F.layer_range_sweep(results, n_layers=n_layers, colors=colors),
+            "Accuracy change when the neurons are masked only in one third of the layers.", "results.parquet")
+    if files.has("neuron_summary.parquet"):
+        try:
+            run.items.append(Item("html", "Most selective neurons", _summary_table(files.table("neuron_summary.parquet")),
+                                  "Lowest-entropy neurons across all emotions (rank 1 = most selective)."))
+        except EmocircuitsError as exc:
+            run.skipped.append(("Most selective neurons", f"neuron_summary.parquet: {exc}"))
+    if files.has(TOKEN_VIEWS_FILE):
+        records = files.json(TOKEN_VIEWS_FILE)
+        records = records.get("views", []) if isinstance(records, dict) else records
+        for record in records:
+            view = TokenView.from_dict(record)
+            run.items.append(Item("token_view", view.title or view.component, view, view.caption))
+    return run
+
+
+def _summary_table(df: pd.DataFrame, top: int = 12) -> str:
+    need = ["layer", "neuron", "entropy"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise EmocircuitsError(f"the table lacks columns {missing}")
+    frame = df.sort_values("rank" if "rank" in df.columns else "entropy").head(top)
+    p_cols = [c for c in frame.columns if c.startswith("p_")]
+    rows = []
+    for rec in frame.to_dict("records"):
+        emotions = rec.get("emotions", "")
+        if not isinstance(emotions, str):
+            emotions = ", ".join(map(str, list(emotions)))
+        cells = [str(rec.get("rank", "")), f"L{int(rec['layer'])}.N{int(rec['neuron'])}", f"{rec['entropy']:.4f}",
+                 html.escape(emotions)] + [f"{float(rec[c]):.3f}" for c in p_cols]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in
+                   ["rank", "neuron", "entropy (nats)", "assigned to"] + [f"P({c[2:]})" for c in p_cols])
+    return f"<table class='ec-table'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+_CSS = """
+:root { --ink:#1f2328; --muted:#59636e; --line:#d8dee4; --bg:#f6f8fa; --accent:#0072B2; }
+* { box-sizing: border-box; }
+body { margin:0; font-family: Inter, 'Segoe UI', Helvetica, Arial, sans-serif; color:var(--ink); background:var(--bg); }
+header.ec-top { background:#1f2a37; color:#fff; padding:22px 36px 18px; }
+header.ec-top h1 { margin:0 0 4px; font-size:24px; font-weight:650; letter-spacing:.2px; }
+header.ec-top .sub { color:#c9d1d9; font-size:13px; }
+header.ec-top .chips { margin-top:10px; display:flex; gap:8px; flex-wrap:wrap; }
+.chip { display:inline-block; padding:2px 10px; border-radius:999px; font-size:12px; font-weight:600; color:#fff; }
+main { max-width: 1240px; margin: 0 auto; padding: 20px 28px 60px; }
+section.ec-card { background:#fff; border:1px solid var(--line); border-radius:10px; padding:18px 22px; margin:18px 0; }
+h2 { font-size:19px; margin:0 0 10px; }
+h3 { font-size:16px; margin:22px 0 2px; }
+p.cap { color:var(--muted); margin:2px 0 8px; font-size:13px; }
+table.ec-table { border-collapse: collapse; width:100%; font-size:13px; }
+table.ec-table th, table.ec-table td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); vertical-align: top; }
+table.ec-table th { background:var(--bg); font-weight:600; }
+.status { font-weight:700; padding:1px 8px; border-radius:6px; font-size:12px; }
+.status.complete { background:#dafbe1; color:#116329; } .status.failed { background:#ffebe9; color:#a40e26; }
+.status.running { background:#fff8c5; color:#7d4e00; }
+details { margin-top:8px; } summary { cursor:pointer; color:var(--accent); font-size:13px; }
+pre { background:var(--bg); border:1px solid var(--line); border-radius:6px; padding:10px; font-size:12px; overflow:auto; }
+.ec-figure { margin: 10px 0 22px; border-top:1px solid var(--line); padding-top:10px; }
+.fig-cap { margin:0 12px; }
+.ec-token-view { margin: 8px 0 18px; }
+.ec-cv-title { font-weight:600; font-size:14px; } .ec-cv-caption { color:var(--muted); font-size:12px; margin-bottom:6px; }
+.skipped { color:#7d4e00; font-size:13px; } .skipped li { margin:2px 0; }
+nav.toc { font-size:13px; } nav.toc a { color:var(--accent); text-decoration:none; margin-right:14px; }
+footer { color:var(--muted); font-size:12px; text-align:center; padding:18px; }
+"""
+
+# No network at all: only inline scripts/styles and data:/blob: images and fonts.
+_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+        "img-src data: blob:; font-src data:; connect-src 'none'; worker-src blob:")
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _duration(manifest: dict[str, Any]) -> str:
+    try:
+        start = _dt.datetime.fromisoformat(manifest["started"])
+        end = _dt.datetime.fromisoformat(manifest["finished"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    seconds = (end - start).total_seconds()
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _summary_html(runs: Sequence[RunReport]) -> str:
+    rows = []
+    for k, run in enumerate(runs, 1):
+        m = run.manifest
+        model = m.get("model") or {}
+        dims = (f"{model.get('n_layers', '?')} layers × {model.get('d_mlp', '?')} neurons"
+                if model else "")
+        status = str(m.get("status", "unknown"))
+        rows.append(
+            f"<tr><td><a href='#run-{k}'>{k}</a></td><td><code>{_e(run.path.name)}</code></td>"
+            f"<td><code>{_e(m.get('command'))}</code></td><td><span class='status {_e(status)}'>{_e(status)}</span></td>"
+            f"<td>{_e(model.get('model_id', ''))}<br><span class='cap'>{_e(dims)} · {_e(m.get('dtype') or '')}</span></td>"
+            f"<td>{_e(m.get('seed'))}</td><td>{_e(m.get('started'))}</td><td>{_e(_duration(m))}</td>"
+            f"<td>{run.n_figures} figures, {run.n_token_views} token views</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ["#", "run", "command", "status", "model", "seed", "started", "took",
+                                            "shown"])
+    return (f"<section class='ec-card' id='summary'><h2>Runs</h2><table class='ec-table'><thead><tr>{head}</tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table></section>")
+
+
+def _run_html(k: int, run: RunReport, progress: bool) -> str:
+    m = run.manifest
+    parts = [f"<section class='ec-card' id='run-{k}'><h2>{k}. <code>{_e(m.get('command'))}</code> — "
+             f"{_e(run.path.name)}</h2>"]
+    if m.get("error"):
+        parts.append(f"<p class='skipped'>The run failed: {_e(m['error'])}</p>")
+    toc = "".join(f"<a href='#run-{k}-item-{i}'>{_e(item.title)}</a>" for i, item in enumerate(run.items))
+    if toc:
+        parts.append(f"<nav class='toc'>{toc}</nav>")
+    details = {"path": str(run.path), "config": m.get("config"), "model": m.get("model"), "versions": m.get("versions"),
+               "files": sorted((m.get("files") or {}).keys())}
+    parts.append("<details><summary>Manifest: config, model, versions, files</summary><pre>"
+                 f"{_e(json.dumps(details, indent=2, default=str))}</pre></details>")
+    for i, item in enumerate(tqdm(run.items, desc=f"report: run {k}", unit="item", disable=not progress, leave=False)):
+        anchor = f"run-{k}-item-{i}"
+        if item.kind == "figure":
+            body = pio.to_html(item.value, full_html=False, include_plotlyjs=False, config=_PLOTLY_CONFIG,
+                               div_id=f"{anchor}-plot", default_width="100%")
+            parts.append(f"<div id='{anchor}' class='{FIGURE_CLASS}' data-title='{_e(item.title)}'>{body}"
+                         f"<p class='cap fig-cap'><b>{_e(item.title)}.</b> {_e(item.caption)}</p></div>")
+        elif item.kind == "token_view":
+            parts.append(f"<div id='{anchor}'>{item.value.to_html(include_js=False)}</div>")
+        else:
+            parts.append(f"<h3 id='{anchor}'>{_e(item.title)}</h3><p class='cap'>{_e(item.caption)}</p>{item.value}")
+    if run.skipped:
+        lis = "".join(f"<li><b>{_e(t)}</b> — {_e(r)}</li>" for t, r in run.skipped)
+        parts.append(f"<h3>Not shown</h3><ul class='skipped'>{lis}</ul>")
+    if not run.items and not run.skipped:
+        parts.append("<p class='cap'>This run wrote no file the report knows how to draw.</p>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def build_report(run_dirs: Sequence[str | Path] | str | Path, *, title: str | None = None,
+                 progress: bool = True) -> Report:
+    """Read the run directories and assemble the report's HTML (not written; see :func:`write_report`)."""
+    if isinstance(run_dirs, str | Path):
+        run_dirs = [run_dirs]
+    if not run_dirs:
+        raise EmocircuitsError("No run directory given; pass at least one directory an emocircuits command wrote.")
+    loaded = []
+    for d in run_dirs:
+        path = Path(d)
+        if not path.is_dir():
+            raise EmocircuitsError(f"{str(path)!r} is not a directory; pass a run directory an emocircuits command wrote.")
+        manifest = read_manifest(path)
+        if not isinstance(manifest, dict):
+            raise EmocircuitsError(f"{str(path / MANIFEST)!r} is not a JSON object; the run directory is damaged.")
+        loaded.append((_Files(path), manifest))
+    labels: set[str] = set()
+    for files, _ in loaded:
+        labels |= _labels_in(files)
+    colors = color_map(labels)
+    runs = [_run_items(files, manifest, colors)
+            for files, manifest in tqdm(loaded, desc="report: reading runs", unit="run", disable=not progress)]
+    return Report(runs, _page(runs, title or "emocircuits report", colors, progress))
+
+
+def _page(runs: Sequence[RunReport], title: str, colors: dict[str, str], progress: bool) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("emocircuits")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        ours = "source"
+    has_plots = any(r.n_figures for r in runs)
+    has_views = any(r.n_token_views for r in runs)
+    scripts = ""
+    if has_plots:
+        from plotly.offline import get_plotlyjs
+
+        scripts += f"<script type='text/javascript'>{get_plotlyjs()}</script>"
+    if has_views:
+        scripts += f"<script type='text/javascript'>{circuitsvis_js()}</script>"
+    chips = "".join(f"<span class='chip' style='background:{c}'>{_e(lab)}</span>" for lab, c in colors.items())
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    n_fig = sum(r.n_figures for r in runs)
+    n_tv = sum(r.n_token_views for r in runs)
+    body = "".join(_run_html(k, run, progress) for k, run in enumerate(runs, 1))
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{_e(title)}</title><style>{_CSS}</style>{scripts}</head><body>"
+        f"<header class='ec-top'><h1>{_e(title)}</h1><div class='sub'>{len(runs)} run(s) · {n_fig} figures · "
+        f"{n_tv} token views · generated {now} by emocircuits {_e(ours)}</div><div class='chips'>{chips}</div></header>"
+        f"<main data-figures='{n_fig}' data-token-views='{n_tv}'>{_summary_html(runs)}{body}</main>"
+        "<footer>Self-contained: opens offline; plotly.js and CircuitsVis are inlined. Hover any mark for exact "
+        "values.</footer></body></html>"
+    )
+
+
+def write_report(run_dirs: Sequence[str | Path] | str | Path, out: str | Path, *, title: str | None = None,
+                 progress: bool = True) -> Report:
+    """Build the report for ``run_dirs`` and write it to ``out`` (atomically). Returns the :class:`Report`."""
+    from emocircuits.runs import atomic_path
+
+    out = Path(out)
+    if out.is_dir():
+        raise EmocircuitsError(f"{str(out)!r} is a directory; pass a file name such as report.html for -o.")
+    report = build_report(run_dirs, title=title, progress=progress)
+    with atomic_path(out) as tmp:
+        tmp.write_text(report.html, encoding="utf-8")
+    umask = os.umask(0)
+    os.umask(umask)
+    out.chmod(0o666 & ~umask)  # a report is for sharing: ordinary file permissions, not the temp file's 0600
+    report.path = out
+    return report
+
