@@ -75,7 +75,9 @@ class PromptTemplate:
     fewshot: tuple[tuple[str, str], ...] = ()
     add_special_tokens: bool = True
 
-    def render(self, text: str, labels: Sequence[str], tokenizer: Any = None, *, emotion: str | None = None) -> str:
+    def render(
+        self, text: str, labels: Sequence[str], tokenizer: Any = None, *, emotion: str | None = None
+    ) -> str:
         """The prompt string for ``text``. ``emotion`` fills ``{emotion}`` (elicitation templates)."""
         lab = ", ".join(labels)
 
@@ -83,15 +85,10 @@ class PromptTemplate:
             return s.replace("{labels}", lab).replace("{emotion}", emotion or "").replace("{text}", text)
 
         if self.kind == "plain":
-            demos = "".join(fmt(self.user).replace(text, d, 1) + f" {y}\n\n" for d, y in self.fewshot) if False else ""
-            if self.fewshot:
-                head = self.user.split("{text}")[0]
-                tail = self.user.split("{text}")[1] if "{text}" in self.user else ""
-                demos = "".join(
-                    f"{head.replace('{labels}', lab) if i == 0 else ''}Text: {d}\nEmotion: {y}\n\n"
-                    for i, (d, y) in enumerate(self.fewshot)
-                )
-                return demos + f"Text: {text}\nEmotion:" + tail.replace("{labels}", lab)
+            if self.fewshot:  # header (text before {text}), demos in the scheme, then the query
+                header = self.user.split("{text}")[0].replace("{labels}", lab)
+                demos = "".join(f"Text: {d}\nEmotion: {y}\n\n" for d, y in self.fewshot if y in labels)
+                return f"{header}{demos}Text: {text}\nEmotion:"
             return fmt(self.user) + self.answer_prefix
         messages = []
         system = self.system
@@ -123,17 +120,27 @@ def _warn_no_chat_template() -> None:
 
 TEMPLATES: dict[str, PromptTemplate] = {
     "chat": PromptTemplate(
-        "chat", kind="chat", system=LEE_SYSTEM, user=LEE_USER, answer_prefix="Emotion:", add_special_tokens=False
+        "chat",
+        kind="chat",
+        system=LEE_SYSTEM,
+        user=LEE_USER,
+        answer_prefix="Emotion:",
+        add_special_tokens=False,
     ),
     "chat_lee": PromptTemplate(
         "chat_lee", kind="chat", system=LEE_SYSTEM, user=LEE_USER, label_space=False, add_special_tokens=False
     ),
     "chat_short": PromptTemplate(
-        "chat_short", kind="chat", system=SHORT_SYSTEM, user=SHORT_USER, answer_prefix="Emotion:",
+        "chat_short",
+        kind="chat",
+        system=SHORT_SYSTEM,
+        user=SHORT_USER,
+        answer_prefix="Emotion:",
         add_special_tokens=False,
     ),
     "fewshot": PromptTemplate(
-        "fewshot", kind="plain",
+        "fewshot",
+        kind="plain",
         user="Classify the emotion of each text as one of: {labels}.\n\n{text}",
         fewshot=FEWSHOT_DEMOS,
     ),
@@ -163,7 +170,9 @@ def get_template(name_or_userstring: str | PromptTemplate) -> PromptTemplate:
     if "{text}" in s:
         if s.startswith("chat:"):
             body = s.removeprefix("chat:")
-            return PromptTemplate("user-chat", kind="chat", user=body, label_space=False, add_special_tokens=False)
+            return PromptTemplate(
+                "user-chat", kind="chat", user=body, label_space=False, add_special_tokens=False
+            )
         return PromptTemplate("user", kind="plain", user=s, label_space=s.rstrip(" ").endswith(":"))
     raise EmocircuitsError(
         f"Unknown template {s!r}; use one of {', '.join(TEMPLATES)} or a string containing {{text}}."

@@ -40,18 +40,41 @@ VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")
 SPLIT_SEED = 20250
 TEST_SHARE = 0.05
 APPRAISAL_COLUMNS: tuple[str, ...] = (
-    "suddenness", "familiarity", "predict_event", "pleasantness", "unpleasantness", "goal_relevance",
-    "self_responsblt", "other_responsblt", "chance_responsblt", "self_control", "other_control",
-    "chance_control", "goal_support", "urgency", "accept_conseq", "standards", "social_norms",
-    "attention", "not_consider", "effort",
+    "suddenness",
+    "familiarity",
+    "predict_event",
+    "pleasantness",
+    "unpleasantness",
+    "goal_relevance",
+    "self_responsblt",
+    "other_responsblt",
+    "chance_responsblt",
+    "self_control",
+    "other_control",
+    "chance_control",
+    "goal_support",
+    "urgency",
+    "accept_conseq",
+    "standards",
+    "social_norms",
+    "attention",
+    "not_consider",
+    "effort",
 )
 # Label spellings mapped onto the scheme (only when the raw label is not itself in the scheme).
 LABEL_ALIASES: dict[str, str] = {"joy": "happiness", "happy": "happiness", "sad": "sadness", "angry": "anger"}
 ENVENT_TEXT_FIELDS = ("generated_text", "hidden_emo_text")
 
 __all__ = [
-    "APPRAISAL_COLUMNS", "EKMAN6", "VALENCES", "Dataset", "Example", "data_dir", "load_data",
-    "stratified_split", "known_specs",
+    "APPRAISAL_COLUMNS",
+    "EKMAN6",
+    "VALENCES",
+    "Dataset",
+    "Example",
+    "data_dir",
+    "load_data",
+    "stratified_split",
+    "known_specs",
 ]
 
 
@@ -151,7 +174,9 @@ def data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
 
 
-def stratified_split(labels: Sequence[str], test_share: float = TEST_SHARE, seed: int = SPLIT_SEED) -> list[str]:
+def stratified_split(
+    labels: Sequence[str], test_share: float = TEST_SHARE, seed: int = SPLIT_SEED
+) -> list[str]:
     """``"train"``/``"test"`` per item; per label a seeded shuffle sends round(share·n) (≥1) to test."""
     out = ["train"] * len(labels)
     by_label: dict[str, list[int]] = {}
@@ -193,7 +218,9 @@ def _read_json_records(path: Path) -> list[_Row]:
         with _open_text(path) as fh:
             text = fh.read()
     except (UnicodeDecodeError, OSError, EOFError) as e:
-        raise EmocircuitsError(f"{path} could not be read as UTF-8 JSON ({e}); check the file is not corrupt.") from e
+        raise EmocircuitsError(
+            f"{path} could not be read as UTF-8 JSON ({e}); check the file is not corrupt."
+        ) from e
     if text.lstrip().startswith("["):
         try:
             arr = json.loads(text)
@@ -202,7 +229,9 @@ def _read_json_records(path: Path) -> list[_Row]:
         rows = []
         for i, obj in enumerate(arr):
             if not isinstance(obj, dict):
-                raise EmocircuitsError(f"{path}, record {i + 1}: expected a JSON object, got {type(obj).__name__}.")
+                raise EmocircuitsError(
+                    f"{path}, record {i + 1}: expected a JSON object, got {type(obj).__name__}."
+                )
             rows.append(_Row(obj, f"{path}, record {i + 1}"))
         return rows
     rows = []
@@ -212,7 +241,9 @@ def _read_json_records(path: Path) -> list[_Row]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise EmocircuitsError(f"{path}, line {lineno}: invalid JSON ({e.msg}); fix or remove that line.") from e
+            raise EmocircuitsError(
+                f"{path}, line {lineno}: invalid JSON ({e.msg}); fix or remove that line."
+            ) from e
         if not isinstance(obj, dict):
             raise EmocircuitsError(
                 f"{path}, line {lineno}: expected a JSON object per line, got {type(obj).__name__}; fix that line."
@@ -243,7 +274,9 @@ def _read_csv_records(path: Path, encoding: str) -> list[_Row]:
                 rows.append(_Row(dict(zip(header, rec, strict=True)), f"{path}, line {lineno}"))
             return rows
     except UnicodeDecodeError as e:
-        raise EmocircuitsError(f"{path} is not valid {encoding} ({e.reason} at byte {e.start}); re-save it as {encoding}.") from e
+        raise EmocircuitsError(
+            f"{path} is not valid {encoding} ({e.reason} at byte {e.start}); re-save it as {encoding}."
+        ) from e
     except csv.Error as e:
         raise EmocircuitsError(f"{path}: malformed CSV ({e}); fix the quoting in that file.") from e
 
@@ -293,7 +326,9 @@ def _dialogue_text(value: Any, row: _Row) -> str:
                 spk = t.get("speaker") or ("A" if i % 2 == 0 else "B")
                 turns.append(f"{spk}: {str(t['text']).strip()}")
             else:
-                raise EmocircuitsError(f"{row.where}: turn {i + 1} of 'dialogue' is neither text nor {{speaker, text}}.")
+                raise EmocircuitsError(
+                    f"{row.where}: turn {i + 1} of 'dialogue' is neither text nor {{speaker, text}}."
+                )
         return "\n".join(turns)
     raise EmocircuitsError(f"{row.where}: field 'dialogue' must be a string or a list of turns.")
 
@@ -339,8 +374,13 @@ def _load_generic(
         grp = f.get("group")
         out.append(
             (
-                Example(str(f.get("id") or f"{id_prefix}-{n:06d}"), str(f[text_field]).strip(), lab,
-                        str(grp) if grp not in (None, "") else None, meta),
+                Example(
+                    str(f.get("id") or f"{id_prefix}-{n:06d}"),
+                    str(f[text_field]).strip(),
+                    lab,
+                    str(grp) if grp not in (None, "") else None,
+                    meta,
+                ),
                 f.get("split"),
             )
         )
@@ -370,11 +410,18 @@ def _load_envent(
             elif k != text_field:
                 meta[k] = v
         ident = row.fields.get("text_id") or row.fields.get("id") or f"{id_prefix}-{n:06d}"
-        out.append((Example(str(ident), str(row.fields[text_field]).strip(), lab, None, meta), row.fields.get("split")))
+        out.append(
+            (
+                Example(str(ident), str(row.fields[text_field]).strip(), lab, None, meta),
+                row.fields.get("split"),
+            )
+        )
     return out
 
 
-def _load_sev(rows: list[_Row], labels: Sequence[str], drop_unknown: bool) -> list[tuple[Example, str | None]]:
+def _load_sev(
+    rows: list[_Row], labels: Sequence[str], drop_unknown: bool
+) -> list[tuple[Example, str | None]]:
     out = []
     for n, row in enumerate(rows):
         _require(row, "scenario", "events")
@@ -431,7 +478,9 @@ def _assign_splits(
         themes = {}
         for ex, _ in pairs:
             themes[ex.group or ""] = str(ex.meta.get("theme") or "")
-        gsplit = dict(zip(groups, stratified_split([themes[g] for g in groups], 0.5, SPLIT_SEED), strict=True))
+        gsplit = dict(
+            zip(groups, stratified_split([themes[g] for g in groups], 0.5, SPLIT_SEED), strict=True)
+        )
         return [(ex, gsplit[ex.group or ""]) for ex, _ in pairs]
     splits = stratified_split([ex.label for ex, _ in pairs], TEST_SHARE, SPLIT_SEED)
     return [(ex, s) for (ex, _), s in zip(pairs, splits, strict=True)]
@@ -461,11 +510,15 @@ def load_data(
             ``generated_text`` or ``hidden_emo_text`` for crowd-enVENT).
     """
     if not isinstance(spec, str) or ":" not in spec:
-        raise EmocircuitsError(f"Data spec {spec!r} has no 'kind:' prefix; use one of {', '.join(known_specs())}.")
+        raise EmocircuitsError(
+            f"Data spec {spec!r} has no 'kind:' prefix; use one of {', '.join(known_specs())}."
+        )
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in _PREFIXES:
-        raise EmocircuitsError(f"Unknown data kind {kind!r} in {spec!r}; use one of {', '.join(known_specs())}.")
+        raise EmocircuitsError(
+            f"Unknown data kind {kind!r} in {spec!r}; use one of {', '.join(known_specs())}."
+        )
     if split not in (None, "train", "test"):
         raise EmocircuitsError(f"Unknown split {split!r}; use 'train', 'test' or None for all examples.")
     name = spec
@@ -504,7 +557,9 @@ def load_data(
                 _read_json_records(path), mapper, id_prefix="emoprism", text_field=text_field or "dialogue"
             )
         elif kind == "jsonl":
-            pairs = _load_generic(_read_json_records(path), mapper, id_prefix="jsonl", text_field=text_field or "text")
+            pairs = _load_generic(
+                _read_json_records(path), mapper, id_prefix="jsonl", text_field=text_field or "text"
+            )
         else:  # csv
             pairs = _load_generic(
                 _read_csv_records(path, "utf-8-sig"), mapper, id_prefix="csv", text_field=text_field or "text"
@@ -514,7 +569,8 @@ def load_data(
         info["dropped"] = dict(sorted(mapper.dropped.items()))
         n_drop = sum(mapper.dropped.values())
         warnings.warn(
-            f"{path}: dropped {n_drop} row(s) with labels outside the scheme: {info['dropped']}.", stacklevel=2
+            f"{path}: dropped {n_drop} row(s) with labels outside the scheme: {info['dropped']}.",
+            stacklevel=2,
         )
     if not splits:
         raise EmocircuitsError(

@@ -177,7 +177,10 @@ def build_appraisal(seed: int = SEED, per_emotion: int = APPRAISAL_PER_EMOTION) 
     rng.shuffle(order)
     rows = [rows[i] for i in order]
     splits = stratified_split([r["emotion"] for r in rows], 0.2, seed)
-    return [{"text_id": f"app-{i:04d}", **r, "split": s} for i, (r, s) in enumerate(zip(rows, splits, strict=True))]
+    return [
+        {"text_id": f"app-{i:04d}", **r, "split": s}
+        for i, (r, s) in enumerate(zip(rows, splits, strict=True))
+    ]
 
 
 def _jsonl(records: Iterable[Mapping]) -> bytes:
@@ -194,6 +197,7 @@ def _csv(rows: list[dict]) -> bytes:
 
 def keyword_baseline(records: Sequence[Mapping]) -> dict[str, float | int]:
     """Keyword matcher scores on dialogue records: accuracy overall / explicit / implicit (no hit = wrong)."""
+
     def acc(rs: Sequence[Mapping]) -> float:
         return sum(keyword_predict(r["dialogue"]) == r["label"] for r in rs) / max(1, len(rs))
 
@@ -215,16 +219,30 @@ def _table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _kb_row(name: str, kb: Mapping) -> str:
+    cells = [
+        kb["n"],
+        *(f"{kb[k]:.3f}" for k in ("accuracy", "accuracy_explicit", "accuracy_implicit", "share_no_keyword")),
+    ]
+    return f"| {name} | " + " | ".join(str(c) for c in cells) + " |"
+
+
 def _dialogue_card(recs: list[dict], data_sha: str) -> str:
     counts = Counter((r["label"], r["split"]) for r in recs)
     rows = [
-        [e, counts[(e, "train")], counts[(e, "test")], sum(1 for r in recs if r["label"] == e and not r["explicit"])]
+        [
+            e,
+            counts[(e, "train")],
+            counts[(e, "test")],
+            sum(1 for r in recs if r["label"] == e and not r["explicit"]),
+        ]
         for e in EMOTIONS
     ]
     kb_all = keyword_baseline(recs)
     kb_test = keyword_baseline([r for r in recs if r["split"] == "test"])
     turns = Counter(r["n_turns"] for r in recs)
     n_imp = sum(not r["explicit"] for r in recs)
+    n_topics = len({r["topic"] for r in recs})
     return f"""# Data card: `dialogues` (built-in)
 
 Two-speaker emotional dialogues for emotion classification and emotion-neuron finding, in the style of
@@ -251,7 +269,7 @@ starting `A: ` or `B: `). As `Example`: text = dialogue, group = topic, meta = e
 ## Counts
 {_table(rows, ["label", "train", "test", "implicit"])}
 
-Total {len(recs)}; topics {len({r['topic'] for r in recs})}; turns per dialogue: {dict(sorted(turns.items()))}.
+Total {len(recs)}; topics {n_topics}; turns per dialogue: {dict(sorted(turns.items()))}.
 Split: 95/5 stratified by label with a fixed seed ({SEED}).
 
 ## Keyword baseline
@@ -259,8 +277,8 @@ Predict the emotion whose keywords occur most often (ties: first in Ekman order)
 
 | subset | n | accuracy | explicit | implicit | no keyword |
 |---|---|---|---|---|---|
-| all | {kb_all['n']} | {kb_all['accuracy']:.3f} | {kb_all['accuracy_explicit']:.3f} | {kb_all['accuracy_implicit']:.3f} | {kb_all['share_no_keyword']:.3f} |
-| test | {kb_test['n']} | {kb_test['accuracy']:.3f} | {kb_test['accuracy_explicit']:.3f} | {kb_test['accuracy_implicit']:.3f} | {kb_test['share_no_keyword']:.3f} |
+{_kb_row("all", kb_all)}
+{_kb_row("test", kb_test)}
 
 ## Limitations
 Template-assembled, so phrasing repeats across dialogues (a classifier can memorise banks: evaluate

@@ -1,0 +1,57 @@
+"""`classify_cmd` end to end on the tiny model (fast) and accuracy on the embedded model (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from emocircuits.commands.classify import classify_cmd
+from emocircuits.data import EKMAN6, load_data
+from emocircuits.errors import EmocircuitsError
+from emocircuits.readout import classify
+
+
+def test_classify_cmd_writes_metrics_and_predictions(tmp_path):
+    out = tmp_path / "run"
+    classify_cmd(
+        model="tiny-llama",
+        data="builtin:dialogues",
+        split="test",
+        limit_per_label=1,
+        template="raw",
+        scoring="first_token",
+        calibrate=False,
+        calibration="batch",
+        seed=0,
+        out=out,
+        quiet=True,
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "per_label", "confusion", "n"} <= set(m) and m["n"] == 6
+    assert set(m["confusion"]) == set(EKMAN6)
+    df = pd.read_parquet(out / "predictions.parquet")
+    assert list(df.columns[:3]) == ["id", "true", "predicted"] and len(df) == 6
+    with pytest.raises(EmocircuitsError, match="Unknown scoring"):
+        classify_cmd(
+            model="tiny-llama",
+            data="builtin:dialogues",
+            split="test",
+            limit_per_label=1,
+            template="raw",
+            scoring="argmax",
+            calibrate=False,
+            calibration="batch",
+            seed=0,
+            out=out,
+            quiet=True,
+        )
+
+
+@pytest.mark.slow
+def test_embedded_model_accuracy_chat_short(smol):
+    bridge, _ = smol
+    ds = load_data("builtin:dialogues", split="test", limit_per_label=5, seed=0)
+    res = classify(bridge, ds, template="chat_short", calibrate=True, progress=False)
+    assert res.metrics["n"] == 30 and res.metrics["accuracy"] >= 0.7
