@@ -33,6 +33,7 @@ from emocircuits.components import NeuronSet
 from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions import ZeroNeurons, batch_context, observe, run_until
 from emocircuits.models import spec_of
+from emocircuits.prompts import DEFAULT_TEMPLATE
 from emocircuits.sites import READINGS, layer_range
 
 TOKEN_MODES = ("all", "last")
@@ -87,7 +88,7 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def collect(model: Any, dataset: Sequence[Any], *, reading: str = "gated", tokens: str = "all",
-            template: str = "chat", labels: Sequence[str] | None = None, max_tokens: int = 4096,
+            template: str = DEFAULT_TEMPLATE, labels: Sequence[str] | None = None, max_tokens: int = 4096,
             progress: bool = True) -> NeuronStats:
     """One batched pass over labelled texts counting, per layer/neuron/emotion, tokens where the neuron is > 0.
 
@@ -339,7 +340,7 @@ class MaskingEngine:
     """
 
     def __init__(self, model: Any, dataset: Sequence[Any], *, labels: Sequence[str] | None = None,
-                 template: str = "chat", scoring: str = "first_token", max_tokens: int = 4096,
+                 template: str = DEFAULT_TEMPLATE, scoring: str = "first_token", max_tokens: int = 4096,
                  progress: bool = True) -> None:
         from emocircuits.readout import LabelReadout
 
@@ -413,7 +414,7 @@ class MaskResult:
 def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: Sequence[str] | None = None,
          layers: str = "all", ratio: float | None = None, ratio_mode: str = "truncate",
          stats: NeuronStats | None = None, controls: int = 5, seed: int = 0, n_boot: int = 1000,
-         template: str = "chat", engine: MaskingEngine | None = None, progress: bool = True) -> MaskResult:
+         template: str = DEFAULT_TEMPLATE, engine: MaskingEngine | None = None, progress: bool = True) -> MaskResult:
     """RQ2: mask each emotion's neurons and measure accuracy per (masked emotion × true label),
     against the clean run and against ``controls`` random sets of the same per-layer sizes."""
     engine = engine or MaskingEngine(model, dataset, labels=selection.labels, template=template, progress=progress)
@@ -462,7 +463,7 @@ def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: 
 def sweep(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: Sequence[str] | None = None,
           ratios: Sequence[float] = (0.01, 0.02, 0.03, 0.04, 0.05), layer_ranges: Sequence[str] = LAYER_RANGES,
           ratio_mode: str = "truncate", stats: NeuronStats | None = None, controls: int = 2, seed: int = 0,
-          n_boot: int = 1000, template: str = "chat", engine: MaskingEngine | None = None,
+          n_boot: int = 1000, template: str = DEFAULT_TEMPLATE, engine: MaskingEngine | None = None,
           progress: bool = True) -> pd.DataFrame:
     """RQ3: masking ratio × layer range for each emotion, one row per (emotion, ratio, layers) on the
     emotion's own true label (``own_*``) and on all labels (``all_*``), with controls and CIs."""

@@ -156,6 +156,10 @@ def template_names() -> list[str]:
     return list(TEMPLATES)
 
 
+DEFAULT_TEMPLATE = "chat_short"
+"""The default everywhere: the best-scoring shipped template on the embedded model (see README)."""
+
+
 def get_template(name_or_userstring: str | PromptTemplate) -> PromptTemplate:
     """A built-in template by name, or a user template from a string containing ``{text}``.
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from emocircuits.data import Dataset, Example
 from emocircuits.errors import EmocircuitsError
-from emocircuits.prompts import PromptTemplate, get_template, label_token_ids
+from emocircuits.prompts import DEFAULT_TEMPLATE, PromptTemplate, get_template, label_token_ids
 
 __all__ = [
     "ClassifyResult",
@@ -95,7 +95,7 @@ class LabelReadout:
         self,
         model: Any,
         labels: Sequence[str],
-        template: str | PromptTemplate = "chat",
+        template: str | PromptTemplate = DEFAULT_TEMPLATE,
         scoring: str = "first_token",
         calibrate: bool | str = False,
         *,
@@ -364,7 +364,7 @@ def classify(
     model: Any,
     dataset: Dataset | Sequence[Example],
     *,
-    template: str | PromptTemplate = "chat",
+    template: str | PromptTemplate = DEFAULT_TEMPLATE,
     scoring: str = "first_token",
     calibrate: bool | str = False,
     progress: bool = True,
@@ -406,7 +406,7 @@ def generate_labels(
     labels: Sequence[str],
     max_new_tokens: int = 4,
     *,
-    template: str | PromptTemplate = "chat",
+    template: str | PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = False,
 ) -> list[str | None]:
     """Greedy-decode ``max_new_tokens`` after each prompt and parse the first label word (None if none).

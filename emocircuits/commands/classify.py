@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from emocircuits.errors import EmocircuitsError
+from emocircuits.prompts import DEFAULT_TEMPLATE
 
 
 def classify_cmd(
@@ -27,7 +28,7 @@ def classify_cmd(
         None, "--limit-per-label", help="Keep at most N examples per label (seeded, stratified)."
     ),
     template: str = typer.Option(
-        "chat", "--template", help="chat, chat_lee, chat_short, fewshot, raw, or a string containing {text}."
+        DEFAULT_TEMPLATE, "--template", help="chat_short (default), chat, chat_short, fewshot, raw, or a string containing {text}."
     ),
     scoring: str = typer.Option("first_token", "--scoring", help="first_token or full_label."),
     calibrate: bool = typer.Option(

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from emocircuits.errors import EmocircuitsError
+from emocircuits.prompts import DEFAULT_TEMPLATE
 
 neurons_app = typer.Typer(help="Emotion neurons (Lee et al. 2025): find, mask, sweep.", no_args_is_help=True)
 
@@ -92,7 +93,7 @@ def find_cmd(
     data: str = typer.Option("builtin:dialogues", "--data", help=DATA_HELP),
     split: str = typer.Option("train", "--split", help="train, test or all."),
     limit_per_label: int | None = typer.Option(None, "--limit-per-label", help="At most N texts per emotion (seeded)."),
-    template: str = typer.Option("chat", "--template", help="Prompt template the texts are wrapped in."),
+    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template the texts are wrapped in."),
     activation: str = typer.Option("gated", "--activation", help="gated (mlp.hook_post) | silu_only | pre."),
     tokens: str = typer.Option("all", "--tokens", help="all non-padding prompt tokens | last."),
     top_rate: float = typer.Option(0.01, "--top-rate", help="Share of all neurons kept (lowest entropy)."),
@@ -167,7 +168,7 @@ def mask_cmd(
     data: str = typer.Option("builtin:dialogues", "--data", help=DATA_HELP),
     split: str = typer.Option("test", "--split", help="train, test or all."),
     limit_per_label: int | None = typer.Option(None, "--limit-per-label", help="At most N texts per emotion (seeded)."),
-    template: str = typer.Option("chat", "--template", help="Prompt template for the classification readout."),
+    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template for the classification readout."),
     layers: str = typer.Option("all", "--layers", help="all | bottom | middle | top | A-B (inclusive)."),
     ratio: float | None = typer.Option(None, "--ratio", help="Masking ratio, e.g. 0.03 (default: the selected set)."),
     ratio_mode: str = typer.Option("truncate", "--ratio-mode", help="truncate (prefix of ranked list) | reselect."),
@@ -220,7 +221,7 @@ def sweep_cmd(
     data: str = typer.Option("builtin:dialogues", "--data", help=DATA_HELP),
     split: str = typer.Option("test", "--split", help="train, test or all."),
     limit_per_label: int | None = typer.Option(None, "--limit-per-label", help="At most N texts per emotion."),
-    template: str = typer.Option("chat", "--template", help="Prompt template for the readout."),
+    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template for the readout."),
     ratios: str = typer.Option("0.01,0.02,0.03,0.04,0.05", "--ratios", help="Comma-separated masking ratios."),
     layer_ranges: str = typer.Option("bottom,middle,top,all", "--layer-ranges", help="Comma-separated layer ranges."),
     ratio_mode: str = typer.Option("truncate", "--ratio-mode", help="truncate | reselect."),
@@ -246,7 +247,7 @@ def sweep_cmd(
 # ----------------------------------------------------------------------------- demo
 
 DEMO_DEFAULTS = {"model": "default", "data": "builtin:dialogues", "train_per_label": 10, "test_per_label": 6,
-                 "template": "chat", "activation": "gated", "tokens": "all", "top_rate": 0.01, "assign": "argmax",
+                 "template": DEFAULT_TEMPLATE, "activation": "gated", "tokens": "all", "top_rate": 0.01, "assign": "argmax",
                  "controls": 1, "seed": 0, "dtype": "float32"}
 
 

@@ -18,7 +18,7 @@ Schema (every table but ``[grid]`` is optional; unknown keys are rejected with t
     split = "test"               # train | test | all
     limit_per_label = 0          # 0 = every example
     labels = []                  # [] = the dataset's default scheme
-    template = "chat"
+    template = "chat_short"
 
     [analysis]                   # the analysis' own parameters (see its Params dataclass)
 
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.errors import EmocircuitsError
+from emocircuits.prompts import DEFAULT_TEMPLATE
 
 EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -181,7 +182,7 @@ class DataConfig:
     split: str = "test"
     limit_per_label: int = 0
     labels: list[str] = field(default_factory=list)
-    template: str = "chat"
+    template: str = DEFAULT_TEMPLATE
 
     def load(self, seed: int = 0, split: str | None = None) -> Any:
         """The dataset (``split`` overrides ``self.split``; ``"all"`` = every example)."""
