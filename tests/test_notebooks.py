@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
-BUDGET_S = float(os.environ.get("EC_NB_BUDGET_S", 600))
+BUDGET_S = float(os.environ.get("EC_NB_BUDGET_S", 900))
 
 
 def test_there_are_notebooks():
