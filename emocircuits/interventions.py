@@ -592,11 +592,12 @@ class _ForwardStopped(Exception):
     """Raised inside a hook to end a forward pass early; never escapes ``run_until``."""
 
 
-def run_until(model: Any, input_ids: torch.Tensor, site: str, layer: int) -> None:
+def run_until(model: Any, model_input: torch.Tensor, site: str, layer: int | None, **forward_kwargs: Any) -> None:
     """Run the model forward only as far as ``site`` at ``layer``, then stop (hooks attached still fire).
 
     For passes that read activations and need no logits: skips the later layers and the unembedding
-    (about a fifth of a small model's FLOPs per token).
+    (about a fifth of a small model's FLOPs per token). ``forward_kwargs`` go to the model's forward
+    (e.g. ``past_key_values``).
     """
     name = hook_name(model, site, layer)
 
@@ -606,7 +607,7 @@ def run_until(model: Any, input_ids: torch.Tensor, site: str, layer: int) -> Non
     point = model.hook_dict[name]
     handle = point.add_hook(stop)  # attached last, so it runs after every other hook on this point
     try:
-        model(input_ids)
+        model(model_input, **forward_kwargs)
     except _ForwardStopped:
         pass
     finally:

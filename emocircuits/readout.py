@@ -28,6 +28,7 @@ from torch import Tensor
 
 from emocircuits.data import Dataset, Example
 from emocircuits.errors import EmocircuitsError
+from emocircuits.interventions import observe, run_until
 from emocircuits.prompts import DEFAULT_TEMPLATE, PromptTemplate, get_template, label_token_ids
 
 __all__ = [
@@ -61,10 +62,6 @@ class PromptBatch:
     rows: list[int]
     pad_mask: Tensor
     prefix_len: int = 0
-
-
-class _Stop(Exception):
-    """Raised by the capture hook to end the forward before the unembedding."""
 
 
 def _texts(examples: Sequence[Example] | Sequence[str]) -> list[str]:
@@ -195,11 +192,6 @@ class LabelReadout:
         dev = self._device()
         input_ids = input_ids.to(dev)
         got: dict[str, Tensor] = {}
-
-        def capture(x: Tensor, hook: Any) -> Tensor:
-            got["h"] = x
-            raise _Stop
-
         kwargs: dict[str, Any] = {}
         offset = 0
         use_prefix = self.share_prefix and prefix_len >= MIN_SHARED_PREFIX and input_ids.shape[0] > 1
@@ -213,11 +205,8 @@ class LabelReadout:
                     cache = copy.deepcopy(cache)
                     cache.batch_repeat_interleave(input_ids.shape[0])
                     kwargs["past_key_values"] = cache
-            try:
-                with self.model.hooks(fwd_hooks=[("ln_final.hook_out", capture)]):
-                    self.model(input_ids[:, offset:], **kwargs)
-            except _Stop:
-                pass
+            with observe(self.model, "final.norm", [None], lambda _layer, h: got.__setitem__("h", h)):
+                run_until(self.model, input_ids[:, offset:], "final.norm", None, **kwargs)
             if "h" not in got:
                 raise EmocircuitsError(
                     "The model never reached ln_final; is it a TransformerBridge causal LM?"
