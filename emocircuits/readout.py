@@ -182,12 +182,16 @@ class LabelReadout:
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def final_hidden(self, input_ids: Tensor, positions: Tensor, prefix_len: int = 0) -> Tensor:
+    def final_hidden(self, input_ids: Tensor, positions: Tensor, prefix_len: int = 0, *, start_layer: int = 0,
+                     resid: Tensor | None = None) -> Tensor:
         """Final normalised residual ``[b, k, d_model]`` at ``positions [b, k]`` of ``input_ids [b, p]``.
 
         Runs the model (with every attached hook) up to ``ln_final`` and stops before the unembedding.
         With ``prefix_len`` > 0 the shared first ``prefix_len`` tokens run once at batch size 1 and
         their key/value cache serves the whole batch; ``positions`` are absolute either way.
+        With ``resid`` (``[b, p - offset, d_model]``, the residual entering block ``start_layer`` for the
+        non-prefix tokens, as captured by an earlier pass of this method) the non-prefix tokens start at
+        ``start_layer`` instead of the embedding; the prefix still runs from its tokens.
         """
         dev = self._device()
         input_ids = input_ids.to(dev)
@@ -206,7 +210,15 @@ class LabelReadout:
                     cache.batch_repeat_interleave(input_ids.shape[0])
                     kwargs["past_key_values"] = cache
             with observe(self.model, "final.norm", [None], lambda _layer, h: got.__setitem__("h", h)):
-                run_until(self.model, input_ids[:, offset:], "final.norm", None, **kwargs)
+                if resid is None:
+                    run_until(self.model, input_ids[:, offset:], "final.norm", None, **kwargs)
+                else:
+                    if resid.shape[:2] != (input_ids.shape[0], input_ids.shape[1] - offset):
+                        raise EmocircuitsError(
+                            f"resid has shape {tuple(resid.shape)} but this batch needs "
+                            f"[{input_ids.shape[0]}, {input_ids.shape[1] - offset}, d_model]; capture it from the same batch."
+                        )
+                    run_until(self.model, resid.to(dev), "final.norm", None, start_at_layer=start_layer, **kwargs)
             if "h" not in got:
                 raise EmocircuitsError(
                     "The model never reached ln_final; is it a TransformerBridge causal LM?"
@@ -224,13 +236,16 @@ class LabelReadout:
                 logits = logits + b_u
             return torch.log_softmax(logits.float(), dim=-1)
 
-    def scores(self, batch: PromptBatch) -> Tensor:
+    def scores(self, batch: PromptBatch, *, start_layer: int = 0, resid: Tensor | None = None) -> Tensor:
         """Label scores ``[b, n_labels]``: log-probs (first token or summed over the label's tokens).
 
         Honours every hook attached to the model; calibration (when on) is applied by :meth:`predict`.
         """
         first = torch.tensor(self.first_ids)
-        h = self.final_hidden(batch.input_ids, batch.last_index[:, None], batch.prefix_len)[:, 0]  # [b, d]
+        if resid is not None and self.scoring != "first_token":
+            raise EmocircuitsError("Starting from a captured residual needs first_token scoring; use scoring='first_token'.")
+        h = self.final_hidden(batch.input_ids, batch.last_index[:, None], batch.prefix_len, start_layer=start_layer,
+                              resid=resid)[:, 0]  # [b, d]
         logp = self._unembed(h).cpu()  # [b, vocab]
         out = logp[:, first].clone()  # [b, n_labels]
         if self.scoring == "first_token":

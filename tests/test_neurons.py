@@ -169,3 +169,22 @@ def test_engine_masks_exactly_chosen_neurons_and_mask_tables(tiny_llama):
     assert again.effects.equals(eff)
     with pytest.raises(EmocircuitsError, match="neurons 0"):
         engine.predict(NeuronSet({0: (spec.d_mlp,)}))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_checkpointed_masked_passes_equal_full_passes(arch):
+    """Starting a masked pass from the clean residual at a checkpoint ≤ the mask's lowest layer gives
+    the same scores as running every layer (with and without the shared-prefix cache)."""
+    from emocircuits.models import tiny_model
+
+    bridge, spec = tiny_model(arch, n_layers=4)
+    data = _texts()
+    for template in ("raw", "chat_short"):
+        fast = MaskingEngine(bridge, data, labels=LABELS, template=template, checkpoints=3, progress=False)
+        slow = MaskingEngine(bridge, data, labels=LABELS, template=template, checkpoints=0, progress=False)
+        assert fast.checkpoint_layers == [1, 2, 3] and slow.checkpoint_layers == []
+        torch.testing.assert_close(fast.clean_scores, slow.clean_scores)
+        for neurons in (NeuronSet({3: (1, 5)}), NeuronSet({2: (0,), 3: (7,)}), NeuronSet({0: (3,), 3: (4,)})):
+            assert fast.start_layer(neurons) == min(neurons.layers)
+            torch.testing.assert_close(fast.scores(neurons), slow.scores(neurons), atol=1e-4, rtol=1e-4)
+            assert not torch.allclose(fast.scores(neurons), fast.clean_scores)  # the mask does something
