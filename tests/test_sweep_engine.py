@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -193,4 +194,5 @@ def test_local_worker_processes_equal_in_process(swept, tmp_path):
     pooled = run_sweep(cfg, tmp_path / "pool", workers=2, progress=False)
     pd.testing.assert_frame_equal(pooled.table, res.table)
     workers = {json.loads(p.read_text())["worker"] for p in (tmp_path / "pool" / "cells").glob("*.json")}
-    assert len(workers) == 2
+    # cells ran in worker processes, never in this one; which of the 2 workers takes a task is a race
+    assert 1 <= len(workers) <= 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)
