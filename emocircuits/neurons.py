@@ -18,6 +18,7 @@ Overlap between emotion sets is reported two ways: Jaccard ``|A∩B| / |A∪B|``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -326,7 +327,7 @@ def random_control(neurons: NeuronSet, d_mlp: int, seed: int) -> NeuronSet:
 def control_seed(seed: int, cond: Condition, k: int) -> int:
     """A stable per-(condition, control) seed, independent of evaluation order."""
     key = f"{seed}|{cond.emotion}|{cond.layers}|{cond.ratio}|{cond.ratio_mode}|{k}"
-    return int.from_bytes(__import__("hashlib").sha256(key.encode()).digest()[:8], "little")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
 # ============================================================================ masked evaluation
