@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.errors import run_cli
 
 app = typer.Typer(
     help="emocircuits: find and manipulate emotion neurons, heads, directions and circuits in language models.",
@@ -31,11 +29,7 @@ _register_all()
 
 def main() -> None:
     """Entry point: user errors print one sentence and exit with code 2, never a traceback."""
-    try:
-        app()
-    except EmocircuitsError as exc:
-        typer.echo(f"emocircuits: error: {exc}", err=True)
-        sys.exit(2)
+    run_cli(app)
 
 
 if __name__ == "__main__":

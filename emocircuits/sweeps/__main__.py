@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.errors import run_cli
 
 
 def main() -> None:
@@ -15,11 +13,7 @@ def main() -> None:
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(sweep_cmd)
-    try:
-        app()
-    except EmocircuitsError as exc:
-        typer.echo(f"emocircuits: error: {exc}", err=True)
-        sys.exit(2)
+    run_cli(app)
 
 
 if __name__ == "__main__":
