@@ -6,14 +6,16 @@ Quick start::
     model, spec = ec.load_model("default")
 """
 
-from emocircuits.components import HeadSet, NeuronSet
+from emocircuits.components import Circuit, Direction, HeadSet, NeuronSet, SublayerSet
 from emocircuits.data import EKMAN6, Dataset, Example, load_data
 from emocircuits.errors import EmocircuitsError
+from emocircuits.generation import generate
 from emocircuits.interventions import (
     AddDirection,
+    AddToHeads,
+    AddToNeurons,
     Compose,
     Intervention,
-    MultiplyNeuronsPerRow,
     Noise,
     PatchFrom,
     ScaleHeads,
@@ -31,7 +33,7 @@ from emocircuits.readout import LabelReadout, classify
 __version__ = "0.1.0"
 
 _SUBMODULES = ("neurons", "viz", "sweeps", "runs", "sites", "interventions", "prompts", "readout", "data",
-               "tokenviews")
+               "tokenviews", "runner", "generation", "judges", "components")
 
 
 def __getattr__(name: str):  # lazy submodules: `ec.neurons`, `ec.viz` import on first use
@@ -42,7 +44,7 @@ def __getattr__(name: str):  # lazy submodules: `ec.neurons`, `ec.viz` import on
     raise AttributeError(f"module 'emocircuits' has no attribute {name!r}")
 
 __all__ = [
-    "AddDirection", "Compose", "EmocircuitsError", "HeadSet", "Intervention", "ModelSpec", "MultiplyNeuronsPerRow",
+    "AddToHeads", "AddToNeurons", "Circuit", "Direction", "SublayerSet", "generate", "AddDirection", "Compose", "EmocircuitsError", "HeadSet", "Intervention", "ModelSpec",
     "NeuronSet", "Noise", "PatchFrom", "ScaleHeads", "ScaleNeurons", "ScaleSite", "ZeroHeads", "ZeroNeurons",
     "batch_context", "capture", "load_model", "observe", "spec_of", "tiny_model", "EKMAN6", "Dataset", "Example",
     "load_data", "LabelReadout", "classify",

@@ -4,16 +4,19 @@ This is the only module that registers hooks. An intervention is data — print 
 with ``to_dict`` — and ``apply(model)`` is a context manager that attaches its hooks and always removes
 them on exit, exceptions included. ``a + b`` composes.
 
-Positions: ``"all"`` (every position), ``"last"`` (each row's last real token, from ``batch_context``;
-position -1 when no batch context is set), or a tuple of positions (negative = counted back from each
-row's last real token). ``rows`` restricts a write to some batch rows (used to evaluate several
-conditions stacked in one batch).
+Positions are absolute token positions of each row's own sequence: ``"all"``, ``"last"`` (each row's last
+token; while generating, the prompt's last token and then every new token), ``"prompt"``,
+``"prompt_last"``, ``"generated"``, or a tuple of integers (negative = counted back from each row's last
+token). They stay right however the runner batches, pads or shares a prompt prefix: the runner sets a
+:class:`BatchInfo` for every forward pass (``batch_context``). ``rows`` restricts a write to some examples
+of a pass (their index in the list the runner was given).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -24,7 +27,7 @@ import torch
 from emocircuits.components import HeadSet, NeuronSet
 from emocircuits.errors import EmocircuitsError
 from emocircuits.models import spec_of
-from emocircuits.sites import check_layer, hook_name, neuron_write_site, reading_fn, site_info
+from emocircuits.sites import hook_name, neuron_write_site, reading_fn, site_info
 
 Positions = str | tuple[int, ...]
 HookFn = Callable[[torch.Tensor], torch.Tensor | None]
@@ -32,64 +35,150 @@ HookFn = Callable[[torch.Tensor], torch.Tensor | None]
 
 # ----------------------------------------------------------------------------- batch context
 
+POSITION_NAMES = ("all", "last", "prompt", "prompt_last", "generated")
+"""Named positions. ``all``: every position. ``last``: each row's last token so far (the prompt's last
+token, then every generated token while decoding). ``prompt``: every prompt token. ``prompt_last``: the
+prompt's last token only. ``generated``: every generated token (none outside generation)."""
+
+
+class PrefixUnsafe(Exception):
+    """Raised by a write whose effect on the shared prefix differs between rows; the runner then runs
+    that pass without sharing the prefix. Never reaches users."""
+
 
 @dataclass(frozen=True)
 class BatchInfo:
-    """Where the real tokens are in the current (right-padded) batch: ``last_index [batch]``."""
+    """Where the columns of the current forward pass sit in each row's sequence (set by the runner).
 
-    last_index: torch.Tensor
+    ``abs_pos [b, n]``: absolute token position of every column (``[1, n]`` broadcasts);
+    ``prompt_len [b]``: prompt tokens per row; ``seq_len [b]``: tokens so far per row (prompt plus
+    generated, this forward included); ``rows [b]``: each row's index in the pass (what ``rows=`` and
+    per-example patch sources refer to); ``keys [b]``: a stable key of each row's prompt (seeds
+    per-row noise); ``shared``: this forward is the shared-prefix pass, one physical row standing for
+    all ``b`` rows; ``generating``: positions past the prompt are generated tokens, not errors.
+    """
+
+    abs_pos: torch.Tensor
+    prompt_len: torch.Tensor
+    seq_len: torch.Tensor
+    rows: torch.Tensor
+    keys: torch.Tensor
+    shared: bool = False
+    generating: bool = False
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.prompt_len.shape[0])
+
+    def last_column(self) -> torch.Tensor:
+        """``[b]`` column of each row's last token in this forward (may be out of range when absent)."""
+        return self.seq_len - 1 - self.abs_pos[:, 0].expand(self.n_rows)
 
 
 _BATCH: contextvars.ContextVar[BatchInfo | None] = contextvars.ContextVar("emocircuits_batch", default=None)
 
 
+def plain_batch(last_index: torch.Tensor, n_pos: int | None = None) -> BatchInfo:
+    """The batch info of a right-padded batch run from position 0: ``last_index [b]`` (``n_pos`` None:
+    whatever length the forward pass has)."""
+    last = torch.as_tensor(last_index, dtype=torch.long)
+    b = last.shape[0]
+    cols = torch.arange(n_pos if n_pos is not None else 0)[None, :]
+    return BatchInfo(cols, last + 1, last + 1, torch.arange(b), torch.zeros(b, dtype=torch.long))
+
+
 @contextlib.contextmanager
-def batch_context(last_index: torch.Tensor) -> Iterator[BatchInfo]:
-    """Tell position-aware hooks where each row's last real token is, for one forward pass."""
-    token = _BATCH.set(BatchInfo(last_index=torch.as_tensor(last_index, dtype=torch.long)))
+def batch_context(info: BatchInfo | torch.Tensor, n_pos: int | None = None) -> Iterator[BatchInfo]:
+    """Tell position-aware hooks where each row's tokens are, for the forward passes inside the block.
+
+    Takes a :class:`BatchInfo` (what the runner sets) or, for a hand-run right-padded batch,
+    ``last_index [b]`` together with the padded length ``n_pos``.
+    """
+    if not isinstance(info, BatchInfo):
+        info = plain_batch(info, n_pos)
+    token = _BATCH.set(info)
     try:
-        yield _BATCH.get()  # type: ignore[misc]
+        yield info
     finally:
         _BATCH.reset(token)
 
 
-def _last_index(batch: int, n_pos: int, device: torch.device) -> torch.Tensor:
+def current_batch() -> BatchInfo | None:
+    """The batch info of the forward pass running now (None outside the runner)."""
+    return _BATCH.get()
+
+
+def _info(batch: int, n_pos: int) -> BatchInfo:
     info = _BATCH.get()
-    if info is None:
-        return torch.full((batch,), n_pos - 1, dtype=torch.long, device=device)
-    if info.last_index.shape[0] != batch:
+    if info is None:  # a bare forward: rows unpadded, starting at position 0
+        full = torch.full((batch,), n_pos, dtype=torch.long)
+        return BatchInfo(torch.arange(n_pos)[None, :], full, full, torch.arange(batch), torch.zeros(batch, dtype=torch.long))
+    if info.abs_pos.shape[1] == 0 and n_pos:  # a hand-made context that did not fix the length
+        info = dataclasses.replace(info, abs_pos=torch.arange(n_pos)[None, :])
+    physical = 1 if info.shared else info.n_rows
+    if physical != batch or info.abs_pos.shape[1] != n_pos:
         raise EmocircuitsError(
-            f"batch_context covers {info.last_index.shape[0]} rows but the forward pass has {batch}; "
-            "set batch_context for each batch you run."
+            f"The batch context describes {physical} rows x {info.abs_pos.shape[1]} positions but the forward pass "
+            f"has {batch} x {n_pos}; run batches through emocircuits.runner so the context matches."
         )
-    return info.last_index.to(device)
+    return info
+
+
+def _check_explicit(positions: tuple[int, ...], info: BatchInfo) -> None:
+    shortest = int(info.prompt_len.min())
+    for p in positions:
+        if p >= shortest or p < -shortest:
+            raise EmocircuitsError(
+                f"Position {p} is outside a prompt of {shortest} tokens; valid positions are 0..{shortest - 1} "
+                f"or -{shortest}..-1 (counted back from the last token)."
+            )
 
 
 def position_mask(positions: Positions, batch: int, n_pos: int, device: torch.device,
-                  rows: Sequence[int] | None = None) -> torch.Tensor | None:
-    """Bool ``[batch, pos]`` of where a write applies, or None for everywhere."""
-    if positions == "all" and rows is None:
+                  rows: Sequence[int] | None = None, *, row_dependent: bool = False) -> torch.Tensor | None:
+    """Bool ``[batch, pos]`` of where a write applies in the current forward, or None for everywhere.
+
+    Positions are absolute in each row's sequence, whatever prefix the runner shares or pads it adds.
+    In the shared-prefix pass the mask of every row must agree (and ``row_dependent`` writes, whose
+    values differ per row, must not touch the prefix); otherwise :class:`PrefixUnsafe` is raised.
+    """
+    if positions == "all" and rows is None and not row_dependent:
         return None
-    mask = torch.zeros(batch, n_pos, dtype=torch.bool, device=device)
+    info = _info(batch, n_pos)
+    pos = info.abs_pos.to(device)
+    seq = info.seq_len.to(device)[:, None]
+    prompt = info.prompt_len.to(device)[:, None]
     if positions == "all":
-        mask[:] = True
-    elif positions == "last":
-        mask[torch.arange(batch, device=device), _last_index(batch, n_pos, device)] = True
+        mask = pos < seq
+    elif positions == "last":  # while generating (or teacher-forcing a continuation): the prompt's last token on
+        mask = (pos >= prompt - 1) & (pos < seq) if info.generating else pos == seq - 1
+    elif positions == "prompt":
+        mask = pos < prompt
+    elif positions == "prompt_last":
+        mask = pos == prompt - 1
+    elif positions == "generated":
+        mask = (pos >= prompt) & (pos < seq)
     else:
-        last = _last_index(batch, n_pos, device)
+        if not info.generating and not info.shared:
+            _check_explicit(positions, info)
+        mask = torch.zeros(torch.broadcast_shapes(pos.shape, seq.shape), dtype=torch.bool, device=device)
         for p in positions:
-            col = last + 1 + p if p < 0 else torch.full_like(last, p)
-            ok = (col >= 0) & (col < n_pos)
-            mask[torch.arange(batch, device=device)[ok], col[ok]] = True
+            mask |= pos == (p if p >= 0 else seq + p)
+    mask = mask.expand(info.n_rows, pos.shape[1])
     if rows is not None:
-        keep = torch.zeros(batch, dtype=torch.bool, device=device)
-        keep[list(rows)] = True
-        mask &= keep[:, None]
+        keep = torch.isin(info.rows.to(device), torch.as_tensor(list(rows), dtype=torch.long, device=device))
+        mask = mask & keep[:, None]
+    if info.shared:
+        if not mask.any():
+            return mask[:1].clone()
+        if row_dependent or not bool((mask == mask[:1]).all()):
+            raise PrefixUnsafe
+        return mask[:1].clone()
     return mask
 
 
 def _check_positions(positions: Any) -> Positions:
-    if positions in ("all", "last"):
+    if positions in POSITION_NAMES:
         return positions
     if isinstance(positions, int):
         return (positions,)
@@ -97,7 +186,7 @@ def _check_positions(positions: Any) -> Positions:
         return tuple(int(p) for p in positions)
     except (TypeError, ValueError):
         raise EmocircuitsError(
-            f"Invalid positions {positions!r}; use 'all', 'last', or a list of integer positions."
+            f"Invalid positions {positions!r}; use one of {', '.join(POSITION_NAMES)}, or a list of integer positions."
         ) from None
 
 
@@ -274,36 +363,6 @@ class ZeroNeurons(ScaleNeurons):
             raise EmocircuitsError("ZeroNeurons always uses factor 0; use ScaleNeurons for other factors.")
 
 
-@dataclass(frozen=True, eq=False)
-class MultiplyNeuronsPerRow(Intervention):
-    """Multiply neuron values by a per-row mask: ``masks[layer]`` is ``[batch, d_mlp]`` (1 = keep).
-
-    Lets many masking conditions run stacked in one batch, each row with its own neuron set.
-    """
-
-    masks: Mapping[int, torch.Tensor] = field(default_factory=dict)
-
-    def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
-        spec = spec_of(model)
-        out = []
-        for layer, mask in self.masks.items():
-            check_layer(model, layer)
-            if mask.ndim != 2 or mask.shape[1] != spec.d_mlp:
-                raise EmocircuitsError(f"Mask for layer {layer} has shape {tuple(mask.shape)}; expected [batch, {spec.d_mlp}].")
-            out.append((hook_name(model, neuron_write_site(), layer), self._fn(mask)))
-        return out
-
-    @staticmethod
-    def _fn(mask: torch.Tensor) -> HookFn:
-        def fn(x: torch.Tensor) -> torch.Tensor:  # x: [batch, pos, d_mlp]
-            return x * mask.to(x.dtype)[:, None, :]
-
-        return fn
-
-    def __repr__(self) -> str:
-        return f"MultiplyNeuronsPerRow(layers={sorted(self.masks)})"
-
-
 # ----------------------------------------------------------------------------- heads
 
 
@@ -463,9 +522,10 @@ class ScaleSite(Intervention):
 class PatchFrom(Intervention):
     """Replace a site's activation with values captured from another run.
 
-    ``source[layer]`` is ``[batch, *site_shape_without_pos]`` when ``positions == "last"`` (the source's
-    last-token values written at each target row's last token), else ``[batch, pos, ...]`` written at the
-    chosen positions (same padded length as the target batch).
+    ``source[layer]`` is indexed by each row's example index in the pass (``BatchInfo.rows``; the batch
+    row without a runner): ``[n_examples, *site_shape_without_pos]`` with ``positions="last"`` (one
+    value per example, written at its last token), else ``[n_examples, n_pos, ...]`` by absolute
+    position, written at the chosen positions.
     """
 
     site: str = "resid.post"
@@ -481,16 +541,25 @@ class PatchFrom(Intervention):
 
     def _fn(self, layer: int) -> HookFn:
         src, positions, rows = self.source[layer], self.positions, self.rows
+        per_example = positions in ("last", "prompt_last")
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            s = src.to(device=x.device, dtype=x.dtype)
-            if s.shape[0] != x.shape[0]:
-                raise EmocircuitsError(f"PatchFrom source has {s.shape[0]} rows but the batch has {x.shape[0]}.")
-            if positions == "last":
+            where = position_mask(positions, x.shape[0], x.shape[1], x.device, rows, row_dependent=True)
+            if not where.any():
+                return x
+            info = _info(x.shape[0], x.shape[1])
+            ex = info.rows
+            if int(ex.max()) >= src.shape[0]:
+                raise EmocircuitsError(
+                    f"PatchFrom source for layer {layer} has {src.shape[0]} examples but the pass reaches example "
+                    f"{int(ex.max())}; capture the source from the same examples."
+                )
+            s = src[ex].to(device=x.device, dtype=x.dtype)  # [b, ...] or [b, P, ...]
+            if per_example:
                 s = s.unsqueeze(1).expand(x.shape[0], x.shape[1], *s.shape[1:])
-            where = position_mask(positions, x.shape[0], x.shape[1], x.device, rows)
-            if where is None:
-                return s.clone()
+            else:
+                cols = info.abs_pos.expand(x.shape[0], -1).clamp(max=s.shape[1] - 1).to(x.device)
+                s = torch.gather(s, 1, cols.view(*cols.shape, *([1] * (s.ndim - 2))).expand(-1, -1, *s.shape[2:]))
             shape = where.shape + (1,) * (x.ndim - 2)
             return torch.where(where.view(shape), s, x)
 
@@ -500,9 +569,17 @@ class PatchFrom(Intervention):
         return f"PatchFrom(site={self.site!r}, layers={sorted(self.source)}, positions={self.positions!r})"
 
 
+def _noise_seed(seed: int, layer: int, key: int) -> int:
+    return (int(seed) * 1_000_003 + int(layer) * 7_919 + int(key)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
 @dataclass(frozen=True, eq=False)
 class Noise(Intervention):
-    """Replace a site's activation with Gaussian noise of the same L2 norm (per row and position)."""
+    """Replace a site's activation with Gaussian noise of the same L2 norm (per row and position).
+
+    The noise at a position depends only on (seed, layer, the row's prompt, the position), never on
+    which other prompts share the batch, so batched runs equal one-at-a-time runs.
+    """
 
     site: str = "attn.out"
     layers: tuple[int, ...] = ()
@@ -518,18 +595,24 @@ class Noise(Intervention):
         return _site_hooks(model, self.site, self.layers, self._fn)
 
     def _fn(self, layer: int) -> HookFn:
-        positions, rows = self.positions, self.rows
-        gen = torch.Generator().manual_seed(int(self.seed) * 100_003 + layer)
+        positions, rows, seed = self.positions, self.rows, self.seed
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            noise = torch.randn(x.shape, generator=gen, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
-            flat_x, flat_n = x.flatten(2), noise.flatten(2)
-            noise = (flat_n * (flat_x.norm(dim=-1, keepdim=True) / flat_n.norm(dim=-1, keepdim=True))).view_as(x)
-            where = position_mask(positions, x.shape[0], x.shape[1], x.device, rows)
-            if where is None:
-                return noise
-            shape = where.shape + (1,) * (x.ndim - 2)
-            return torch.where(where.view(shape), noise, x)
+            where = position_mask(positions, x.shape[0], x.shape[1], x.device, rows, row_dependent=True)
+            if not where.any():
+                return x
+            info = _info(x.shape[0], x.shape[1])
+            pos = info.abs_pos.expand(x.shape[0], -1)
+            out = x.clone()
+            for r in torch.nonzero(where.any(1)).flatten().tolist():
+                cols = torch.nonzero(where[r]).flatten()
+                at = pos[r, cols.cpu()]
+                gen = torch.Generator().manual_seed(_noise_seed(seed, layer, int(info.keys[r])))
+                z = torch.randn(int(at.max()) + 1, *x.shape[2:], generator=gen)[at].to(device=x.device, dtype=x.dtype)
+                target = x[r, cols]
+                scale = target.flatten(1).norm(dim=-1) / z.flatten(1).norm(dim=-1)
+                out[r, cols] = z * scale.view(-1, *([1] * (z.ndim - 1)))
+            return out
 
         return fn
 
@@ -567,15 +650,24 @@ def observe(model: Any, site: str, layers: Sequence[int],
 def capture(model: Any, site: str, layers: Sequence[int], positions: Positions = "last") -> Iterator[dict[int, list]]:
     """Collect a site's readings: yields ``{layer: [tensor per forward pass]}``.
 
-    With ``positions="last"`` each tensor is ``[batch, ...]`` (each row's last real token), else the full
-    ``[batch, pos, ...]``. Meant for small sets (directions, patching sources), not whole datasets.
+    With ``positions="last"`` each tensor is ``[batch, ...]`` (each row's last token), else the full
+    ``[batch, pos, ...]`` by absolute position (a prefix the runner shared is put back in front).
+    Rows come in the runner's batch order; :meth:`emocircuits.runner.Runner.capture` returns them in input
+    order. Meant for small sets (directions, patching sources), not whole datasets.
     """
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    prefix: dict[int, torch.Tensor] = {}
 
     def keep(layer: int, value: torch.Tensor) -> None:
+        info = _BATCH.get()
+        if info is not None and info.shared:
+            prefix[layer] = value.detach().clone()
+            return
         if positions == "last":
-            last = _last_index(value.shape[0], value.shape[1], value.device)
+            last = _info(value.shape[0], value.shape[1]).last_column().to(value.device)
             value = value[torch.arange(value.shape[0], device=value.device), last]
+        elif info is not None and int(info.abs_pos[0, 0]) > 0 and layer in prefix:
+            value = torch.cat([prefix[layer].expand(value.shape[0], *prefix[layer].shape[1:]), value], dim=1)
         out[layer].append(value.detach().clone())
 
     with observe(model, site, layers, keep):
@@ -614,3 +706,116 @@ def run_until(model: Any, model_input: torch.Tensor, site: str, layer: int | Non
         handle.hook.remove()
         if handle in point.fwd_hooks:
             point.fwd_hooks.remove(handle)
+
+
+# ----------------------------------------------------------------------------- additive component writes
+
+
+def _shift_map(shift: Mapping[int, Any]) -> dict[int, torch.Tensor]:
+    return {int(k): torch.as_tensor(v).detach() for k, v in sorted(shift.items(), key=lambda kv: int(kv[0]))}
+
+
+def _check_shift(owner: str, index: Mapping[int, tuple[int, ...]], shift: Mapping[int, torch.Tensor],
+                 width: int | None) -> None:
+    """Every layer of ``index`` has a ``[k_layer]`` (width None) or ``[k_layer, width]`` shift, and no other layer."""
+    extra = sorted(set(shift) - set(index))
+    if extra:
+        raise EmocircuitsError(f"{owner} has shifts for layers {extra} that hold none of its components; "
+                               f"give shifts for layers {sorted(index)} only.")
+    for layer, idx in index.items():
+        want = (len(idx),) if width is None else (len(idx), width)
+        got = tuple(shift[layer].shape) if layer in shift else None
+        if got != want:
+            raise EmocircuitsError(f"{owner} shift for layer {layer} has shape {got}; it needs {list(want)}, one row "
+                                   "per component of that layer in sorted index order.")
+
+
+@dataclass(frozen=True, eq=False)
+class AddToNeurons(Intervention):
+    """Add ``scale * shift[layer]`` to MLP neuron values (``neuron.gated``, the down-projection input).
+
+    ``shift[layer]`` is ``[k_layer]``, aligned with the layer's sorted neuron indices (circuit steering
+    adds ``s·Δμ`` this way).
+    """
+
+    neurons: NeuronSet = field(default_factory=NeuronSet)
+    shift: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    scale: float = 1.0
+    positions: Positions = "all"
+    rows: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "neurons", _as_neuron_set(self.neurons))
+        object.__setattr__(self, "shift", _shift_map(self.shift))
+        object.__setattr__(self, "positions", _check_positions(self.positions))
+
+    def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
+        spec = spec_of(model)
+        self.neurons.validate(spec.n_layers, spec.d_mlp)
+        _check_shift("AddToNeurons", self.neurons.layers, self.shift, None)
+        return [(hook_name(model, neuron_write_site(), layer), self._fn(idx, self.shift[layer]))
+                for layer, idx in self.neurons.layers.items()]
+
+    def _fn(self, idx: tuple[int, ...], shift: torch.Tensor) -> HookFn:
+        index = torch.tensor(idx, dtype=torch.long)
+        add, positions, rows = float(self.scale) * shift, self.positions, self.rows
+
+        def fn(x: torch.Tensor) -> torch.Tensor:  # x: [batch, pos, d_mlp]; add: [k]
+            where = position_mask(positions, x.shape[0], x.shape[1], x.device, rows)
+            out = x.clone()
+            ix = index.to(x.device)
+            sel = x[..., ix]
+            new = sel + add.to(device=x.device, dtype=x.dtype)
+            out[..., ix] = new if where is None else torch.where(where[..., None], new, sel)
+            return out
+
+        return fn
+
+    def __repr__(self) -> str:
+        return f"AddToNeurons({self.neurons!r}, scale={self.scale}, positions={self.positions!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class AddToHeads(Intervention):
+    """Add ``scale * shift[layer]`` to query heads' outputs (``head.z``, the output-projection input slices).
+
+    ``shift[layer]`` is ``[h_layer, d_head]``, aligned with the layer's sorted head indices.
+    """
+
+    heads: HeadSet = field(default_factory=HeadSet)
+    shift: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    scale: float = 1.0
+    positions: Positions = "all"
+    rows: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.heads, HeadSet):
+            object.__setattr__(self, "heads", HeadSet(tuple(self.heads)))
+        object.__setattr__(self, "shift", _shift_map(self.shift))
+        object.__setattr__(self, "positions", _check_positions(self.positions))
+
+    def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
+        spec = spec_of(model)
+        self.heads.validate(spec.n_layers, spec.n_heads)
+        by_layer = self.heads.by_layer()
+        _check_shift("AddToHeads", by_layer, self.shift, spec.d_head)
+        return [(hook_name(model, "head.z", layer), self._fn(heads, self.shift[layer]))
+                for layer, heads in by_layer.items()]
+
+    def _fn(self, heads: tuple[int, ...], shift: torch.Tensor) -> HookFn:
+        index = torch.tensor(heads, dtype=torch.long)
+        add, positions, rows = float(self.scale) * shift, self.positions, self.rows
+
+        def fn(z: torch.Tensor) -> torch.Tensor:  # z: [batch, pos, n_heads, d_head]; add: [h, d_head]
+            where = position_mask(positions, z.shape[0], z.shape[1], z.device, rows)
+            out = z.clone()
+            ix = index.to(z.device)
+            sel = z[:, :, ix, :]
+            new = sel + add.to(device=z.device, dtype=z.dtype)
+            out[:, :, ix, :] = new if where is None else torch.where(where[..., None, None], new, sel)
+            return out
+
+        return fn
+
+    def __repr__(self) -> str:
+        return f"AddToHeads({list(self.heads.heads)}, scale={self.scale}, positions={self.positions!r})"

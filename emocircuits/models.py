@@ -12,6 +12,7 @@ Spec forms (nothing else in the toolkit loads weights):
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -44,7 +45,8 @@ class ModelSpec:
 
     ``n_heads`` counts query heads; ``n_kv_heads`` key/value heads (GQA when smaller).
     ``weights_hash`` is the sha256 of the weight source (GGUF file or weight files), so results
-    from different quantisations or checkpoints are never confused.
+    from different quantisations or checkpoints are never confused. ``prepend_bos`` is the native
+    tokenizer's convention for plain text, read before TransformerBridge changes its tokenizer.
     """
 
     model_id: str
@@ -62,6 +64,7 @@ class ModelSpec:
     weights_hash: str
     dtype: str
     device: str
+    prepend_bos: bool = False  # does the model's own tokenizer put BOS before plain text?
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,7 +277,7 @@ def load_model(
         if torch_dtype != torch.float32:
             bridge = bridge.to(torch_dtype)
             model_spec = describe(bridge, model_id=model_spec.model_id, source=model_spec.source,
-                                  weights_hash=model_spec.weights_hash)
+                                  weights_hash=model_spec.weights_hash, prepend_bos=model_spec.prepend_bos)
         return bridge, model_spec
     resolved = resolve_spec(spec)
     if resolved.kind == "gguf":
@@ -300,9 +303,18 @@ def load_model(
         ) from exc
     if device_map is None:
         hf_model = hf_model.to(device)
+    native_bos = native_prepends_bos(tokenizer)
     bridge = _boot(resolved.model_id, hf_model, tokenizer)
-    model_spec = describe(bridge, model_id=resolved.model_id, source=str(resolved.path), weights_hash=weights_hash)
+    model_spec = describe(bridge, model_id=resolved.model_id, source=str(resolved.path), weights_hash=weights_hash,
+                          prepend_bos=native_bos)
     return bridge, model_spec
+
+
+def native_prepends_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer, as its model ships it, puts a BOS token before plain text."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer.encode("a")
+    return bos is not None and len(ids) > 0 and ids[0] == bos
 
 
 def _boot(name: str, hf_model: Any, tokenizer: Any) -> Any:
@@ -317,7 +329,7 @@ def _boot(name: str, hf_model: Any, tokenizer: Any) -> Any:
     return bridge
 
 
-def describe(bridge: Any, *, model_id: str, source: str, weights_hash: str) -> ModelSpec:
+def describe(bridge: Any, *, model_id: str, source: str, weights_hash: str, prepend_bos: bool = False) -> ModelSpec:
     """Build the ``ModelSpec`` of a bridge from its HF config and attach it to the bridge."""
     hf_cfg = bridge.original_model.config
     text_cfg = getattr(hf_cfg, "text_config", None) or hf_cfg
@@ -343,6 +355,7 @@ def describe(bridge: Any, *, model_id: str, source: str, weights_hash: str) -> M
         weights_hash=weights_hash,
         dtype=str(param.dtype).removeprefix("torch."),
         device=str(param.device),
+        prepend_bos=bool(prepend_bos),
     )
     setattr(bridge, _SPEC_ATTR, model_spec)
     return model_spec
@@ -384,10 +397,12 @@ def default_tokenizer() -> Any:
 TINY_ARCHS = ("llama", "gpt2", "qwen2")
 
 
-def tiny_model(arch: str = "llama", *, seed: int = 0, n_layers: int = 3) -> tuple[Any, ModelSpec]:
+def tiny_model(arch: str = "llama", *, seed: int = 0, n_layers: int = 3,
+               prepend_bos: bool | None = None) -> tuple[Any, ModelSpec]:
     """A randomly initialised small model of a given family, built from a local config (no download).
 
-    Uses the SmolLM2 tokenizer so prompts and label tokens behave as on the real model.
+    Uses (a copy of) the SmolLM2 tokenizer so prompts and label tokens behave as on the real model;
+    ``prepend_bos=True`` makes that tokenizer put BOS before plain text, as Llama's own tokenizers do.
     Llama: d_model 64, d_mlp 96 (gated SiLU), 4 query heads over 2 KV heads (GQA).
     """
     from transformers import (
@@ -401,7 +416,10 @@ def tiny_model(arch: str = "llama", *, seed: int = 0, n_layers: int = 3) -> tupl
 
     if arch not in TINY_ARCHS:
         raise EmocircuitsError(f"Unknown tiny architecture {arch!r}; choose one of {list(TINY_ARCHS)}.")
-    tokenizer = default_tokenizer()
+    tokenizer = copy.deepcopy(default_tokenizer())  # the bridge changes the tokenizer it is given
+    if prepend_bos is not None:
+        tokenizer.add_bos_token = prepend_bos
+    native_bos = native_prepends_bos(tokenizer)
     vocab = len(tokenizer)
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -423,8 +441,8 @@ def tiny_model(arch: str = "llama", *, seed: int = 0, n_layers: int = 3) -> tupl
     digest = hashlib.sha256()
     for _, p in sorted(hf.state_dict().items()):
         digest.update(p.detach().cpu().numpy().tobytes()[:4096])
-    model_spec = describe(bridge, model_id=f"tiny-{arch}-seed{seed}", source="random-init",
-                          weights_hash=digest.hexdigest())
+    model_spec = describe(bridge, model_id=f"tiny-{arch}-seed{seed}" + ("-bos" if native_bos else ""),
+                          source="random-init", weights_hash=digest.hexdigest(), prepend_bos=native_bos)
     return bridge, model_spec
 
 

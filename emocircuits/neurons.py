@@ -18,10 +18,11 @@ Overlap between emotion sets is reported two ways: Jaccard ``|A∩B| / |A∪B|``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import torch
 
 from emocircuits.components import NeuronSet
 from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions import ZeroNeurons, batch_context, observe, run_until
+from emocircuits.interventions import ZeroNeurons, current_batch, observe
 from emocircuits.models import spec_of
 from emocircuits.prompts import DEFAULT_TEMPLATE
 from emocircuits.sites import READINGS, layer_range
@@ -90,15 +91,15 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 
 def collect(model: Any, dataset: Sequence[Any], *, reading: str = "gated", tokens: str = "all",
             template: str = DEFAULT_TEMPLATE, labels: Sequence[str] | None = None, max_tokens: int = 4096,
-            progress: bool = True) -> NeuronStats:
+            share_prefix: bool = True, prepend_bos: bool | None = None, progress: bool = True) -> NeuronStats:
     """One batched pass over labelled texts counting, per layer/neuron/emotion, tokens where the neuron is > 0.
 
     ``reading``: gated (mlp.hook_post), silu_only (act(gate)) or pre (gate pre-activation).
     ``tokens``: ``all`` non-padding prompt tokens, or the ``last`` prompt token. Memory is
-    ``O(n_layers·d_mlp·n_emotions)`` whatever the dataset size; no activation is kept.
+    ``O(n_layers·d_mlp·n_emotions)`` whatever the dataset size; no activation is kept. With
+    ``share_prefix`` the template's shared prefix runs once and its counts are added once per text
+    (identical counts to running every prompt whole).
     """
-    from tqdm.auto import tqdm
-
     from emocircuits.readout import LabelReadout
 
     if reading not in READINGS:
@@ -108,37 +109,52 @@ def collect(model: Any, dataset: Sequence[Any], *, reading: str = "gated", token
     spec = spec_of(model)
     labs = _labels_of(dataset, labels)
     y_all = _label_indices(dataset, labs)
-    readout = LabelReadout(model, labs, template, share_prefix=False, max_tokens=max_tokens)
+    readout = LabelReadout(model, labs, template, share_prefix=share_prefix, max_tokens=max_tokens,
+                           prepend_bos=prepend_bos)
+    runner = readout.runner
     token_ids = readout.encode(list(dataset))
     counts = torch.zeros(spec.n_layers, len(labs), spec.d_mlp, dtype=torch.int64)
-    totals = torch.zeros(len(labs), dtype=torch.int64)
-    current: dict[str, torch.Tensor] = {}
+    lengths = torch.tensor([len(t) for t in token_ids], dtype=torch.long)
+    totals = torch.bincount(y_all, weights=lengths.double() if tokens == "all" else None, minlength=len(labs)).long()
+
+    pending: dict[int, torch.Tensor] = {}  # prefix counts, kept only if the pass's batches start after them
 
     def count(layer: int, value: torch.Tensor) -> None:  # value: [batch, pos, d_mlp]
-        active = (value > 0) & current["where"][..., None]
-        per_row = active.sum(1, dtype=torch.int64)  # [batch, d_mlp]
-        counts[layer].index_add_(0, current["y"], per_row.cpu())
+        info = current_batch()
+        if info.shared:  # the shared prefix: one row standing for every text of the pass
+            if tokens == "all":
+                per_label = torch.bincount(y_all[info.rows], minlength=len(labs))  # [n_emotions]
+                pending[layer] = per_label[:, None] * (value[0] > 0).sum(0, dtype=torch.int64).cpu()[None, :]
+            return
+        prefix = pending.pop(layer, None)
+        if prefix is not None and int(info.abs_pos[0, 0]) > 0:  # (a prefix pass the runner gave up is dropped)
+            counts[layer] += prefix
+        pos, seq = info.abs_pos, info.seq_len[:, None]
+        where = (pos < seq) if tokens == "all" else (pos == seq - 1)  # [batch, pos]
+        active = (value > 0) & where.to(value.device)[..., None]
+        counts[layer].index_add_(0, y_all[info.rows], active.sum(1, dtype=torch.int64).cpu())
 
     site = READINGS[reading]
-    layers = list(range(spec.n_layers))
-    bar = tqdm(total=len(token_ids), desc=f"neuron stats ({reading}, {tokens})", unit="ex", disable=not progress)
-    with torch.inference_mode(), observe(model, site, layers, count):
-        for batch in readout.batches(token_ids):
-            if tokens == "all":
-                where = batch.pad_mask
-            else:
-                where = torch.zeros_like(batch.pad_mask)
-                where[torch.arange(len(batch.rows)), batch.last_index] = True
-            y = y_all[batch.rows]
-            current["where"], current["y"] = where, y
-            totals.index_add_(0, y, where.sum(1))
-            with batch_context(batch.last_index):
-                run_until(model, batch.input_ids, site, spec.n_layers - 1)
-            bar.update(len(batch.rows))
-    bar.close()
+    batches = runner.batches(token_ids)
+    with tqdm_rows(len(token_ids), f"neuron stats ({reading}, {tokens})", progress) as bar, \
+            observe(model, site, list(range(spec.n_layers)), count):
+        for step in runner.run(batches, stop=(site, spec.n_layers - 1)):
+            bar.update(len(step.batch))
     config = {"reading": reading, "tokens": tokens, "template": template, "n_texts": len(token_ids),
-              "model": spec.model_id, "weights_hash": spec.weights_hash}
+              "prepend_bos": runner.prepend_bos, "model": spec.model_id, "weights_hash": spec.weights_hash}
     return NeuronStats(counts.permute(0, 2, 1).contiguous(), totals, labs, config)
+
+
+@contextlib.contextmanager
+def tqdm_rows(total: int, desc: str, progress: bool) -> Iterator[Any]:
+    """A progress bar over examples, closed on exit."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="ex", disable=not progress)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _labels_of(dataset: Sequence[Any], labels: Sequence[str] | None) -> tuple[str, ...]:
@@ -337,16 +353,17 @@ class MaskingEngine:
     """Classify one dataset under many neuron masks, sharing everything shareable.
 
     Tokenisation, batching and the clean (unmasked) pass happen once. The clean pass also keeps the
-    residual entering a few *checkpoint* layers (``checkpoints`` evenly spaced layers, non-prefix tokens
-    only, ``[b, p - prefix, d_model]`` per batch). A mask whose lowest layer is L cannot change anything
-    below L, so its pass starts from the highest checkpoint ≤ L instead of the embedding — a masked pass
-    over the top third of the layers costs about a third of a full one. ``checkpoints=0`` turns this off
-    (memory: ``checkpoints × tokens × d_model`` floats).
+    residual entering a few *checkpoint* layers (``checkpoints`` evenly spaced layers, the tokens after
+    the shared prefix only, ``[b, p - prefix, d_model]`` per batch). A mask whose lowest layer is L
+    cannot change anything below L, so its pass starts from the highest checkpoint ≤ L instead of the
+    embedding — a masked pass over the top third of the layers costs about a third of a full one.
+    ``checkpoints=0`` turns this off (memory: ``checkpoints × tokens × d_model`` floats).
     """
 
     def __init__(self, model: Any, dataset: Sequence[Any], *, labels: Sequence[str] | None = None,
                  template: str = DEFAULT_TEMPLATE, scoring: str = "first_token", max_tokens: int = 4096,
-                 checkpoints: int = 6, progress: bool = True) -> None:
+                 checkpoints: int = 6, share_prefix: bool = True, prepend_bos: bool | None = None,
+                 progress: bool = True) -> None:
         from emocircuits.readout import LabelReadout
 
         self.model, self.progress = model, progress
@@ -354,8 +371,10 @@ class MaskingEngine:
         self.examples = list(dataset)
         self.labels = _labels_of(dataset, labels)
         self.y = _label_indices(self.examples, self.labels).numpy()
-        self.readout = LabelReadout(model, self.labels, template, scoring, max_tokens=max_tokens)
-        self.batches = list(self.readout.batches(self.readout.encode(self.examples)))
+        self.readout = LabelReadout(model, self.labels, template, scoring, max_tokens=max_tokens,
+                                    share_prefix=share_prefix, prepend_bos=prepend_bos)
+        self.batches = self.readout.batches(self.readout.encode(self.examples))
+        self.order = torch.tensor([r for b in self.batches for r in b.rows], dtype=torch.long)
         n = self.spec.n_layers
         stride = max(1, -(-n // (checkpoints + 1))) if checkpoints > 0 and scoring == "first_token" else n
         self.checkpoint_layers = [layer for layer in range(stride, n, stride)][:checkpoints]
@@ -363,16 +382,18 @@ class MaskingEngine:
         self.clean_scores = self._clean_pass()
         self.clean = self.clean_scores.argmax(-1).numpy()
 
+    def _in_input_order(self, scores: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(scores)
+        out[self.order] = scores
+        return out
+
     def _clean_pass(self) -> torch.Tensor:
-        scores = torch.empty(len(self.examples), len(self.labels))
-        got: dict[int, torch.Tensor] = {}
-        with torch.inference_mode(), observe(self.model, "resid.pre", self.checkpoint_layers,
-                                             lambda layer, v: got.__setitem__(layer, v)):
-            for batch in self.batches:
-                scores[batch.rows] = self.readout.scores(batch)
-                for layer in self.checkpoint_layers:  # the last call per layer is the non-prefix pass
-                    self._resid[layer].append(got[layer].detach().clone())
-        return scores
+        def keep(layer: int, value: torch.Tensor) -> None:
+            if not current_batch().shared:
+                self._resid[layer].append(value.detach().clone())
+
+        with observe(self.model, "resid.pre", self.checkpoint_layers, keep):
+            return self._in_input_order(self.readout.scores(self.batches))
 
     def start_layer(self, neurons: NeuronSet) -> int:
         """The checkpoint a masked pass of ``neurons`` starts from (0 = the embedding)."""
@@ -385,12 +406,9 @@ class MaskingEngine:
             return self.clean_scores.clone()
         neurons.validate(self.spec.n_layers, self.spec.d_mlp)
         start = self.start_layer(neurons)
-        out = torch.empty(len(self.examples), len(self.labels))
-        with torch.inference_mode(), ZeroNeurons(neurons).apply(self.model):
-            for i, batch in enumerate(self.batches):
-                resid = self._resid[start][i] if start else None
-                out[batch.rows] = self.readout.scores(batch, start_layer=start, resid=resid)
-        return out
+        with ZeroNeurons(neurons).apply(self.model):
+            s = self.readout.scores(self.batches, start_layer=start, resid=self._resid[start] if start else None)
+        return self._in_input_order(s)
 
     def predict(self, neurons: NeuronSet | None = None) -> np.ndarray:
         """Predicted label index per example ``[n_examples]`` with ``neurons`` zeroed (None = clean)."""

@@ -162,3 +162,87 @@ def layer_range(n_layers: int, name: str) -> list[int]:
     if not 0 <= lo <= hi < n_layers:
         raise EmocircuitsError(f"Layer range {name!r} is out of range; use A-B with 0 <= A <= B < {n_layers}.")
     return list(range(lo, hi + 1))
+
+
+# ----------------------------------------------------------------------------- weights
+#
+# Analyses read weights only through ``weight(model, name, layer)``, never by attribute names.
+# Each row names the bridge property holding the weight in TransformerLens orientation: the bridge
+# already undoes the HF layouts (``nn.Linear`` stores [out, in], GPT-2's ``Conv1D`` stores [in, out])
+# and splits the o-projection per query head, so the paths coincide today; a family that needs
+# another path gets its own column here, never an ``if`` in an analysis.
+#
+# =============  ==========================  ==========================  ===========================
+# weight         path (gated MLP, e.g. Llama) path (plain MLP, e.g. GPT-2) shape
+# =============  ==========================  ==========================  ===========================
+# mlp.down       blocks.L.mlp.W_out          blocks.L.mlp.W_out          [d_mlp, d_model]
+# mlp.down.bias  blocks.L.mlp.b_out          blocks.L.mlp.b_out          [d_model] or None
+# attn.o         blocks.L.attn.W_O           blocks.L.attn.W_O           [n_heads, d_head, d_model]
+# attn.o.bias    blocks.L.attn.b_O           blocks.L.attn.b_O           [d_model] or None
+# unembed        unembed.W_U                 unembed.W_U                 [d_model, d_vocab]
+# =============  ==========================  ==========================  ===========================
+#
+# Identities (checked against the forward pass in the tests), per layer L:
+#   mlp.out  = neuron.gated @ mlp.down (+ mlp.down.bias)
+#   attn.out = einsum("bphd,hdm->bpm", head.z, attn.o) (+ attn.o.bias)
+
+
+@dataclass(frozen=True)
+class WeightInfo:
+    """How one abstract weight maps onto a bridge property: path template (``{L}`` = layer) and shape."""
+
+    name: str
+    gated_path: str
+    plain_path: str
+    shape: tuple[str, ...]
+    optional: bool = False  # True: None where the model has no such parameter (bias-free projections)
+    doc: str = ""
+
+    def path(self, spec: ModelSpec) -> str:
+        return self.gated_path if spec.gated_mlp else self.plain_path
+
+
+WEIGHTS: dict[str, WeightInfo] = {
+    w.name: w
+    for w in [
+        WeightInfo("mlp.down", "blocks.{L}.mlp.W_out", "blocks.{L}.mlp.W_out", ("d_mlp", "d_model"),
+                   doc="down projection; row n = what neuron n (site neuron.gated) writes into the residual"),
+        WeightInfo("mlp.down.bias", "blocks.{L}.mlp.b_out", "blocks.{L}.mlp.b_out", ("d_model",), optional=True,
+                   doc="down-projection bias"),
+        WeightInfo("attn.o", "blocks.{L}.attn.W_O", "blocks.{L}.attn.W_O", ("n_heads", "d_head", "d_model"),
+                   doc="output projection per query head (input: site head.z)"),
+        WeightInfo("attn.o.bias", "blocks.{L}.attn.b_O", "blocks.{L}.attn.b_O", ("d_model",), optional=True,
+                   doc="output-projection bias"),
+        WeightInfo("unembed", "unembed.W_U", "unembed.W_U", ("d_model", "d_vocab"),
+                   doc="unembedding (input: site final.norm)"),
+    ]
+}
+
+
+def weight(model: Any, name: str, layer: int | None = None) -> torch.Tensor | None:
+    """A weight by its table name, detached (shares storage with the model: do not modify in place).
+
+    Shapes: ``mlp.down [d_mlp, d_model]``, ``attn.o [n_heads, d_head, d_model]``, ``unembed
+    [d_model, d_vocab]``, biases ``[d_model]`` or None. ``layer`` is None for ``unembed``.
+    """
+    if name not in WEIGHTS:
+        raise EmocircuitsError(f"Unknown weight {name!r}; known weights are {sorted(WEIGHTS)}.")
+    info, spec = WEIGHTS[name], spec_of(model)
+    template = info.path(spec)
+    if "{L}" in template:
+        check_layer(model, layer)  # type: ignore[arg-type]
+    elif layer is not None:
+        raise EmocircuitsError(f"Weight {name!r} has no layer; pass layer=None.")
+    value: Any = model
+    for part in template.format(L=layer).split("."):
+        value = getattr(value, part, None)
+    if value is None:
+        if info.optional:
+            return None
+        raise EmocircuitsError(f"Weight {name!r} ({template}) does not exist on {spec.architecture}; "
+                               "this architecture needs its own row in emocircuits.sites.WEIGHTS.")
+    expected = tuple(int(getattr(spec, dim)) for dim in info.shape)
+    if tuple(value.shape) != expected:
+        raise EmocircuitsError(f"Weight {name!r} has shape {tuple(value.shape)} on {spec.architecture} but the "
+                               f"table expects {list(info.shape)} = {expected}; fix its row in emocircuits.sites.WEIGHTS.")
+    return value.detach()

@@ -1,7 +1,7 @@
 """Compute the values behind the token-level views, on a loaded model, through the public API.
 
 :mod:`emocircuits.viz` draws; this module runs the model (via :func:`emocircuits.interventions.observe`
-and ``run_until``, so no logits are computed) and hands plain tokens and values to the drawing
+through the forward runner, so no logits are computed) and hands plain tokens and values to the drawing
 functions. Texts are used as given, or wrapped in a prompt template (``template="chat"``) to see the
 tokens the way the neuron statistics saw them.
 
@@ -19,29 +19,31 @@ from typing import Any
 import torch
 
 from emocircuits.components import NeuronSet
+from emocircuits.data import EKMAN6
 from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions import observe, run_until
+from emocircuits.interventions import observe
 from emocircuits.models import spec_of
 from emocircuits.sites import READINGS, check_layer
 from emocircuits.viz.tokens import TokenView, attention_heads, neuron_set_tokens, top_examples
 
-EKMAN6 = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
-
 
 def encode(model: Any, text: str, *, template: str | None = None,
            labels: Sequence[str] = EKMAN6) -> tuple[torch.Tensor, list[str]]:
-    """``(input_ids [1, pos], str_tokens [pos])`` of ``text``, wrapped in ``template`` when given."""
+    """``(input_ids [1, pos], str_tokens [pos])`` of ``text``, wrapped in ``template`` when given,
+    tokenised by the forward runner (the model's own BOS convention)."""
+    from emocircuits.runner import Runner
+
     if not isinstance(text, str) or not text.strip():
         raise EmocircuitsError("Token views need a non-empty text.")
     tok = model.tokenizer
-    add_special = True
+    chat = False
     if template is not None:
         from emocircuits.prompts import get_template
 
         tpl = get_template(template)
         text = tpl.render(text, labels, tok)
-        add_special = tpl.add_special_tokens
-    ids = list(tok.encode(text, add_special_tokens=add_special))
+        chat = tpl.kind == "chat"
+    ids = Runner(model).encode([text], special=chat)[0]
     return torch.tensor([ids], dtype=torch.long), [tok.decode([i]) for i in ids]
 
 
@@ -53,14 +55,10 @@ def _site(reading: str) -> str:
 
 def _read_neurons(model: Any, input_ids: torch.Tensor, layers: Sequence[int], site: str) -> dict[int, torch.Tensor]:
     """Neuron values ``{layer: [pos, d_mlp]}`` for a single prompt (no logits computed)."""
-    got: dict[int, torch.Tensor] = {}
+    from emocircuits.runner import Runner
 
-    def keep(layer: int, value: torch.Tensor) -> None:
-        got[layer] = value[0].detach().float().cpu()
-
-    with torch.inference_mode(), observe(model, site, list(layers), keep):
-        run_until(model, input_ids, site, max(layers))
-    return got
+    got = Runner(model).capture([input_ids[0].tolist()], site, list(layers), positions="all")
+    return {layer: v[0] for layer, v in got.items()}
 
 
 def neuron_set_values(model: Any, text: str, neurons: NeuronSet, *, reading: str = "gated",
@@ -110,6 +108,7 @@ def head_patterns(model: Any, text: str, heads: Sequence[tuple[int, int]], *,
                   template: str | None = None) -> tuple[list[str], torch.Tensor, list[str]]:
     """``(str_tokens, pattern [n_heads_chosen, q_pos, k_pos], names)`` of the chosen (layer, head)s."""
     from emocircuits.components import HeadSet
+    from emocircuits.runner import Runner
 
     spec = spec_of(model)
     chosen = list(dict.fromkeys((int(a), int(b)) for a, b in heads))
@@ -123,8 +122,10 @@ def head_patterns(model: Any, text: str, heads: Sequence[tuple[int, int]], *,
     def keep(layer: int, value: torch.Tensor) -> None:  # [batch, n_heads, q, k]
         got[layer] = value[0].detach().float().cpu()
 
-    with torch.inference_mode(), observe(model, "attn.pattern", layers, keep):
-        run_until(model, ids, "attn.pattern", max(layers))
+    runner = Runner(model)
+    with observe(model, "attn.pattern", layers, keep):
+        for _ in runner.run(runner.batches([ids[0].tolist()]), stop=("attn.pattern", max(layers))):
+            pass
     pattern = torch.stack([got[layer][head] for layer, head in chosen])
     return tokens, pattern, [f"L{layer}H{head}" for layer, head in chosen]
 

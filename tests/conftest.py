@@ -7,6 +7,17 @@ import torch
 
 from emocircuits.models import load_model, tiny_model
 
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """Tiny models run on one thread: their matmuls are too small to split, and two OpenMP threads on a
+    busy 2-core machine made them 100x slower. Tests on the embedded model keep every core."""
+    slow = request.node.get_closest_marker("slow") is not None
+    torch.set_num_threads(_DEFAULT_THREADS if slow else 1)
+    yield
+
 
 @pytest.fixture(scope="session")
 def tiny_llama():

@@ -12,7 +12,6 @@ from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions import (
     AddDirection,
     Intervention,
-    MultiplyNeuronsPerRow,
     Noise,
     PatchFrom,
     ScaleHeads,
@@ -134,19 +133,6 @@ def test_rows_restrict_writes(tiny_llama, token_ids):
     clean = _down_proj_input(bridge, 1, ids)
     assert torch.equal(masked[0], clean[0])
     assert torch.all(masked[1, :, :2] == 0)
-
-
-def test_per_row_masks_equal_separate_runs(tiny_llama, token_ids):
-    bridge, spec = tiny_llama
-    ids = token_ids.repeat(2, 1)
-    mask = torch.ones(2, spec.d_mlp)
-    mask[1, [3, 7]] = 0
-    with MultiplyNeuronsPerRow({1: mask}).apply(bridge):
-        stacked = _run(bridge, ids)
-    with ZeroNeurons({1: [3, 7]}).apply(bridge):
-        single = _run(bridge, token_ids)
-    torch.testing.assert_close(stacked[1], single[0])
-    torch.testing.assert_close(stacked[0], _run(bridge, token_ids)[0])
 
 
 def test_add_direction_adds_exactly_at_resid(tiny_llama, token_ids):

@@ -53,11 +53,11 @@ def test_batches_structure(tiny_llama, examples):
     for b in ro.batches(ids, max_tokens=1500):
         assert b.input_ids.shape[0] * b.input_ids.shape[1] <= max(1500, b.input_ids.shape[1])
         assert torch.equal(b.pad_mask.sum(1), b.lengths) and torch.equal(b.last_index, b.lengths - 1)
-        assert (b.input_ids[~b.pad_mask] == ro.pad_id).all()
+        assert (b.input_ids[~b.pad_mask] == ro.runner.pad_id).all()
         for j, r in enumerate(b.rows):
             assert b.input_ids[j, : b.lengths[j]].tolist() == ids[r]
-        assert b.prefix_len > 50  # the chat system prompt and instructions are shared
         rows += b.rows
+    assert ro.runner.shared_prefix(ro.batches(ids, max_tokens=1500)) > 50  # system prompt and instructions
     assert sorted(rows) == list(range(len(ids)))
 
 
