@@ -5,7 +5,8 @@ Data spec strings (``load_data(spec)`` and every CLI ``--data``):
 ==========================  =========================================================================
 ``builtin:dialogues``       3,060 synthetic two-speaker dialogues, Ekman's six (``data/dialogues.md``)
 ``builtin:sev``             160 scenario-event skeletons x 3 valences (``data/sev.md``)
-``builtin:appraisal_events`` 360 event descriptions with appraisal ratings (``data/appraisal_events.md``)
+``builtin:appraisal_events`` 900 event descriptions, 21 appraisal ratings that follow the text (``data/appraisal_events.md``)
+``builtin:events``          900 short first-person event descriptions, mixed registers, mostly implicit (``data/events.md``)
 ``emoprism:PATH``           Lee et al.'s dialogue corpus: JSONL or ``.json.gz`` (topic, dialogue, label)
 ``sev:PATH``                SEV skeleton JSONL (scenario + events per valence)
 ``envent:PATH``             crowd-enVENT CSV (cp1252; emotion, generated_text, hidden_emo_text, ratings)
@@ -39,6 +40,9 @@ EKMAN6: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "
 VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")
 SPLIT_SEED = 20250
 TEST_SHARE = 0.05
+# The crowd-enVENT appraisal schema (Troiano et al., 2023): its 21 rating columns (1-5), in the published
+# order. The one source of appraisal names: the loader, the generator of ``builtin:appraisal_events``
+# (which writes every column) and the analyses import it from here.
 APPRAISAL_COLUMNS: tuple[str, ...] = (
     "suddenness",
     "familiarity",
@@ -46,14 +50,15 @@ APPRAISAL_COLUMNS: tuple[str, ...] = (
     "pleasantness",
     "unpleasantness",
     "goal_relevance",
+    "chance_responsblt",
     "self_responsblt",
     "other_responsblt",
-    "chance_responsblt",
+    "predict_conseq",
+    "goal_support",
+    "urgency",
     "self_control",
     "other_control",
     "chance_control",
-    "goal_support",
-    "urgency",
     "accept_conseq",
     "standards",
     "social_norms",
@@ -456,6 +461,7 @@ _BUILTINS = {
     "dialogues": ("emoprism", "dialogues.jsonl"),
     "sev": ("sev", "sev.jsonl"),
     "appraisal_events": ("envent", "appraisal_events.csv"),
+    "events": ("jsonl", "events.jsonl"),
 }
 
 

@@ -5,7 +5,11 @@ Everything here is plain data consumed by :mod:`emocircuits.data.generate`. Slot
 
 Lines in the ``open``, ``reply``, ``more`` and ``close`` banks must not contain any word of
 :data:`KEYWORDS` (for any emotion): they carry the emotion through events, bodily reactions and
-behaviour only. Lines in ``explicit`` name the emotion or an obvious synonym. The generator checks both.
+behaviour only. Lines in ``explicit`` name the emotion or an obvious synonym. The generator checks both;
+the same rule holds for the ``APPRAISAL_*`` and ``EVENT_*`` banks (only ``*_EXPLICIT`` name emotions).
+
+The crowd-enVENT appraisal schema is not defined here: it is
+:data:`emocircuits.data.APPRAISAL_COLUMNS`, the one source every module imports.
 """
 
 from __future__ import annotations
@@ -1060,139 +1064,1330 @@ SEV_THEMES: dict[str, dict[str, tuple]] = {
 }
 
 # ---------------------------------------------------------------------------------------------------
-# Appraisal events: first-person event stems with one slot ``{x}``; fillers per emotion.
-APPRAISAL_DIMS = (
-    "suddenness",
-    "familiarity",
-    "predict_event",
-    "pleasantness",
-    "unpleasantness",
-    "goal_relevance",
-    "self_responsblt",
-    "other_responsblt",
-    "chance_responsblt",
-    "self_control",
-    "other_control",
-    "chance_control",
-    "goal_support",
-    "urgency",
-    "attention",
-    "effort",
+# Appraisal events (``appraisal_events``): each event is composed from appraisal *factors* and its
+# ratings are derived from those factors (see ``generate.build_appraisal``), so the text carries them.
+#
+# Core events per emotion and cause (who brought the event about): ``self`` (the narrator), ``other``
+# (another person; ``{who}`` is filled from APPRAISAL_AGENTS) or ``chance`` (circumstance, nature, luck).
+# Each core is (clause, base pleasantness on 1-5). Clauses are lower-case, without a final period, and
+# read correctly after an onset prefix such as "Out of nowhere, ".
+APPRAISAL_AGENTS_CLOSE = (
+    "my best friend",
+    "my sister",
+    "my brother",
+    "my partner",
+    "an old friend",
+    "my cousin",
+    "my neighbour",
+    "my grandmother",
+)
+APPRAISAL_AGENTS_ANY = (
+    "my coworker",
+    "my flatmate",
+    "my manager",
+    "my landlord",
+    "a classmate",
+    "a neighbour",
+    "my brother",
+    "my cousin",
+    "a man at the gym",
+    "my team leader",
 )
 
-# Prototype ratings (1-5) per emotion in APPRAISAL_DIMS order, after the appraisal-theory profiles
-# (e.g. anger: unpleasant, caused and controlled by someone else; fear: sudden, unpredictable, low
-# own control, urgent). Item ratings = prototype + seeded noise, rounded and clipped to 1..5.
-APPRAISAL_PROTOTYPES: dict[str, tuple[int, ...]] = {
-    "anger": (4, 3, 2, 1, 5, 4, 1, 5, 2, 2, 4, 2, 1, 4, 4, 4),
-    "disgust": (3, 2, 2, 1, 5, 2, 1, 4, 2, 2, 3, 2, 1, 3, 4, 2),
-    "fear": (4, 2, 1, 1, 5, 5, 1, 3, 4, 1, 3, 4, 1, 5, 5, 4),
-    "happiness": (2, 3, 3, 5, 1, 4, 4, 2, 2, 4, 2, 2, 5, 2, 4, 3),
-    "sadness": (3, 3, 2, 1, 5, 5, 2, 2, 4, 1, 2, 4, 1, 3, 4, 3),
-    "surprise": (5, 1, 1, 3, 2, 3, 1, 3, 4, 2, 2, 4, 3, 3, 5, 2),
+APPRAISAL_CORES: dict[str, dict[str, tuple[tuple[str, float], ...]]] = {
+    "anger": {
+        "other": (
+            ("{who} deleted the report I had spent a week writing", 1.5),
+            ("{who} gave away the concert ticket I had already paid for", 1.9),
+            ("{who} read out my private messages in front of the whole group", 1.4),
+            ("{who} left me off the list for the project I had proposed", 1.8),
+            ("{who} blocked my car in so that I missed my appointment", 2.0),
+            ("{who} took the credit for the plan I had put together", 1.7),
+            ("{who} broke the lock on my bike and left it out in the rain", 2.1),
+            ("{who} told everyone a made-up story about why I had left the team", 1.3),
+        ),
+        "self": (
+            ("I forgot to send in the form on time and lost my place on the course", 1.6),
+            ("I let a salesman talk me into a contract I did not need", 2.1),
+            ("I locked my keys in the car for the second time that month", 2.5),
+            ("I agreed to cover another shift although I had promised my kids a day out", 2.0),
+            ("I deleted the wrong folder and wiped out a whole afternoon of work", 1.8),
+            ("I missed the last train because I stopped to answer one more email", 2.3),
+        ),
+        "chance": (
+            ("the train was cancelled for the third time that week and I missed my interview", 1.5),
+            ("the bank's system went down while I was trying to pay the rent", 2.1),
+            ("a power cut wiped the thesis chapter I had not yet saved", 1.4),
+            ("the parcel I had waited a month for got lost in the post", 2.3),
+            ("the booking website crashed twice while I was buying the last cheap tickets", 2.3),
+            ("the office printer jammed on every page of my presentation", 2.7),
+        ),
+    },
+    "disgust": {
+        "other": (
+            ("{who} left raw chicken dripping onto the shelf with my food in the fridge", 1.5),
+            ("{who} sneezed straight into the shared bowl of crisps", 1.7),
+            ("{who} clipped their toenails at the dinner table", 1.9),
+            ("{who} spat on the pavement right next to my shoes", 1.9),
+            ("{who} used my toothbrush to scrub the bathroom tiles", 1.3),
+            ("{who} served me soup with a long hair floating in it", 1.6),
+            ("{who} laughed at a video of an old man being knocked over", 1.5),
+            ("{who} left a used plaster on the bench where I sit", 1.8),
+        ),
+        "self": (
+            ("I bit into an apple and found half a worm inside", 1.4),
+            ("I forgot a bag of shopping in the boot and found it weeks later, crawling with maggots", 1.2),
+            ("I drank from a cup I had left out overnight and swallowed a fly", 1.4),
+            ("I reached into the blocked drain with my bare hand to pull out the clog", 1.9),
+            ("I left my lunch box in my locker over the holidays and opened it in January", 1.5),
+            ("I stepped barefoot on something soft and wet in the dark kitchen", 2.0),
+        ),
+        "chance": (
+            ("the drains backed up and filled the basement with sewage", 1.2),
+            ("a dead mouse turned up under the fridge after the heatwave", 1.5),
+            ("the bin bags split open in the sun and the whole street smelled of rot", 1.6),
+            ("the hotel sheets had stains on them that were clearly not ours", 1.5),
+            ("a pipe burst and the shower water came out brown and smelly", 1.8),
+            ("mould spread across the bathroom ceiling while I was away", 1.9),
+        ),
+    },
+    "fear": {
+        "other": (
+            ("a man I did not know followed me from the station all the way to my street", 1.2),
+            ("a driver ran a red light and missed me by a few centimetres on the crossing", 1.4),
+            ("{who} drove us down the motorway at twice the speed limit and would not slow down", 1.4),
+            ("someone kept trying the handle of my front door in the middle of the night", 1.1),
+            ("a group of men surrounded me at the bus stop and demanded my phone", 1.1),
+            ("{who} left the gas on in the flat and I smelled it the moment I came home", 1.5),
+        ),
+        "self": (
+            ("I took a shortcut through the woods and got lost as it grew dark", 1.5),
+            ("I ignored the pain in my chest for days before I saw a doctor", 1.4),
+            ("I climbed too far out on the rocks and the tide came in around me", 1.3),
+            ("I forgot to lock the back door and heard footsteps downstairs that night", 1.3),
+            ("I skied off the marked slope and ended up above a steep drop", 1.5),
+            ("I lost sight of my little nephew at the fair while I was checking my phone", 1.2),
+        ),
+        "chance": (
+            ("the plane dropped sharply in a storm and the oxygen masks came down", 1.2),
+            ("the doctor found a lump and sent me for more tests", 1.3),
+            ("a fire broke out in the flat below mine during the night", 1.2),
+            ("the lift stopped between floors and the lights went out", 1.7),
+            ("the ground started to shake while I was on the tenth floor", 1.2),
+            ("our boat's engine died far from the shore as the waves grew higher", 1.3),
+        ),
+    },
+    "happiness": {
+        "other": (
+            ("{who} threw a party for my birthday and invited everyone I care about", 4.6),
+            ("{who} flew home after two years abroad to spend the holidays with me", 4.7),
+            ("{who} wrote me a long letter thanking me for always being there", 4.4),
+            ("{who} offered me the job I had hoped for since I left school", 4.6),
+            ("{who} helped me carry every box up four floors into my first flat", 3.9),
+            ("{who} cooked my favourite meal after a long week at work", 3.8),
+        ),
+        "self": (
+            ("I passed my driving test on the first try", 4.4),
+            ("I finished my first half marathon after months of training", 4.5),
+            ("I finally paid off the last of my student loan", 4.2),
+            ("I baked bread from scratch and it came out perfectly", 3.7),
+            ("I got the top mark in the class for the essay I had worked hardest on", 4.4),
+            ("I repaired my grandfather's old bicycle and rode it to work", 3.9),
+        ),
+        "chance": (
+            ("the sun came out on the morning of our wedding after a week of rain", 4.5),
+            ("my name was drawn in the raffle and I won a weekend by the sea", 4.4),
+            ("I came across a letter from my late grandmother tucked inside an old book", 3.4),
+            ("the first snow fell on the very day we had planned to go sledging", 4.1),
+            ("a stray cat I had fed all winter had kittens in our shed", 4.0),
+            ("our flight was delayed and we were given a free night in a lovely hotel", 3.8),
+        ),
+    },
+    "sadness": {
+        "other": (
+            ("{who} told me they were moving to the other side of the world for good", 2.0),
+            ("{who} ended our friendship in a text message and stopped answering my calls", 1.5),
+            ("{who} forgot my birthday and nobody else remembered either", 1.9),
+            ("{who} chose not to come to my graduation", 1.8),
+            ("{who} sold the house I grew up in without telling me", 1.7),
+            ("{who} gave my old dog away while I was at university", 1.4),
+        ),
+        "self": (
+            ("I missed my grandfather's last phone call because I was too busy to pick up", 1.2),
+            ("I said something cruel to my best friend and we have not spoken since", 1.4),
+            ("I gave up the piano after twenty years because I no longer had the time", 2.3),
+            ("I failed the exam I had studied for all year", 1.6),
+            ("I moved away for work and left my whole circle of friends behind", 2.2),
+            ("I threw away the letters from my first love during a move", 2.4),
+        ),
+        "chance": (
+            ("my grandmother died in her sleep a week before my visit", 1.2),
+            ("our old dog fell ill and had to be put down", 1.2),
+            ("the village school I went to closed down for good", 2.4),
+            ("a flood destroyed the boxes with all my childhood photos", 1.5),
+            ("the illness came back and my mother had to stop working", 1.3),
+            ("the cafe where my father and I met every Sunday shut its doors", 2.3),
+        ),
+    },
+    "surprise": {
+        "other": (
+            ("{who} turned up at my door after ten years without a word", 3.6),
+            ("{who} told me they had been learning Japanese in secret for three years", 3.4),
+            ("{who} announced at dinner that they were getting married the next week", 3.5),
+            ("{who} handed me the keys to their old car and said it was mine", 4.4),
+            ("{who} told me the house we rent was going to be sold", 1.9),
+            ("{who} quit their job on the spot and walked out of the meeting", 3.0),
+        ),
+        "self": (
+            ("I found an envelope with money in the pocket of a coat I had not worn for years", 4.2),
+            ("I looked at the timetable and realised I had the date of my exam wrong all along", 1.8),
+            ("I checked the lottery ticket I had bought on a whim and had four numbers right", 4.2),
+            ("I took a DNA test for fun and found out I have a half-sister", 3.2),
+            ("I opened the wrong door at the hotel and walked into a wedding party", 3.0),
+            ("I re-read the contract and saw I had signed up for a year longer than I thought", 1.8),
+        ),
+        "chance": (
+            ("it started snowing in the middle of June", 3.0),
+            ("a letter arrived saying I had inherited a cottage from a relative I had never met", 4.3),
+            ("a deer walked into the office car park and stood next to my car", 3.4),
+            ("my bank card was declined in a shop although I had just been paid", 1.9),
+            ("the old tree in our garden split in half overnight without any storm", 2.2),
+            ("a parcel arrived for me from a country I have never been to", 3.2),
+        ),
+    },
 }
 
-APPRAISAL_STEMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+# Share of events per cause, per emotion (appraisal theory: anger mostly other-caused, sadness mostly
+# circumstance, happiness often self-caused ...).
+APPRAISAL_CAUSE_SHARES: dict[str, dict[str, float]] = {
+    "anger": {"other": 0.7, "self": 0.15, "chance": 0.15},
+    "disgust": {"other": 0.5, "self": 0.2, "chance": 0.3},
+    "fear": {"other": 0.3, "self": 0.2, "chance": 0.5},
+    "happiness": {"other": 0.35, "self": 0.45, "chance": 0.2},
+    "sadness": {"other": 0.3, "self": 0.15, "chance": 0.55},
+    "surprise": {"other": 0.35, "self": 0.2, "chance": 0.45},
+}
+
+# How each factor level is said. ``onset`` has prefixes (before the core clause) and sentences (after
+# it); ``intent`` phrases are appended to an other-caused unpleasant core; the rest are sentences.
+APPRAISAL_ONSET_PREFIX: dict[str, tuple[str, ...]] = {
+    "sudden": (
+        "Out of nowhere, ",
+        "Without any warning, ",
+        "All of a sudden, ",
+        "Completely out of the blue, ",
+    ),
+    "expected": (
+        "As I had seen coming for weeks, ",
+        "Exactly as I had expected, ",
+        "Just as everyone had predicted, ",
+    ),
+}
+APPRAISAL_ONSET_SENTENCE: dict[str, tuple[str, ...]] = {
+    "sudden": (
+        "It came out of nowhere.",
+        "There was no warning at all.",
+        "It all happened in a split second.",
+    ),
+    "expected": (
+        "I had seen it coming for a long time.",
+        "It was exactly what I had expected.",
+        "Everyone knew it would happen sooner or later.",
+    ),
+}
+APPRAISAL_INTENT: dict[str, tuple[str, ...]] = {
+    "deliberate": (
+        ", and they did it on purpose",
+        ", knowing exactly what they were doing",
+        ", and it was clearly deliberate",
+    ),
+    "careless": (
+        ", though I doubt they meant any harm",
+        ", without thinking at all",
+        ", by accident as far as I can tell",
+    ),
+}
+APPRAISAL_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
+    # outcome of an unpleasant event (severe / mitigated) or a pleasant one (boost / mixed)
+    "outcome": {
+        "severe": (
+            "It ruined the rest of my week.",
+            "The damage could not be undone.",
+            "It cost me far more than I could afford.",
+            "It turned a good month into a terrible one.",
+        ),
+        "mitigated": (
+            "In the end it was sorted out the same day.",
+            "Luckily it all turned out fine in the end.",
+            "It was much less bad than it looked at first.",
+        ),
+        "boost": (
+            "It was the best day I had had in years.",
+            "Everything about that day was perfect.",
+            "It made my whole year.",
+        ),
+        "mixed": (
+            "Still, it came at a hard time and I could not really enjoy it.",
+            "It was lovely, but it also reminded me of what I had lost.",
+            "It was nice, though the rest of that week was hard.",
+        ),
+    },
+    "stakes": {
+        "high": (
+            "It mattered enormously to me.",
+            "A lot depended on it.",
+            "It touched something I care deeply about.",
+        ),
+        "low": (
+            "It was a small thing, really.",
+            "In the grand scheme of things it hardly mattered.",
+            "Nothing important depended on it.",
+        ),
+    },
+    "control": {
+        "high": (
+            "I knew I could still put it right myself.",
+            "It was in my hands to change how it ended.",
+            "I was able to deal with it on my own.",
+        ),
+        "low": (
+            "There was nothing I could do about it.",
+            "It was completely out of my hands.",
+            "I could only stand there and watch.",
+        ),
+    },
+    "familiarity": {
+        "familiar": (
+            "This kind of thing has happened to me many times before.",
+            "It was not the first time, and it will not be the last.",
+            "I know this situation all too well.",
+        ),
+        "new": (
+            "Nothing like it had ever happened to me before.",
+            "It was a completely new situation for me.",
+            "I had never been in that position before.",
+        ),
+    },
+    "consequences": {
+        "known": ("I knew exactly what would follow.", "I could tell straight away how it would end."),
+        "unknown": ("I had no idea what it would mean for me.", "I could not tell what would happen next."),
+    },
+    "acceptance": {
+        "accepted": ("I have made my peace with it.", "I accepted it and moved on quickly."),
+        "rejected": ("I still cannot accept it.", "I refuse to just let it go."),
+    },
+}
+
+# Emotion-typical value (1-5) of the appraisals whose factor a text leaves unsaid (after the profiles
+# of appraisal theory: fear sudden and urgent, surprise unpredictable and unfamiliar, ...).
+APPRAISAL_DEFAULTS: dict[str, dict[str, float]] = {
+    "suddenness": {
+        "anger": 3.3,
+        "disgust": 3.2,
+        "fear": 3.9,
+        "happiness": 2.6,
+        "sadness": 2.8,
+        "surprise": 3.8,
+    },
+    "predict_event": {
+        "anger": 2.4,
+        "disgust": 2.3,
+        "fear": 2.1,
+        "happiness": 3.0,
+        "sadness": 2.5,
+        "surprise": 2.0,
+    },
+    "familiarity": {
+        "anger": 2.8,
+        "disgust": 2.3,
+        "fear": 2.0,
+        "happiness": 2.8,
+        "sadness": 2.6,
+        "surprise": 1.6,
+    },
+    "goal_relevance": {
+        "anger": 3.6,
+        "disgust": 2.5,
+        "fear": 4.0,
+        "happiness": 3.9,
+        "sadness": 4.0,
+        "surprise": 3.0,
+    },
+    "urgency": {"anger": 3.2, "disgust": 2.6, "fear": 4.2, "happiness": 2.2, "sadness": 2.6, "surprise": 2.8},
+    "attention": {
+        "anger": 4.0,
+        "disgust": 3.8,
+        "fear": 4.4,
+        "happiness": 4.0,
+        "sadness": 3.8,
+        "surprise": 4.3,
+    },
+    "not_consider": {
+        "anger": 2.0,
+        "disgust": 2.8,
+        "fear": 2.4,
+        "happiness": 1.4,
+        "sadness": 2.6,
+        "surprise": 1.6,
+    },
+    "effort": {"anger": 3.0, "disgust": 2.4, "fear": 3.4, "happiness": 2.6, "sadness": 3.0, "surprise": 2.0},
+}
+
+# Words that name the felt emotion, used in the explicit share of ``generated_text`` ("I felt WORD when
+# ..." or "I was WORD."); ``hidden_emo_text`` masks every emotion keyword with "...".
+APPRAISAL_EXPLICIT: dict[str, tuple[str, ...]] = {
+    "anger": ("angry", "furious", "livid", "mad"),
+    "disgust": ("disgusted", "revolted", "repulsed"),
+    "fear": ("scared", "terrified", "frightened", "afraid"),
+    "happiness": ("happy", "delighted", "overjoyed", "glad"),
+    "sadness": ("sad", "heartbroken", "miserable"),
+    "surprise": ("surprised", "astonished", "stunned", "amazed"),
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Events (``events``): short first-person event descriptions in the style of crowd-written event
+# reports. Per emotion, situation seeds (plain clause, terse fragment, follow-up details); the generator
+# renders each in a register (terse, plain, casual, formal, run-on). No line may contain a word of
+# KEYWORDS: the few explicit texts get their emotion word from EVENT_EXPLICIT only. Some seeds of anger
+# and disgust, and of fear and surprise, share a situation on purpose (real reports overlap that way);
+# several happiness seeds are understated.
+EVENT_SEEDS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
     "anger": (
         (
-            "{x} read my private diary and laughed about it with others.",
-            "{x} blamed me for a mistake they made themselves.",
-            "{x} broke a promise they had made to me for the third time.",
-            "{x} took credit for the work I had done.",
-            "{x} cancelled our plans an hour before and did not even apologise.",
-            "{x} shouted at me in front of everyone for something that was not my fault.",
-            "{x} kept the money they owed me and then pretended to have forgotten.",
-            "{x} parked across my driveway and refused to move.",
-            "{x} lied to me about where they had been all weekend.",
-            "{x} threw away my things without asking me.",
-            "{x} cut in front of me after I had waited for an hour.",
-            "{x} spread a rumour about me that was completely false.",
+            "my landlord kept my entire deposit over a scratch that was there before I moved in",
+            "landlord kept the whole deposit over an old scratch",
+            (
+                "I had photos from the day I moved in",
+                "he stopped answering my emails",
+                "it was almost a month of rent",
+            ),
         ),
-        ("my roommate", "my manager", "a stranger", "my brother", "a close friend"),
+        (
+            "a coworker presented my idea in the meeting as if it was his own",
+            "coworker pitched my idea as his own",
+            (
+                "the boss thanked him for it",
+                "I had sent him the draft the night before",
+                "he didn't even look at me",
+            ),
+        ),
+        (
+            "the airline cancelled my flight and then refused to pay for a hotel",
+            "flight cancelled, no hotel, no help",
+            (
+                "the desk closed with forty of us still in line",
+                "I slept on the floor of the terminal",
+                "other flights left on time",
+            ),
+        ),
+        (
+            "my brother borrowed my car and brought it back with an empty tank and a dent in the door",
+            "brother returned my car dented and empty",
+            ("he said it was like that already", "it was the third time", "I needed it for work at six"),
+        ),
+        (
+            "someone parked across my driveway and I missed the start of my shift",
+            "blocked in my own driveway and late for work",
+            (
+                "the note I left was still on his windscreen at noon",
+                "my manager wrote me up for it",
+                "the driver just shrugged",
+            ),
+        ),
+        (
+            "the council fined me for putting the bins out a day early after they changed the schedule without telling anyone",
+            "fined over the bins after a schedule change nobody announced",
+            (
+                "half the street got the same letter",
+                "I was on hold for an hour",
+                "the fine was more than my weekly shopping",
+            ),
+        ),
+        (
+            "my manager gave the promotion to his friend who had been here six months",
+            "promotion went to the boss's mate",
+            ("I had trained him myself", "I had been there four years", "nobody even interviewed me"),
+        ),
+        (
+            "my flatmate ate the food I had labelled and then lied about it",
+            "flatmate ate my labelled food and denied it",
+            (
+                "the empty box was in his bin",
+                "it was my lunch for the whole week",
+                "he did it again the next day",
+            ),
+        ),
+        (
+            "a customer shouted at me for ten minutes over a price I don't even set",
+            "customer yelled at me over prices",
+            (
+                "my manager just watched",
+                "other customers started filming",
+                "I still had six hours of my shift left",
+            ),
+        ),
+        (
+            "the mechanic charged me double the quote and the noise is still there",
+            "paid double and the car still rattles",
+            (
+                "he said parts had gone up overnight",
+                "he would not show me the old parts",
+                "I took a day off to collect it",
+            ),
+        ),
+        (
+            "my teammate skipped every meeting and still got the same grade as the rest of us",
+            "teammate did nothing and got the same grade",
+            (
+                "the lecturer said it was our problem",
+                "I rewrote his whole section at 2am",
+                "he thanked us in the group chat",
+            ),
+        ),
+        (
+            "the internet company cut me off for a bill I had already paid",
+            "cut off for a bill I'd already paid",
+            (
+                "I sent them the receipt four times",
+                "I work from home",
+                "every agent told me something different",
+            ),
+        ),
+        (
+            "a guy pushed to the front of the queue at the pharmacy and the staff served him first",
+            "queue jumper got served first",
+            (
+                "I had been standing there for forty minutes with my sick kid",
+                "nobody said a word",
+                "he smirked at me on the way out",
+            ),
+        ),
+        (
+            "my sister told our parents something I had told her in confidence",
+            "sister told our parents my secret",
+            ("she said they had a right to know", "it was mine to tell", "now they won't stop calling"),
+        ),
+        (
+            "the school gave my son detention for defending a kid who was being bullied",
+            "son got detention for standing up for a kid",
+            (
+                "the other boys got nothing",
+                "the head would not even meet us",
+                "he asked me if he had done something wrong",
+            ),
+        ),
+        (
+            "a neighbour reported my dog to the council even though it has never barked at night",
+            "neighbour reported my dog, who never barks",
+            ("we got a warning letter", "she never once knocked to talk", "it was her own dog all along"),
+        ),
+        (
+            "the bank charged me fees for six months on an account I had closed",
+            "bank kept charging fees on a closed account",
+            (
+                "they said the closure never went through",
+                "I had the confirmation letter",
+                "it took three calls to get the money back",
+            ),
+        ),
+        (
+            "my roommate left a pile of dirty dishes for a week after I had asked him three times",
+            "roommate's dishes sat there a week after I asked three times",
+            (
+                "I had to wash them myself to cook",
+                "he said he was busy",
+                "he had friends over the same night",
+            ),
+        ),
+        (
+            "a man on the bus kept his muddy boots on the seat next to me after I asked him to stop",
+            "man kept his muddy boots on the seat",
+            ("he laughed and did it again", "the driver pretended not to see", "I got off two stops early"),
+        ),
+        (
+            "my ex posted our private photos in a group chat to make me look bad",
+            "ex shared private photos in a group chat",
+            (
+                "people I work with were in that chat",
+                "he said it was a joke",
+                "it took days to get them removed",
+            ),
+        ),
     ),
     "disgust": (
         (
-            "I found {x} in my food at a restaurant.",
-            "I saw {x} in the shared kitchen at work.",
-            "I stepped in {x} on the way to the bus.",
-            "I noticed {x} on the seat of the train.",
-            "I opened the fridge and found {x}.",
-            "I discovered {x} under the sink in my new flat.",
-            "I watched someone leave {x} on the table where we eat.",
-            "I touched {x} while reaching into the drawer.",
-            "I smelled {x} when I opened the bin.",
-            "I saw {x} in the hotel bed.",
-            "I found {x} in the bathroom at the cinema.",
-            "I saw a man spit out {x} onto the pavement in front of me.",
+            "I opened the office fridge and found a yoghurt that had gone green and furry",
+            "office fridge, furry green yoghurt",
+            (
+                "the smell hit me before I saw it",
+                "nobody would own up to it",
+                "I threw my own lunch away too",
+            ),
         ),
-        ("a clump of hair", "rotting meat", "maggots", "mould", "a cockroach"),
+        (
+            "the guy next to me on the train clipped his nails and left them on the seat",
+            "man clipped his nails on the train",
+            (
+                "bits flew onto my bag",
+                "he brushed them onto the floor with his hand",
+                "then he started eating crisps",
+            ),
+        ),
+        (
+            "I found a long hair baked into the middle of my sandwich",
+            "hair baked into my sandwich",
+            (
+                "I had already eaten half",
+                "the cafe just offered a discount",
+                "I can still feel it in my mouth",
+            ),
+        ),
+        (
+            "my flatmate left raw chicken juice dripping all over the vegetables in the fridge",
+            "raw chicken juice all over the veg",
+            ("it had been there for days", "the whole shelf was sticky", "I threw out everything on it"),
+        ),
+        (
+            "a man at the buffet licked the serving spoon and put it back",
+            "guy licked the buffet spoon and put it back",
+            ("people kept using it after him", "the staff did not notice", "I left without eating"),
+        ),
+        (
+            "I watched a politician on the news joke about the families who lost their homes in the flood",
+            "politician joking about flood victims",
+            ("the audience laughed along", "he had cut the flood defence budget", "I turned the tv off"),
+        ),
+        (
+            "the hostel shower drain was clogged with hair and something brown was floating in it",
+            "hostel shower drain full of hair and brown sludge",
+            ("I showered in my flip flops", "the smell got into my towel", "the owner said it was normal"),
+        ),
+        (
+            "my coworker picks his nose at his desk and then uses the shared keyboard",
+            "coworker picks his nose then uses the shared keyboard",
+            ("I've seen it more than once", "I wipe everything down now", "he offered me a biscuit after"),
+        ),
+        (
+            "I stepped in dog mess and tracked it all over my new car",
+            "stepped in dog mess and got it all over my new car",
+            (
+                "it was stuck in the grooves of my shoe",
+                "the whole car stank for a week",
+                "the owner had watched it happen",
+            ),
+        ),
+        (
+            "a restaurant I loved got shut down after inspectors found rats in the kitchen",
+            "favourite restaurant closed over rats in the kitchen",
+            (
+                "I had eaten there every Friday for a year",
+                "there were photos online",
+                "I keep thinking about all those meals",
+            ),
+        ),
+        (
+            "the garden of my new place was full of bags of rubbish the last tenant had left to rot",
+            "garden full of rotting rubbish at the new place",
+            (
+                "there were flies everywhere",
+                "something had been living in the bags",
+                "the landlord told me to deal with it",
+            ),
+        ),
+        (
+            "a man spat on the pavement right in front of me and it landed on my shoe",
+            "man spat and it landed on my shoe",
+            ("he didn't even look back", "I was on my way to an interview", "I scrubbed that shoe for ages"),
+        ),
+        (
+            "I found out my friend's husband had been cheating on her with her sister for years",
+            "friend's husband cheating with her sister for years",
+            ("he still comes to family dinners", "he acted all innocent", "I couldn't look at him"),
+        ),
+        (
+            "the kid next to me on the plane sneezed into his hand and wiped it on my armrest",
+            "kid wiped a sneeze on my armrest",
+            ("his mum saw and said nothing", "we still had five hours to go", "I used half a pack of wipes"),
+        ),
+        (
+            "I bit into a peach and a fat white worm wriggled out of it",
+            "worm wriggled out of my peach",
+            (
+                "I had eaten the other half",
+                "I checked every piece of fruit for a week",
+                "my throat closed up",
+            ),
+        ),
+        (
+            "a manager I worked for made fun of the cleaners' accents right in front of them",
+            "boss mocked the cleaners' accents to their faces",
+            (
+                "he thought it was hilarious",
+                "a few people laughed along",
+                "I started looking for another job",
+            ),
+        ),
+        (
+            "my roommate let his dishes pile up until there was mould growing in the pans",
+            "roommate's pans growing mould",
+            (
+                "fruit flies were all over the sink",
+                "I could smell it from my room",
+                "he said he was soaking them",
+            ),
+        ),
+        (
+            "I opened a tin of soup and it hissed and smelled like rotten eggs",
+            "soup tin hissed and smelled of rotten eggs",
+            (
+                "it was still in date",
+                "the smell stayed in the kitchen all day",
+                "I didn't eat anything that night",
+            ),
+        ),
+        (
+            "my date chewed with his mouth open and kept talking with food falling out",
+            "date talked with food falling out of his mouth",
+            ("bits landed on my plate", "he did it the whole meal", "I ended the evening early"),
+        ),
+        (
+            "a man on the bus took his socks off, put his bare feet on the seat next to me and picked at his toes",
+            "bare feet on the bus seat, picking at his toes",
+            ("the smell was everywhere", "nobody said anything", "I moved to the back"),
+        ),
     ),
     "fear": (
         (
-            "I was walking home alone at night near {x} and heard someone following me.",
-            "The car in front of me braked suddenly on the road near {x}.",
-            "I got lost after dark near {x} and my phone battery died.",
-            "A large dog ran at me, barking, near {x}.",
-            "The lights went out and someone tried the door while I was at {x}.",
-            "I waited for the results of a biopsy while sitting at {x}.",
-            "A fire alarm went off and the stairs filled with smoke at {x}.",
-            "Someone I did not know kept sending me messages saying they were outside {x}.",
-            "The plane shook violently on the flight back from {x}.",
-            "I heard glass breaking downstairs while I was at {x}.",
-            "A man with a knife was seen near {x}.",
-            "My child went missing for twenty minutes at {x}.",
+            "I was walking home late and realised the same man had been behind me for six streets",
+            "same man behind me for six streets",
+            ("I went into a shop and waited", "my phone was on 2 percent", "I could hear him getting closer"),
         ),
-        ("the station", "the park", "my flat", "the old factory", "the river"),
+        (
+            "my doctor called and asked me to come in the same day to talk about my scan",
+            "doctor wants to see me today about the scan",
+            (
+                "she wouldn't say anything on the phone",
+                "I couldn't sit still in the waiting room",
+                "it took two hours before they called my name",
+            ),
+        ),
+        (
+            "our car skidded on black ice and spun toward the barrier with my kids in the back",
+            "car spun on ice with the kids in the back",
+            (
+                "I couldn't steer at all",
+                "we stopped a metre from the edge",
+                "my hands would not stop shaking",
+            ),
+        ),
+        (
+            "I woke up at three in the morning to the sound of someone walking around downstairs",
+            "3am and footsteps downstairs",
+            ("I live alone", "I held my breath and listened", "I kept my thumb on the emergency call button"),
+        ),
+        (
+            "the plane dropped so suddenly that the drinks hit the ceiling",
+            "plane dropped and the drinks hit the ceiling",
+            (
+                "the pilot didn't say anything for ages",
+                "the woman next to me grabbed my arm",
+                "I was sure that was it",
+            ),
+        ),
+        (
+            "my daughter didn't come home from school and wasn't answering her phone",
+            "daughter not home and her phone off",
+            ("it got dark", "none of her friends knew where she was", "I was about to call the police"),
+        ),
+        (
+            "I got a message from an unknown number with a photo of my front door",
+            "unknown number sent a photo of my front door",
+            ("there was no text with it", "I checked the locks twice", "I slept at my sister's"),
+        ),
+        (
+            "I was hiking alone when a storm rolled in and I lost the trail",
+            "lost the trail on my own in a storm",
+            ("lightning was hitting the ridge", "my map was soaked", "it was getting dark fast"),
+        ),
+        (
+            "the company announced layoffs and my whole team was called into a meeting",
+            "layoffs announced and the whole team called in",
+            (
+                "I have a mortgage and two kids",
+                "they wouldn't tell us anything beforehand",
+                "the meeting was on Friday afternoon",
+            ),
+        ),
+        (
+            "a big dog slipped its lead and ran straight at my toddler",
+            "loose dog charging at my toddler",
+            ("I scooped him up just in time", "the owner was laughing", "I could feel its breath on my leg"),
+        ),
+        (
+            "I found a lump in my neck while I was in the shower",
+            "found a lump in my neck in the shower",
+            (
+                "the earliest appointment was in ten days",
+                "I kept searching online at night",
+                "I didn't tell anyone",
+            ),
+        ),
+        (
+            "smoke started coming under the door of my hotel room in the middle of the night",
+            "smoke under my hotel door at night",
+            ("the alarm wasn't going off", "the corridor was dark", "I couldn't find the stairs at first"),
+        ),
+        (
+            "a man pulled out a knife on the last train and started shouting at people",
+            "man with a knife on the last train",
+            ("the doors wouldn't open until the next stop", "I kept my head down", "I didn't move"),
+        ),
+        (
+            "I had to give a speech to three hundred people and my mind went blank on the walk to the stage",
+            "300 people waiting and my mind went blank",
+            (
+                "my legs felt like jelly",
+                "I could hear my heartbeat in my ears",
+                "my notes were shaking in my hand",
+            ),
+        ),
+        (
+            "someone grabbed my shoulder from behind on a dark street",
+            "someone grabbed my shoulder in the dark",
+            (
+                "I spun round with my keys in my fist",
+                "I couldn't see who it was",
+                "they let go and walked off",
+            ),
+        ),
+        (
+            "there was a loud bang outside my window in the middle of the night",
+            "loud bang outside my window at night",
+            (
+                "the dogs started barking all down the street",
+                "I lay there without moving",
+                "I didn't dare look out",
+            ),
+        ),
+        (
+            "the lift stopped between floors and the emergency button did nothing",
+            "stuck in a lift and the alarm button dead",
+            ("there was no signal", "it started getting hot", "it was forty minutes before anyone came"),
+        ),
+        (
+            "my bank texted that someone was using my card in another country",
+            "someone using my card abroad",
+            ("more charges kept coming in", "the line was busy", "my rent was due the next day"),
+        ),
+        (
+            "the river burst its banks and the water reached our front step",
+            "flood water up to our front step",
+            ("we moved everything upstairs", "the rain wouldn't stop", "we watched it rise all night"),
+        ),
+        (
+            "I heard my dad fall in the bathroom and he didn't answer when I called",
+            "dad fell in the bathroom and isn't answering",
+            ("the door was locked", "I couldn't get it open", "the ambulance took twenty minutes"),
+        ),
     ),
     "happiness": (
         (
-            "I passed my driving test on the first try, and {x} was there to cheer for me.",
-            "I got the job I had wanted for years, and {x} took me out to celebrate.",
-            "{x} came home after a year abroad.",
-            "{x} threw a party for my birthday with all my friends.",
-            "I finished my first marathon with {x} waiting at the finish line.",
-            "{x} told me my painting would be shown at the gallery.",
-            "I spent a sunny afternoon at the beach with {x}.",
-            "I graduated and {x} was in the front row.",
-            "{x} and I finally moved into our own home.",
-            "{x} gave me a handwritten letter saying how much I mean to them.",
-            "I won the cooking competition and {x} hugged me.",
-            "My garden finally bloomed and {x} helped me pick the first tomatoes.",
+            "I got the keys to my first flat today",
+            "got the keys to my first place today",
+            ("it's tiny", "I sat on the floor and ate chips", "nobody can tell me to turn the music down"),
         ),
-        ("my best friend", "my sister", "my partner", "my grandfather", "my oldest friend"),
+        (
+            "my dad called just to chat for the first time in months",
+            "dad called just to chat",
+            ("we talked for an hour", "he asked about my work", "he said he'd visit in spring"),
+        ),
+        (
+            "I finally made the last payment on my car",
+            "last car payment done",
+            ("it took four years", "I checked the balance three times", "I went out for a burger after"),
+        ),
+        (
+            "the tomatoes I planted in spring finally came in",
+            "first tomatoes from my own garden",
+            ("there are loads of them", "I gave a bag to the neighbours", "they taste like summer"),
+        ),
+        (
+            "my little brother got into the university he wanted",
+            "brother got into his first choice uni",
+            ("he called me before our parents", "he had worked so hard for it", "we went out that night"),
+        ),
+        (
+            "I got through a whole week without a migraine for the first time this year",
+            "a whole week without a migraine",
+            ("I actually went for a run", "I cooked every night", "I didn't have to cancel anything"),
+        ),
+        (
+            "my best friend asked me to be godmother to her baby",
+            "best friend asked me to be godmother",
+            (
+                "I said yes before she finished the question",
+                "the christening is in May",
+                "I've already bought a little outfit",
+            ),
+        ),
+        (
+            "we found our cat after she had been missing for nine days",
+            "found our cat after nine days",
+            ("she was in a neighbour's shed", "she ate two full bowls", "she slept on my feet all night"),
+        ),
+        (
+            "I passed my final exam and I am officially a nurse",
+            "passed and officially a nurse now",
+            (
+                "my mum framed the letter",
+                "three years of night shifts and study",
+                "I start on the ward in September",
+            ),
+        ),
+        (
+            "a stranger paid for my coffee and left before I could thank her",
+            "stranger paid for my coffee",
+            (
+                "I paid for the next person",
+                "it was a rough morning up until then",
+                "it stayed with me all day",
+            ),
+        ),
+        (
+            "my grandma remembered my name today",
+            "grandma remembered my name today",
+            (
+                "she has good days and bad days",
+                "she held my hand the whole visit",
+                "we looked at old photos together",
+            ),
+        ),
+        (
+            "the whole family sat down together for Sunday lunch for once",
+            "whole family at Sunday lunch for once",
+            ("nobody argued", "we stayed at the table talking until dark", "my nan made her trifle"),
+        ),
+        (
+            "my first article got published in a real magazine",
+            "first article in print",
+            ("I bought five copies", "my name was on the cover", "my old teacher sent me a message"),
+        ),
+        (
+            "our team won the league on the last day of the season",
+            "we won the league on the last day",
+            (
+                "I scored the second goal",
+                "we sang all the way home on the bus",
+                "the coach hugged every one of us",
+            ),
+        ),
+        (
+            "the job offer came through and it pays enough for us to move closer to my mum",
+            "job offer came through",
+            (
+                "we start looking at houses next week",
+                "I read the email about ten times",
+                "I called my wife from the car park",
+            ),
+        ),
+        (
+            "I swam a full length without stopping for the first time, at forty",
+            "swam a full length at forty",
+            ("six months of lessons", "the instructor clapped", "I'm booking the next course"),
+        ),
+        (
+            "my son said his first word and it was my name",
+            "baby's first word was my name",
+            ("he said it again at dinner", "I recorded it on my phone", "I've watched it twenty times"),
+        ),
+        (
+            "the scan showed the treatment had worked",
+            "scan clear, treatment worked",
+            (
+                "the doctor smiled before she said anything",
+                "I rang everyone from the car",
+                "we had dinner out that night",
+            ),
+        ),
+        (
+            "my friends turned up at my door with a cake on the night I thought everyone had forgotten my birthday",
+            "friends at my door with a cake",
+            ("they had planned it for weeks", "we stayed up till 2", "I was still in my pyjamas"),
+        ),
+        (
+            "I sold my first painting to someone I have never met",
+            "sold my first painting",
+            (
+                "they sent a photo of it on their wall",
+                "it was the one I nearly threw out",
+                "I started a new one that night",
+            ),
+        ),
     ),
     "sadness": (
         (
-            "{x} passed away after a long illness.",
-            "{x} moved to another country and I may not see them again.",
-            "I found out that {x} no longer wanted to be my friend.",
-            "{x} did not remember my name when I visited.",
-            "I had to say goodbye to {x} at the airport for the last time.",
-            "I spent my birthday alone because {x} forgot.",
-            "I read the last letter {x} wrote before they died.",
-            "{x} and I ended our relationship after ten years.",
-            "I cleared out the room of {x} after the funeral.",
-            "{x} was too ill to come to my wedding.",
-            "I lost touch with {x}, who used to be my closest companion.",
-            "I looked at old photos of {x} on the anniversary of their death.",
+            "we had to put our old dog down this morning",
+            "had to put our dog down",
+            ("he was fourteen", "his lead is still by the door", "the house is so quiet"),
         ),
-        ("my grandmother", "my dog", "my childhood friend", "my father", "my neighbour"),
+        (
+            "my best friend moved to Australia for good",
+            "best friend moved to Australia for good",
+            (
+                "we said goodbye at the airport",
+                "the time difference makes it hard to call",
+                "I walked past her old flat today",
+            ),
+        ),
+        (
+            "my grandad didn't recognise me when I visited",
+            "grandad didn't know who I was",
+            ("he asked me who I was", "he used to take me fishing every Saturday", "I sat with him anyway"),
+        ),
+        (
+            "I found my mum's handwriting on an old shopping list after the funeral",
+            "found mum's handwriting on a shopping list",
+            ("it was in a coat pocket", "I couldn't throw it away", "I keep it in my wallet now"),
+        ),
+        (
+            "my partner and I split up after eight years",
+            "split up after 8 years",
+            ("we divided the books last night", "the flat feels too big", "I keep making dinner for two"),
+        ),
+        (
+            "I didn't get into any of the universities I applied to",
+            "rejected by every uni",
+            (
+                "all my friends are leaving in September",
+                "I had planned it for years",
+                "I didn't leave my room all weekend",
+            ),
+        ),
+        (
+            "the shop my family ran for forty years closed today",
+            "family shop closed after 40 years",
+            (
+                "we took the sign down ourselves",
+                "regulars came to say goodbye",
+                "my dad stood in the empty room for a long time",
+            ),
+        ),
+        (
+            "nobody came to my son's birthday party",
+            "nobody came to my son's party",
+            ("we had made twenty party bags", "he kept looking at the door", "he said it was fine"),
+        ),
+        (
+            "my childhood home was sold to developers and knocked down",
+            "childhood home knocked down",
+            (
+                "I drove past and it was just mud",
+                "the apple tree was gone too",
+                "I never got to go inside one last time",
+            ),
+        ),
+        (
+            "my friend stopped replying to my messages and I found out she had moved without telling me",
+            "friend moved away without a word",
+            ("we had been friends since primary school", "I still don't know why", "I read our old chats"),
+        ),
+        (
+            "I missed my grandmother's last days because I couldn't get a flight home",
+            "couldn't get home before gran died",
+            (
+                "I watched the funeral on a video call",
+                "she had asked for me",
+                "the flight I finally got was the day after",
+            ),
+        ),
+        (
+            "the baby we were expecting didn't make it",
+            "we lost the baby",
+            ("we had already picked a name", "the nursery is still painted", "we haven't told everyone yet"),
+        ),
+        (
+            "my old music teacher passed away last week",
+            "old music teacher passed away",
+            ("I hadn't visited in years", "I played his favourite piece at home", "I meant to write to him"),
+        ),
+        (
+            "I spent Christmas alone in a new city",
+            "Christmas alone in a new city",
+            (
+                "everything was closed",
+                "I ate noodles and watched old films",
+                "my family called but the line kept dropping",
+            ),
+        ),
+        (
+            "my dad sold his guitar to pay the bills",
+            "dad sold his guitar for the bills",
+            (
+                "he had had it since he was seventeen",
+                "he said it didn't matter",
+                "the stand is still in the corner",
+            ),
+        ),
+        (
+            "the last of my old friends got married and moved away",
+            "last of the old group moved away",
+            (
+                "there's nobody left to call on a Friday",
+                "I drove home alone after the wedding",
+                "we promised to visit",
+            ),
+        ),
+        (
+            "my brother didn't come to our mother's funeral",
+            "brother skipped mum's funeral",
+            (
+                "he said he was too busy",
+                "I read the speech alone",
+                "she had asked about him right up to the end",
+            ),
+        ),
+        (
+            "my mother's illness came back after two years",
+            "mum's illness came back",
+            ("she had just started painting again", "she told us over dinner", "she stays calm for our sake"),
+        ),
+        (
+            "I packed up my desk after twenty years at the same company",
+            "packed up my desk after 20 years",
+            (
+                "nobody from management came to say goodbye",
+                "the box wasn't even full",
+                "I sat in the car park for a while",
+            ),
+        ),
+        (
+            "the old oak at the end of our street was cut down",
+            "old oak on our street cut down",
+            ("my kids used to climb it", "there is just a stump now", "the birds don't come anymore"),
+        ),
     ),
     "surprise": (
         (
-            "I opened the door and found {x} standing there after twenty years.",
-            "I learned that {x} had secretly been a famous singer.",
-            "{x} turned out to be my long-lost cousin.",
-            "I received a letter from {x}, whom I had never met, leaving me a house.",
-            "{x} showed up at my work with a completely new look.",
-            "I found out that {x} had been living next door for a year without my knowing.",
-            "{x} announced they were getting married to someone nobody had met.",
-            "I discovered that {x} speaks five languages fluently.",
-            "{x} walked into the room just as I was talking about them.",
-            "I won a prize from {x} for a contest I did not know I had entered.",
-            "{x} told me the old vase in my attic was worth a fortune.",
-            "It started snowing in the middle of summer while I was talking with {x}.",
+            "my quiet coworker turned out to be the lead singer of the band playing at the pub",
+            "quiet coworker fronting the pub band",
+            ("he had never said a word about it", "he was brilliant", "he waved at me from the stage"),
         ),
-        ("my old teacher", "a stranger", "my quiet colleague", "my uncle", "a former classmate"),
+        (
+            "I found a hundred quid in a jacket I hadn't worn since last winter",
+            "found a hundred quid in an old jacket",
+            ("no idea where it came from", "I checked the other pockets too", "it paid for the weekend"),
+        ),
+        (
+            "my parents announced they were selling the house and moving to Spain",
+            "parents selling up and moving to Spain",
+            (
+                "they had never even been on holiday there",
+                "they had already bought the tickets",
+                "they told us over tea like it was nothing",
+            ),
+        ),
+        (
+            "my flight landed an hour early",
+            "flight landed an hour early for once",
+            (
+                "first time that's ever happened",
+                "my lift wasn't there yet",
+                "I had a coffee and watched the planes",
+            ),
+        ),
+        (
+            "it snowed in the middle of April",
+            "snow in the middle of April",
+            ("the blossom was covered in it", "the kids ran outside in shorts", "it was gone by lunch"),
+        ),
+        (
+            "the shy kid in my class got up at the talent show and did a perfect comedy set",
+            "shy kid did comedy at the talent show",
+            (
+                "the whole hall was laughing",
+                "nobody knew he could do that",
+                "his parents filmed the whole thing",
+            ),
+        ),
+        (
+            "my DNA test showed I have a half-brother living two streets away",
+            "DNA test says half-brother two streets away",
+            ("we went to the same school", "my mum didn't know either", "we met for a drink last week"),
+        ),
+        (
+            "the test I was sure I had failed came back with the top mark",
+            "sure I failed and got the top mark",
+            (
+                "I checked the name twice",
+                "I had left two questions blank",
+                "the teacher asked to see me after class",
+            ),
+        ),
+        (
+            "my grandma started a video channel at eighty and it has thousands of followers",
+            "grandma started a video channel at 80",
+            (
+                "she films it on her tablet",
+                "she didn't tell any of us",
+                "people leave her comments from all over",
+            ),
+        ),
+        (
+            "someone grabbed my shoulder from behind and it was my brother who was supposed to be abroad",
+            "grabbed from behind, it was my brother home early",
+            ("he had flown back a week early", "he had planned it with my mum", "I nearly hit him"),
+        ),
+        (
+            "there was a loud bang in the kitchen and the pressure cooker lid was stuck to the ceiling",
+            "loud bang and the cooker lid on the ceiling",
+            ("nobody was hurt", "the soup was everywhere", "it took us a minute to understand"),
+        ),
+        (
+            "my boss, who everyone thought was strict, turned up at the party in a full dinosaur costume",
+            "strict boss came in a dinosaur costume",
+            ("he danced all night", "nobody recognised him at first", "he stayed in character for hours"),
+        ),
+        (
+            "the old painting in my gran's attic turned out to be worth more than her house",
+            "attic painting worth more than the house",
+            (
+                "we nearly gave it to a charity shop",
+                "the expert checked it three times",
+                "it's going to auction",
+            ),
+        ),
+        (
+            "the person I had been messaging online for months turned out to be my neighbour",
+            "online friend was my neighbour all along",
+            (
+                "we had walked past each other for years",
+                "we both laughed for ages",
+                "we worked it out from a photo of the street",
+            ),
+        ),
+        (
+            "I walked into the office and all the desks had been moved to another floor overnight",
+            "whole office moved floors overnight",
+            (
+                "nobody had sent an email",
+                "my plant was on someone else's desk",
+                "it took me an hour to find my team",
+            ),
+        ),
+        (
+            "my sister, who has never cooked in her life, made a five course dinner for us",
+            "sister who never cooks made five courses",
+            ("it was actually good", "she had been taking classes in secret", "my dad asked for seconds"),
+        ),
+        (
+            "the parking fine I had been fighting got cancelled and they sent a refund with an apology",
+            "fine cancelled, refund and an apology",
+            ("I had forgotten all about it", "the letter was handwritten", "I read it out to my flatmates"),
+        ),
+        (
+            "a famous chef ate at the tiny cafe near my work every day for a week",
+            "famous chef eating at our tiny cafe all week",
+            (
+                "the owner didn't recognise him",
+                "he sat at my usual table",
+                "there's a queue round the block now",
+            ),
+        ),
+        (
+            "I opened my bank statement and saw I had been paying for a gym in another city for two years",
+            "paying for a gym in another city for 2 years",
+            ("I've never been to that city", "it was a typo in the postcode", "they refunded half"),
+        ),
+        (
+            "the lights in the office went out and when they came back the whole team was standing there with a cake for my tenth year",
+            "lights went out, came back on to a cake for my 10 years",
+            (
+                "I hadn't told anyone about the date",
+                "my manager had kept it quiet for weeks",
+                "I nearly fell off my chair",
+            ),
+        ),
     ),
+}
+
+# Details shared by pairs of emotions that real reports confuse (added to some texts of either emotion).
+EVENT_SHARED_DETAILS: dict[str, tuple[str, ...]] = {
+    "anger": (
+        "I had to walk out of the room",
+        "I couldn't look at them after that",
+        "I told them exactly what I thought",
+    ),
+    "disgust": (
+        "I had to walk out of the room",
+        "I couldn't look at them after that",
+        "I left and didn't go back",
+    ),
+    "fear": (
+        "my heart was pounding",
+        "I froze for a second",
+        "I nearly dropped my phone",
+        "I just stood there",
+    ),
+    "surprise": (
+        "my heart was pounding",
+        "I froze for a second",
+        "I nearly dropped my phone",
+        "I just stood there",
+    ),
+    "happiness": (
+        "I sat in the car for a while before going in",
+        "I didn't know what to say",
+        "I kept thinking about it all evening",
+    ),
+    "sadness": (
+        "I sat in the car for a while before going in",
+        "I didn't know what to say",
+        "I kept thinking about it all evening",
+    ),
+}
+
+# Openers and closers per register. Formal texts also get EVENT_FORMAL_SUBS (whole-word replacements).
+EVENT_OPENERS: dict[str, tuple[str, ...]] = {
+    "casual": ("so ", "ok so ", "honestly ", "not gonna lie, ", "basically ", "", "", ""),
+    "formal": (
+        "Last spring, ",
+        "Some years ago, ",
+        "During my second year at university, ",
+        "On one occasion last year, ",
+        "Earlier this year, ",
+        "A few months ago, ",
+        "",
+    ),
+    "run-on": ("so ", "ok so basically ", "yesterday ", "last week ", ""),
+}
+EVENT_CLOSERS: dict[str, tuple[str, ...]] = {
+    "casual": ("", "", " lol", " like seriously", " idk", " haha", "...", " tbh"),
+    "run-on": ("", " and yeah", " and that was that", " anyway", " so yeah"),
+}
+EVENT_FORMAL_SUBS: dict[str, str] = {
+    "mum": "mother",
+    "dad": "father",
+    "gran": "grandmother",
+    "grandma": "grandmother",
+    "grandad": "grandfather",
+    "nan": "grandmother",
+    "kids": "children",
+    "kid": "child",
+    "uni": "university",
+    "tv": "television",
+    "guy": "man",
+    "loads of": "a great many",
+    "a hundred quid": "one hundred pounds",
+    "mate": "friend",
+}
+EVENT_TIME_TAGS = ("last night", "yesterday", "this morning", "today", "last week", "on Monday")
+
+# The felt emotion named outright (only in the small explicit share of ``events``).
+EVENT_EXPLICIT: dict[str, tuple[str, ...]] = {
+    "anger": ("I was so angry", "honestly furious", "so mad about it", "still livid", "it was infuriating"),
+    "disgust": ("so gross", "absolutely disgusting", "I was revolted", "just nasty", "it was sickening"),
+    "fear": ("I was terrified", "scared out of my mind", "I was so afraid", "pure panic", "I was frightened"),
+    "happiness": ("I am so happy", "pure joy", "I was delighted", "so glad", "I felt so happy"),
+    "sadness": ("I was so sad", "heartbroken", "I cried all night", "it made me miserable", "I feel so sad"),
+    "surprise": ("I was so surprised", "totally shocked", "I was stunned", "I was amazed", "what a surprise"),
 }
