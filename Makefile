@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/bench_neurons.py
 	$(PY) benchmarks/bench_readout.py
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-EMOTIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
+from emocircuits.data import EKMAN6 as EMOTIONS
+
 LAYERS = ("middle", "all")
 
 MASK_SNIPPET = """

@@ -33,7 +33,8 @@ from emocircuits.readout import LabelReadout, classify
 __version__ = "0.1.0"
 
 _SUBMODULES = ("neurons", "viz", "sweeps", "runs", "sites", "interventions", "prompts", "readout", "data",
-               "tokenviews", "runner", "generation", "judges", "components")
+               "tokenviews", "runner", "generation", "judges", "components", "circuits",
+               "inference", "appraisal_theory", "heads", "jobs")
 
 
 def __getattr__(name: str):  # lazy submodules: `ec.neurons`, `ec.viz` import on first use

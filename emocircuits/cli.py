@@ -15,13 +15,16 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from emocircuits.commands import classify, models, neurons, report, sweep
+    from emocircuits.commands import circuits, classify, inference, judge, models, neurons, report, sweep
 
     models.register(app)
     app.command("classify")(classify.classify_cmd)
+    judge.register(app)
     neurons.register(app)
     sweep.register(app)
     report.register(app)
+    inference.register(app)
+    circuits.register(app)
 
 
 _register_all()

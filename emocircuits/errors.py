@@ -20,3 +20,14 @@ def run_cli(app: object) -> None:
     except EmocircuitsError as exc:
         typer.echo(f"emocircuits: error: {exc}", err=True)
         sys.exit(2)
+
+
+def spell(python: str, cli: str) -> str:
+    """How to name an option in advice: ``cli`` (e.g. ``--labels``) inside a running CLI command, else ``python``."""
+    contexts = []
+    for module in ("typer._click.globals", "click"):  # typer >= 0.2x vendors its own click
+        try:
+            contexts.append(__import__(module, fromlist=["get_current_context"]).get_current_context(silent=True))
+        except (ImportError, AttributeError):
+            pass
+    return cli if any(ctx is not None for ctx in contexts) else python

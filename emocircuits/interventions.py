@@ -819,3 +819,47 @@ class AddToHeads(Intervention):
 
     def __repr__(self) -> str:
         return f"AddToHeads({list(self.heads.heads)}, scale={self.scale}, positions={self.positions!r})"
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@dataclass(frozen=True, eq=False)
+class GradTap(Intervention):
+    """Pass a site through unchanged as a fresh graph node that keeps its gradient: ``store[(site, layer)]``
+    holds the activation ``[batch, pos, ...]`` of the latest forward, whose ``.grad`` is filled by a
+    backward pass (attribution patching's ``∂metric/∂activation``; the shared-prefix forward is skipped)."""
+
+    site: str = "resid.post"
+    layers: tuple[int, ...] = ()
+    store: dict = field(default_factory=dict)
+
+    def hooks(self, model: Any) -> list[tuple[str, Any]]:
+        return [(hook_name(model, self.site, layer), self._fn(layer)) for layer in self.layers]
+
+    def _fn(self, layer: int) -> Any:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            info = current_batch()
+            if info is not None and info.shared:
+                return x
+            y = x * 1.0
+            if y.requires_grad:
+                y.retain_grad()
+            self.store[(self.site, layer)] = y
+            return y
+
+        return fn
+
+
+@contextlib.contextmanager
+def grad_through_inputs(model: Any):
+    """Make the embedding output require grad (parameters are frozen), so activations carry a graph."""
+    emb = getattr(model, "embed", None)
+    if emb is None:
+        yield
+        return
+    handle = emb.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True) if not out.requires_grad else out)
+    try:
+        yield
+    finally:
+        handle.remove()

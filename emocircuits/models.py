@@ -296,9 +296,10 @@ def load_model(
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(str(directory))
             hf_model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError, KeyError) as exc:  # a folder with config.json but no tokenizer/weights
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise EmocircuitsError(
-            f"Could not load model weights from {str(directory)!r} ({str(exc).splitlines()[0][:160]}); "
+            f"Could not load the model from {str(directory)!r} ({first}); "
             "check the directory holds config.json, tokenizer files and weights."
         ) from exc
     if device_map is None:

@@ -18,11 +18,9 @@ Overlap between emotion sets is reported two ways: Jaccard ``|A∩B| / |A∪B|``
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +34,12 @@ from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions import ZeroNeurons, current_batch, observe
 from emocircuits.models import spec_of
 from emocircuits.prompts import DEFAULT_TEMPLATE
-from emocircuits.sites import READINGS, layer_range
+from emocircuits.runs import derive_seed
+from emocircuits.sites import LAYER_RANGES, READINGS, layer_range
 
 TOKEN_MODES = ("all", "last")
 ASSIGN_MODES = ("argmax", "lape")
 RATIO_MODES = ("truncate", "reselect")
-LAYER_RANGES = ("bottom", "middle", "top", "all")
 
 
 # ============================================================================ statistics
@@ -136,25 +134,13 @@ def collect(model: Any, dataset: Sequence[Any], *, reading: str = "gated", token
 
     site = READINGS[reading]
     batches = runner.batches(token_ids)
-    with tqdm_rows(len(token_ids), f"neuron stats ({reading}, {tokens})", progress) as bar, \
-            observe(model, site, list(range(spec.n_layers)), count):
-        for step in runner.run(batches, stop=(site, spec.n_layers - 1)):
-            bar.update(len(step.batch))
+    with observe(model, site, list(range(spec.n_layers)), count):
+        for _ in runner.run(batches, stop=(site, spec.n_layers - 1),
+                            progress=f"neuron stats ({reading}, {tokens})" if progress else None):
+            pass
     config = {"reading": reading, "tokens": tokens, "template": template, "n_texts": len(token_ids),
               "prepend_bos": runner.prepend_bos, "model": spec.model_id, "weights_hash": spec.weights_hash}
     return NeuronStats(counts.permute(0, 2, 1).contiguous(), totals, labs, config)
-
-
-@contextlib.contextmanager
-def tqdm_rows(total: int, desc: str, progress: bool) -> Iterator[Any]:
-    """A progress bar over examples, closed on exit."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="ex", disable=not progress)
-    try:
-        yield bar
-    finally:
-        bar.close()
 
 
 def _labels_of(dataset: Sequence[Any], labels: Sequence[str] | None) -> tuple[str, ...]:
@@ -192,6 +178,25 @@ class Selection:
         if emotion not in self.sets:
             raise EmocircuitsError(f"No neuron set for {emotion!r}; this selection has {list(self.sets)}.")
         return self.sets[emotion]
+
+    def validate(self, n_layers: int, d_mlp: int, *, model: str = "this model", source: str = "the selection",
+                 fix: str = "") -> Selection:
+        """Check every (layer, index) of the sets and ranked lists against ``n_layers`` × ``d_mlp``, or raise
+        one sentence naming the pair, the valid ranges and (``fix``) what to do."""
+        for name, groups in (("set", self.sets.items()), ("ranked list", self.ranked.items())):
+            for emotion, pairs in groups:
+                for layer, index in (pairs.pairs() if isinstance(pairs, NeuronSet) else pairs):
+                    what = None
+                    if not 0 <= int(layer) < n_layers:
+                        what = f"layer {layer}, but {model} has layers 0..{n_layers - 1}"
+                    elif d_mlp and not 0 <= int(index) < d_mlp:
+                        what = f"neuron {index} in layer {layer}, but {model} has neurons 0..{d_mlp - 1}"
+                    if what:
+                        raise EmocircuitsError(
+                            f"{source} names {what} (in the {name} of {emotion!r}); "
+                            + (fix or "pass the neurons found on this model, or re-run `emocircuits neurons find` on it.")
+                        )
+        return self
 
     def layer_table(self) -> pd.DataFrame:
         """Neurons per (emotion, layer): columns ``emotion, layer, count``."""
@@ -327,6 +332,9 @@ def condition_set(selection: Selection, cond: Condition, stats: NeuronStats | No
                 "use a smaller ratio or ratio_mode 'reselect'."
             )
         chosen = NeuronSet.from_pairs(ranked[:n])
+    # validate before restricting, so a pair outside the model is an error and never silently dropped
+    chosen.validate(selection.n_layers, selection.d_mlp or max((i for v in chosen.layers.values() for i in v),
+                                                                 default=0) + 1)
     return chosen.restrict(layer_range(selection.n_layers, cond.layers))
 
 
@@ -340,10 +348,10 @@ def random_control(neurons: NeuronSet, d_mlp: int, seed: int) -> NeuronSet:
     return NeuronSet(out)
 
 
-def control_seed(seed: int, cond: Condition, k: int) -> int:
-    """A stable per-(condition, control) seed, independent of evaluation order."""
-    key = f"{seed}|{cond.emotion}|{cond.layers}|{cond.ratio}|{cond.ratio_mode}|{k}"
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+def _condition_seed(seed: int, cond: Condition, *parts: Any) -> int:
+    """A seed for one random choice of a condition (its k-th control, a bootstrap), independent of which
+    other conditions run alongside it."""
+    return derive_seed(seed, cond.emotion, cond.layers, cond.ratio, cond.ratio_mode, *parts)
 
 
 # ============================================================================ masked evaluation
@@ -460,6 +468,13 @@ def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: 
          template: str = DEFAULT_TEMPLATE, engine: MaskingEngine | None = None, progress: bool = True) -> MaskResult:
     """RQ2: mask each emotion's neurons and measure accuracy per (masked emotion × true label),
     against the clean run and against ``controls`` random sets of the same per-layer sizes."""
+    if controls < 0:
+        raise EmocircuitsError(f"controls must be 0 or more random sets per condition, got {controls}.")
+    spec = spec_of(model)
+    selection.validate(spec.n_layers, spec.d_mlp, model=spec.model_id)
+    unknown = [e for e in (emotions or []) if e not in selection.sets]
+    if unknown:
+        raise EmocircuitsError(f"No neuron set for {unknown}; this selection has {list(selection.sets)}.")
     engine = engine or MaskingEngine(model, dataset, labels=selection.labels, template=template, progress=progress)
     emotions = list(emotions or selection.labels)
     conds = [Condition(e, layers, ratio, ratio_mode) for e in emotions]
@@ -467,7 +482,7 @@ def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: 
     all_sets: list[NeuronSet] = []
     for c in conds:
         all_sets.append(sets[c.emotion])
-        all_sets += [random_control(sets[c.emotion], engine.spec.d_mlp, control_seed(seed, c, k)) for k in range(controls)]
+        all_sets += [random_control(sets[c.emotion], engine.spec.d_mlp, _condition_seed(seed, c, k)) for k in range(controls)]
     preds = engine.evaluate(all_sets)
     y, labels = engine.y, engine.labels
     normal_ok = (engine.clean == y).astype(float)
@@ -486,7 +501,7 @@ def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: 
             acc_n, acc_m = normal_ok[m].mean(), masked_ok[m].mean()
             acc_c = control_ok[:, m].mean() if controls else math.nan
             lo, hi = bootstrap_ci(normal_ok[m], masked_ok[m], control_ok[:, m] if controls else None,
-                                  n_boot=n_boot, seed=seed + 7919 * (ci + 1) + t_i)
+                                  n_boot=n_boot, seed=_condition_seed(seed, c, "bootstrap", t))
             eff_rows.append({"masked_emotion": c.emotion, "true_label": t, "n": int(m.sum()),
                              "n_neurons": len(sets[c.emotion]), "acc_normal": acc_n, "acc_masked": acc_m,
                              "acc_control": acc_c, "delta_masked": acc_m - acc_n,
@@ -503,27 +518,53 @@ def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: 
     return MaskResult(pd.DataFrame(eff_rows), errors, pd.DataFrame(pred_frame), sets, config)
 
 
+MASK_METRICS = ("acc_normal", "acc_masked", "acc_control", "delta_masked", "delta_control", "diff", "ci_low", "ci_high")
+"""The metrics of a ``mask`` effects row; prefixed ``own_`` / ``all_`` they are the RQ3 results schema."""
+
+SWEEP_AXES = ("emotion", "layers", "ratio", "ratio_mode", "seed")
+"""The condition columns of the RQ3 results schema (the cell of a ``neuron_masking`` sweep)."""
+
+
+def sweep_row(result: MaskResult, emotion: str, labels: Sequence[str], n_layers: int) -> dict[str, Any]:
+    """The metric columns of one RQ3 row, from a ``mask`` result in which ``emotion`` was masked.
+
+    ``n_neurons, n_examples``, ``layer_first, layer_last`` (the span of the masked layer range),
+    ``own_<metric>`` on the masked emotion's own texts and ``all_<metric>`` on every text (``MASK_METRICS``),
+    and ``acc_masked_<label>`` for each of ``labels`` (NaN for a label without texts).
+    """
+    eff = result.effects[result.effects.masked_emotion == emotion]
+    overall = eff[eff.true_label == "all"].iloc[0]
+    own = eff[eff.true_label == emotion]
+    span = layer_range(n_layers, result.config["layers"])
+    row: dict[str, Any] = {"n_neurons": int(overall.n_neurons), "n_examples": int(overall.n),
+                           "layer_first": span[0] if span else None, "layer_last": span[-1] if span else None}
+    row.update({f"own_{k}": float(own.iloc[0][k]) if len(own) else math.nan for k in MASK_METRICS})
+    row.update({f"all_{k}": float(overall[k]) for k in MASK_METRICS})
+    per_label = eff.set_index("true_label")["acc_masked"]
+    for lab in labels:
+        row[f"acc_masked_{lab}"] = float(per_label.get(lab, math.nan))
+    return row
+
+
 def sweep(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: Sequence[str] | None = None,
-          ratios: Sequence[float] = (0.01, 0.02, 0.03, 0.04, 0.05), layer_ranges: Sequence[str] = LAYER_RANGES,
+          ratios: Sequence[float | None] = (0.01, 0.02, 0.03, 0.04, 0.05), layer_ranges: Sequence[str] = LAYER_RANGES,
           ratio_mode: str = "truncate", stats: NeuronStats | None = None, controls: int = 2, seed: int = 0,
           n_boot: int = 1000, template: str = DEFAULT_TEMPLATE, engine: MaskingEngine | None = None,
           progress: bool = True) -> pd.DataFrame:
-    """RQ3: masking ratio × layer range for each emotion, one row per (emotion, ratio, layers) on the
-    emotion's own true label (``own_*``) and on all labels (``all_*``), with controls and CIs."""
+    """RQ3: mask each emotion's neurons at every (layer range, ratio), with controls and CIs.
+
+    One row per (emotion, layers, ratio) in grid order, in the schema of a ``neuron_masking`` sweep's
+    ``results.parquet`` (less its ``cell_index, cell_id, status, error``): ``SWEEP_AXES`` then
+    :func:`sweep_row`'s columns; the numbers equal that sweep's cells (same seeds, same passes). For
+    a resumable, parallel run use ``emocircuits neurons sweep`` or :func:`emocircuits.sweeps.run_sweep`.
+    """
     engine = engine or MaskingEngine(model, dataset, labels=selection.labels, template=template, progress=progress)
     rows = []
-    for r in ratios:
+    for e in list(emotions or selection.labels):
         for lr in layer_ranges:
-            res = mask(model, dataset, selection, emotions=emotions, layers=lr, ratio=r, ratio_mode=ratio_mode,
-                       stats=stats, controls=controls, seed=seed, n_boot=n_boot, engine=engine)
-            eff = res.effects
-            for e in res.sets:
-                own = eff[(eff.masked_emotion == e) & (eff.true_label == e)].iloc[0]
-                overall = eff[(eff.masked_emotion == e) & (eff.true_label == "all")].iloc[0]
-                rows.append({"emotion": e, "ratio": r, "layers": lr, "ratio_mode": ratio_mode,
-                             "n_neurons": int(own.n_neurons), **{f"own_{k}": own[k] for k in _METRICS},
-                             **{f"all_{k}": overall[k] for k in _METRICS}})
+            for r in ratios:
+                res = mask(model, dataset, selection, emotions=[e], layers=lr, ratio=r, ratio_mode=ratio_mode,
+                           stats=stats, controls=controls, seed=seed, n_boot=n_boot, engine=engine, progress=False)
+                rows.append({"emotion": e, "layers": lr, "ratio": r, "ratio_mode": ratio_mode, "seed": seed,
+                             **sweep_row(res, e, engine.labels, engine.spec.n_layers)})
     return pd.DataFrame(rows)
-
-
-_METRICS = ("acc_normal", "acc_masked", "acc_control", "delta_masked", "delta_control", "diff", "ci_low", "ci_high")

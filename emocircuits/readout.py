@@ -120,7 +120,7 @@ class LabelReadout:
         return torch.log_softmax(self.runner.logits(hidden), dim=-1)
 
     def scores(self, batches: Sequence[Batch] | Batch, *, start_layer: int = 0,
-               resid: Sequence[Tensor] | None = None) -> Tensor:
+               resid: Sequence[Tensor] | None = None, progress: str | None = None) -> Tensor:
         """Label scores ``[n, n_labels]`` of one pass over ``batches`` (rows in batch order, ``n`` = rows
         of all batches): log-probs of the first token or summed over the label's tokens.
 
@@ -132,7 +132,7 @@ class LabelReadout:
             raise EmocircuitsError("Starting from a captured residual needs first_token scoring; use scoring='first_token'.")
         first = torch.tensor(self.first_ids)
         parts = []
-        for step in self.runner.run(batches, start_at_layer=start_layer, resid=resid):
+        for step in self.runner.run(batches, start_at_layer=start_layer, resid=resid, progress=progress):
             parts.append(self._logp(step.last()).cpu()[:, first])
         out = torch.cat(parts)  # [n, n_labels]
         if self.scoring == "full_label":
@@ -167,10 +167,10 @@ class LabelReadout:
                 out[r, j] += sum(float(lp[row, t, tok]) for t, tok in enumerate(toks))
         return out
 
-    def scores_of(self, token_ids: Sequence[Sequence[int]]) -> Tensor:
+    def scores_of(self, token_ids: Sequence[Sequence[int]], progress: str | None = None) -> Tensor:
         """Label scores ``[n, n_labels]`` of ``token_ids`` in input order (one pass)."""
         batches = self.batches(token_ids)
-        s = self.scores(batches)
+        s = self.scores(batches, progress=progress)
         out = torch.empty_like(s)
         out[[r for b in batches for r in b.rows]] = s
         return out
@@ -188,11 +188,17 @@ class LabelReadout:
         examples = list(examples)
         if not examples:
             raise EmocircuitsError("No texts to classify; the dataset is empty.")
-        scores = self.scores_of(self.encode(examples))
+        scores = self.scores_of(self.encode(examples), f"readout {self.template.name}" if progress else None)
         if self.calibrate == "content_free":
             self.prior_logp = self.content_free_logp()
             scores = scores - self.prior_logp[None, :]
         elif self.calibrate == "batch":
+            true = {ex.label for ex in examples if isinstance(ex, Example)}
+            if len(true) == 1 and all(isinstance(ex, Example) for ex in examples):
+                raise EmocircuitsError(
+                    f"Batch calibration needs several labels in the data, but every text is labelled {true.pop()!r} "
+                    "(it would force one prediction of each label); use calibrate='content_free' or no calibration."
+                )
             if len(examples) < 5 * len(self.labels):
                 warnings.warn(
                     f"Batch calibration on only {len(examples)} examples estimates the label prior poorly; "

@@ -35,7 +35,7 @@ from torch import Tensor
 from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions import BatchInfo, PrefixUnsafe, batch_context, observe, run_until
 from emocircuits.models import spec_of
-from emocircuits.sites import hook_name
+from emocircuits.sites import hook_name, weight
 
 MIN_SHARED_PREFIX = 8
 """Shared prefixes shorter than this are not worth a separate forward."""
@@ -247,14 +247,17 @@ class Runner:
         return None
 
     def run(self, batches: Sequence[Batch], *, stop: Stop | None = FINAL, start_at_layer: int = 0,
-            resid: Sequence[Tensor] | None = None) -> Iterator[Step]:
+            resid: Sequence[Tensor] | None = None, progress: str | None = None) -> Iterator[Step]:
         """One pass over ``batches`` under the hooks attached now (keep them fixed during the pass).
 
         ``stop``: a ``(site, layer)`` to stop after (``FINAL`` = the final norm, whose output each
         :class:`Step` carries; None = the full model, logits discarded). With ``resid`` (one
         ``[b, p - offset, d_model]`` per batch, the residual entering ``start_at_layer`` as read by an
-        earlier pass with the same prefix offset) each batch starts at that layer.
+        earlier pass with the same prefix offset) each batch starts at that layer. ``progress``: a
+        description to show a progress bar over the pass's examples.
         """
+        from tqdm.auto import tqdm
+
         batches = list(batches)
         if not batches:
             return
@@ -270,6 +273,7 @@ class Runner:
                 except PrefixUnsafe:
                     offset, cache = 0, None
             self.last_offset = offset
+            bar = tqdm(total=sum(len(b) for b in batches), desc=progress, unit="ex", disable=progress is None)
             for i, batch in enumerate(batches):
                 kwargs: dict[str, Any] = {}
                 if cache is not None:
@@ -288,15 +292,17 @@ class Runner:
                     kwargs["start_at_layer"] = start_at_layer
                 with batch_context(self.batch_info(batch, offset)):
                     hidden = self._forward(x, stop, **kwargs)
+                bar.update(len(batch))
                 yield Step(batch, offset, hidden if stop == FINAL else None)
+            bar.close()
 
     # ------------------------------------------------------------------ conveniences
     def logits(self, hidden: Tensor) -> Tensor:
         """Unembed final hidden states ``[..., d_model]`` → logits ``[..., d_vocab]`` (float32)."""
-        logits = hidden @ self.model.W_U
-        b_u = getattr(self.model, "b_U", None)
-        if b_u is not None:
-            logits = logits + b_u
+        logits = hidden @ weight(self.model, "unembed")
+        bias = weight(self.model, "unembed.bias")
+        if bias is not None:
+            logits = logits + bias
         return logits.float()
 
     def last_logits(self, token_ids: Sequence[Sequence[int]]) -> Tensor:

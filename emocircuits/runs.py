@@ -10,6 +10,7 @@ killed process leaves the old file or the new one, never a torn one.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -46,6 +47,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 64-bit seed from a base seed and the parts naming one random choice (e.g. emotion, layers, control k).
+
+    Depends only on its arguments, never on evaluation order or scheduling: ``sha256("seed|part|...")``.
+    """
+    key = "|".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
 def _umask() -> int:
@@ -105,6 +115,32 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def check_out_dir(path: Path | str, command: str) -> None:
+    """Refuse to write a ``command`` run into ``path`` when that would orphan or mix with other files.
+
+    Allowed: a missing or empty directory, or one holding a run of the same ``command`` (re-running it
+    replaces its files, as before). Refused, before anything is written: a directory holding another
+    command's run, or files that are not a run at all (hidden files such as ``.DS_Store`` are ignored).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return
+    if (path / MANIFEST).exists():
+        try:
+            other = json.loads((path / MANIFEST).read_text()).get("command")
+        except (json.JSONDecodeError, AttributeError):
+            other = None
+        if other != command:
+            raise EmocircuitsError(f"--out {str(path)!r} already holds a {other or 'damaged'!r} run, not a "
+                                   f"{command!r} run; choose another --out so that run is kept.")
+        return
+    visible = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+    if visible:
+        shown = ", ".join(visible[:3]) + (", ..." if len(visible) > 3 else "")
+        raise EmocircuitsError(f"--out {str(path)!r} is not empty and holds no emocircuits run ({shown}); "
+                               "choose a new or empty directory for --out.")
+
+
 class RunDir:
     """A run directory being written. Use ``RunDir.create(...)`` as a context manager::
 
@@ -129,6 +165,7 @@ class RunDir:
             raise EmocircuitsError(f"Output path {str(path)!r} exists and is not a directory; choose another --out.")
         if path.exists() and (path / MANIFEST).exists() and not overwrite:
             raise EmocircuitsError(f"Run directory {str(path)!r} already holds a run; choose another --out.")
+        check_out_dir(path, command)
         path.mkdir(parents=True, exist_ok=True)
         spec = model_spec.to_dict() if hasattr(model_spec, "to_dict") else model_spec
         manifest = {
@@ -248,36 +285,29 @@ _RERUN: dict[str, RerunFn] = {}
 def register_command(name: str, fn: RerunFn) -> None:
     """Register how to re-create a run of command ``name``: ``fn(config_dict, out_dir)``.
 
-    ``name`` is the manifest's ``command`` field (e.g. ``"sweep"``, ``"neurons mask"``). Commands
-    register themselves when their module is imported.
+    ``name`` is the manifest's ``command`` field (e.g. ``"sweep"``, ``"neurons mask"``). The library
+    modules that do a command's work register it on import (:mod:`emocircuits.jobs`,
+    :mod:`emocircuits.sweeps.engine`); ``rerun`` imports them, never the CLI.
     """
     _RERUN[name] = fn
 
 
 def registered_commands() -> list[str]:
-    """Commands ``rerun`` can re-create (after importing every command module)."""
-    _import_command_modules()
+    """Commands ``rerun`` can re-create."""
+    _import_registry()
     return sorted(_RERUN)
 
 
-def _import_command_modules() -> None:
-    import importlib
-    import pkgutil
+RERUN_MODULES = ("emocircuits.jobs", "emocircuits.sweeps", "emocircuits.circuits", "emocircuits.inference",
+                 "emocircuits.judges")
+"""Library modules that register re-runnable commands when imported (never the CLI)."""
 
-    for modname in ("emocircuits.sweeps",):
-        try:
-            importlib.import_module(modname)
-        except ImportError:  # pragma: no cover - optional parts during development
-            pass
-    try:
-        import emocircuits.commands as cmds
-    except ImportError:  # pragma: no cover
-        return
-    for info in pkgutil.iter_modules(cmds.__path__):
-        try:
-            importlib.import_module(f"emocircuits.commands.{info.name}")
-        except ImportError:  # pragma: no cover - a command whose optional dependency is missing
-            continue
+
+def _import_registry() -> None:
+    import importlib
+
+    for name in RERUN_MODULES:
+        importlib.import_module(name)
 
 
 def rerun(path: Path | str, out: Path | str) -> Any:
@@ -289,7 +319,7 @@ def rerun(path: Path | str, out: Path | str) -> Any:
     manifest = read_manifest(path)
     command = manifest.get("command")
     if command not in _RERUN:
-        _import_command_modules()
+        _import_registry()
     if command not in _RERUN:
         raise EmocircuitsError(f"Cannot re-run command {command!r} from {str(path)!r}; re-runnable commands: "
                                f"{', '.join(sorted(_RERUN)) or 'none'}.")

@@ -144,6 +144,20 @@ def neuron_write_site() -> str:
     return "neuron.gated"
 
 
+LAYER_RANGES = ("bottom", "middle", "top", "all")
+"""Named layer ranges (thirds of the depth, and every layer); see :func:`layer_range`."""
+
+
+def check_layer_range(name: str, key: str = "layers") -> str:
+    """Check a layer range's syntax without a model (``bottom``, ``middle``, ``top``, ``all``, ``A-B``, ``A``)."""
+    a, dash, b = str(name).partition("-")
+    explicit = a.isdigit() and (b.isdigit() if dash else True)
+    if name in LAYER_RANGES or (explicit and int(a) <= int(b or a)):
+        return name
+    raise EmocircuitsError(f"Key {key!r} has value {name!r}; allowed values: {', '.join(LAYER_RANGES)}, "
+                           "'A-B' (inclusive, A <= B) or a single layer 'A'.")
+
+
 def layer_range(n_layers: int, name: str) -> list[int]:
     """Layer ranges of the emotion-neurons sweeps: bottom [0, L/3), middle [L/3, 2L/3), top [2L/3, L), all,
     or an explicit ``A-B`` (inclusive) or a single layer ``A``."""
@@ -157,7 +171,7 @@ def layer_range(n_layers: int, name: str) -> list[int]:
         lo, hi = int(a), int(b or a)
     except ValueError:
         raise EmocircuitsError(
-            f"Unknown layer range {name!r}; use bottom, middle, top, all, or A-B with 0 <= A <= B < {n_layers}."
+            f"Unknown layer range {name!r}; use {', '.join(LAYER_RANGES)}, or A-B with 0 <= A <= B < {n_layers}."
         ) from None
     if not 0 <= lo <= hi < n_layers:
         raise EmocircuitsError(f"Layer range {name!r} is out of range; use A-B with 0 <= A <= B < {n_layers}.")
@@ -180,6 +194,7 @@ def layer_range(n_layers: int, name: str) -> list[int]:
 # attn.o         blocks.L.attn.W_O           blocks.L.attn.W_O           [n_heads, d_head, d_model]
 # attn.o.bias    blocks.L.attn.b_O           blocks.L.attn.b_O           [d_model] or None
 # unembed        unembed.W_U                 unembed.W_U                 [d_model, d_vocab]
+# unembed.bias   unembed.b_U                 unembed.b_U                 [d_vocab] or None
 # =============  ==========================  ==========================  ===========================
 #
 # Identities (checked against the forward pass in the tests), per layer L:
@@ -215,6 +230,8 @@ WEIGHTS: dict[str, WeightInfo] = {
                    doc="output-projection bias"),
         WeightInfo("unembed", "unembed.W_U", "unembed.W_U", ("d_model", "d_vocab"),
                    doc="unembedding (input: site final.norm)"),
+        WeightInfo("unembed.bias", "unembed.b_U", "unembed.b_U", ("d_vocab",), optional=True,
+                   doc="unembedding bias (zeros on models without one)"),
     ]
 }
 

@@ -415,4 +415,4 @@ def test_weight_errors(tiny_llama):
     with pytest.raises(EmocircuitsError, match="has no layer"):
         weight(bridge, "unembed", 0)
     assert not weight(bridge, "mlp.down", 0).requires_grad
-    assert set(WEIGHTS) == {"mlp.down", "mlp.down.bias", "attn.o", "attn.o.bias", "unembed"}
+    assert set(WEIGHTS) == {"mlp.down", "mlp.down.bias", "attn.o", "attn.o.bias", "unembed", "unembed.bias"}

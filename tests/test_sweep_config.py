@@ -10,8 +10,9 @@ from emocircuits.errors import EmocircuitsError
 from emocircuits.sweeps import cell_id, dumps_toml, expand, from_dict, load_config, plan_tasks
 from emocircuits.sweeps.analyses.neuron_masking import NeuronMaskingCell
 
-BASE = {"sweep": {"analysis": "head_scaling"}, "model": {"spec": "tiny-llama"}, "grid": {"layers": ["0", "all"],
-                                                                                           "factor": [0, 0.5]}}
+HEADS = {"type": "ScaleHeads", "heads": "{layers}:all", "factor": "{factor}"}
+BASE = {"sweep": {"analysis": "intervention"}, "model": {"spec": "tiny-llama"}, "analysis": {"intervention": HEADS},
+        "grid": {"layers": ["0", "all"], "factor": [0.0, 0.5]}}
 
 
 def _with(**changes):
@@ -39,22 +40,42 @@ def _no_model_load(monkeypatch):
 @pytest.mark.parametrize(
     ("changes", "needles"),
     [
-        ({"grid__layers": ["0", "sideways"]}, ["grid.layers", "sideways", "bottom, middle, top, all"]),
-        ({"grid__colour": ["red"]}, ["grid.colour", "layers, heads, factor"]),
-        ({"grid__heads": ["0;1"]}, ["grid.heads", "'all'"]),
-        ({"grid__factor": ["big"]}, ["grid.factor", "a number"]),
+        ({"grid__layers": ["0", "sideways"]}, ["analysis.intervention.heads", "sideways", "bottom, middle, top, all"]),
+        ({"grid__colour": ["red"]}, ["grid.colour", "fills no placeholder", "factor, layers"]),
+        ({"grid__Colour": ["red"]}, ["grid.Colour", "lower-case"]),
+        ({"grid__factor": [{"a": 1}]}, ["grid.factor", "a list of an integer"]),
+        ({"grid__factor": ["big"]}, ["analysis.intervention.factor", "a number"]),
         ({"grid__factor": [1.0, 1]}, ["grid.factor", "repeats"]),
         ({"grid__factor": []}, ["grid.factor", "empty"]),
         ({"model__dtype": "float8"}, ["model.dtype", "float32, bfloat16, float16"]),
         ({"model__weights": "x"}, ["model.weights", "spec, dtype, device, device_map"]),
         ({"data__split": "dev"}, ["data.split", "train, test, all"]),
         ({"data__template": "nonsense"}, ["data.template", "chat"]),
-        ({"sweep__analysis": "telepathy"}, ["sweep.analysis", "head_scaling", "neuron_masking"]),
+        ({"sweep__analysis": "telepathy"}, ["sweep.analysis", "intervention", "neuron_masking"]),
         ({"executor__kind": "slurm"}, ["executor.kind", "local, ray"]),
         ({"executor__workers": 0}, ["executor.workers", ">= 1"]),
         ({"analysis__scoring": "vibes"}, ["analysis.scoring", "first_token, full_label"]),
-        ({"analysis__colour": "red"}, ["analysis.colour", "scoring"]),
+        ({"analysis__readout": "vibes"}, ["analysis.readout", "accuracy, projection"]),
+        ({"analysis__colour": "red"}, ["analysis.colour", "intervention, readout"]),
         ({"sweep__seed": "zero"}, ["sweep.seed", "an integer"]),
+        ({"analysis__intervention": {**HEADS, "type": "ScaleHedas"}}, ["analysis.intervention.type", "ScaleHeads"]),
+        ({"analysis__intervention": {**HEADS, "facter": 1}}, ["analysis.intervention.facter", "heads, factor"]),
+        ({"analysis__intervention": {**HEADS, "heads": "{layers}:0;1"}}, ["analysis.intervention.heads", "'0,3'"]),
+        ({"analysis__intervention": {**HEADS, "heads": "{layers}"}}, ["analysis.intervention.heads", "'top:all'"]),
+        ({"analysis__intervention": {**HEADS, "positions": "middle"}}, ["analysis.intervention", "positions"]),
+        ({"analysis__intervention": {**HEADS, "factor": "{size}"}}, ["{size}", "grid.size"]),
+        ({"analysis__intervention": {}}, ["[analysis.intervention]", "ScaleHeads"]),
+        ({"analysis__intervention": {"type": "ScaleSite", "site": "attn.outt", "layers": "{layers}",
+                                     "factor": "{factor}"}}, ["analysis.intervention.site", "attn.out"]),
+        ({"analysis__intervention": {"type": "ZeroNeurons", "neurons": "@found:{layers}", "factor": "{factor}"}},
+         ["analysis.intervention.neurons", "'@found'", "declared: none"]),
+        ({"analysis__intervention": {"type": "Compose", "items": [
+            HEADS, {"type": "ZeroNeurons", "neurons": [[0, 1]], "factor": "{factor}"}]}},
+         ["analysis.intervention.items[1]", "ZeroNeurons always uses factor 0"]),
+        ({"analysis__artifacts": {"d": {"kind": "vector"}}}, ["analysis.artifacts.d.kind", "neurons, direction"]),
+        ({"analysis__artifacts": {"d": {"kind": "direction", "layers": "{layers}"}}}, ["placeholders"]),
+        ({"analysis__artifacts": {"d": {"kind": "direction", "sites": "x"}}}, ["analysis.artifacts.d.sites", "site"]),
+        ({"analysis__artifacts": {"d": {"kind": "direction"}}}, ["[analysis.artifacts.d] is used by no template"]),
     ],
 )
 def test_invalid_configs_name_the_key_and_allowed_values(changes, needles):
@@ -69,7 +90,7 @@ def test_invalid_configs_name_the_key_and_allowed_values(changes, needles):
 def test_unknown_table_and_missing_analysis():
     with pytest.raises(EmocircuitsError, match=r"Unknown table \[grids\].*allowed tables"):
         from_dict({**BASE, "grids": {}})
-    with pytest.raises(EmocircuitsError, match="sweep.analysis.*head_scaling"):
+    with pytest.raises(EmocircuitsError, match="sweep.analysis.*intervention"):
         from_dict({"grid": {}})
 
 
@@ -98,8 +119,8 @@ def test_masking_validation_names_emotions_and_modes():
 def test_grid_expansion_order_and_types():
     cfg = from_dict(BASE)
     cells = expand(cfg)
-    assert [(c.layers, c.factor) for c in cells] == [("0", 0.0), ("0", 0.5), ("all", 0.0), ("all", 0.5)]
-    assert all(isinstance(c.factor, float) and c.heads == "all" for c in cells)
+    assert [(c["layers"], c["factor"]) for c in cells] == [("0", 0.0), ("0", 0.5), ("all", 0.0), ("all", 0.5)]
+    assert all(isinstance(c["factor"], float) for c in cells)
 
 
 def test_config_round_trips_through_toml(tmp_path):
@@ -130,6 +151,17 @@ def test_cells_serialise_and_ids_are_stable():
     import json
 
     assert NeuronMaskingCell(**json.loads(json.dumps(dataclasses.asdict(cell)))) == cell
+
+
+def test_masking_cells_are_checked_against_the_model():
+    from emocircuits.sweeps import get_analysis
+
+    cfg = from_dict({"sweep": {"analysis": "neuron_masking"}, "grid": {"emotion": ["fear"], "layers": ["1-2", "4"]}})
+    a = get_analysis("neuron_masking")
+    first, second = expand(cfg)
+    a.check_cell(cfg, {"n_layers": 3}, first)
+    with pytest.raises(EmocircuitsError, match="out of range"):
+        a.check_cell(cfg, {"n_layers": 3}, second)
 
 
 def test_plan_tasks_chunks_missing_cells():

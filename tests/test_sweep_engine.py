@@ -39,7 +39,8 @@ def test_run_directory_layout_and_manifest(swept):
     pd.testing.assert_frame_equal(table, res.table)
     assert len(table) == 6 and table["cell_id"].is_unique
     assert list(table["cell_index"]) == list(range(6))
-    assert {"layers", "heads", "factor", "status", "error", "acc", "clean_acc", "delta", "changed"} <= set(table)
+    assert {"layers", "factor", "status", "error", "acc", "clean_acc", "delta", "ci_low", "ci_high", "changed",
+            "intervention"} <= set(table)
     assert len(list((out / "cells").glob("*.json"))) == 6
     assert len(list((out / "arrays").glob("*.safetensors"))) == 4  # failed cells have no arrays
     assert load_config(out / "sweep.toml").to_dict(with_executor=False) == man["config"]
@@ -51,14 +52,14 @@ def test_identity_scaling_changes_nothing_and_ablation_does(swept):
     assert same["changed"] == 0.0 and same["delta"] == 0.0 and same["acc"] == same["clean_acc"]
     ablated = t.loc[("all", 0.0)]
     assert ablated["n_heads"] == 12
-    assert ablated["mean_true_logp"] != same["mean_true_logp"]
+    assert ablated["true_logp"] != same["true_logp"] and ablated["clean_true_logp"] == same["true_logp"]
 
 
 def test_failed_cells_are_recorded_and_the_sweep_goes_on(swept):
     t = swept[1].table
     bad = t[t["layers"] == "7"]
     assert list(bad["status"]) == ["failed", "failed"]
-    assert all("out of range" in e for e in bad["error"])
+    assert all("out of range" in e and "analysis.intervention.heads" in e for e in bad["error"])
     assert (t[t["layers"] != "7"]["status"] == "ok").all()
     rec = json.loads(next((swept[1].out / "cells").glob(f"{bad.iloc[0]['cell_id']}.json")).read_text())
     assert "Traceback" in rec["traceback"]
@@ -151,41 +152,69 @@ class _EchoParams:
 
 
 class _Echo(Analysis):
-    name = "test_echo_stacked"
+    name = "test_echo"
     Params = _EchoParams
     Cell = _EchoCell
-    stacks_cells = True
     default_cells_per_task = 2
     batches: ClassVar[list[list[int]]] = []
 
     def prepare(self, cfg, shared, *, progress=False):
         return {"scale": cfg.params.scale, "spec": {"model_id": "none", "dtype": "float32", "device": "cpu"}}
 
+    def check_cell(self, cfg, spec, cell):
+        if cell.x < 0:
+            raise EmocircuitsError(f"x = {cell.x} is negative; use x >= 0.")
+
     def run(self, state, cells):
         _Echo.batches.append([c.x for c in cells])
         return [ValueError(f"cell {c.x} asked to fail") if c.fail else {"y": c.x * state["scale"]} for c in cells]
 
 
-def test_stacked_analyses_rerun_whole_tasks_on_resume(tmp_path):
-    cfg = from_dict({"sweep": {"analysis": "test_echo_stacked"}, "analysis": {"scale": 2.0},
+def test_tasks_chunk_only_the_missing_cells(tmp_path):
+    cfg = from_dict({"sweep": {"analysis": "test_echo"}, "analysis": {"scale": 2.0},
                      "grid": {"x": [1, 2, 3, 4, 5], "fail": [False]}})
     from emocircuits.sweeps import cell_id
 
     cells = expand(cfg)
     ids = [cell_id(cfg.identity_hash(), c) for c in cells]
     tasks = plan_tasks(cfg, cells, ids, done={ids[0], ids[2], ids[3]})
-    assert [[e["index"] for e in t] for t in tasks] == [[0, 1], [4]]  # fixed slices of the grid
+    assert [[e["index"] for e in t] for t in tasks] == [[1, 4]]
     _Echo.batches.clear()
     res = run_sweep(cfg, tmp_path / "e", progress=False)
     assert _Echo.batches == [[1, 2], [3, 4], [5]]
     assert list(res.table["y"]) == [2.0, 4.0, 6.0, 8.0, 10.0]
 
 
-def test_a_failing_cell_in_a_stacked_task_is_pinned_to_its_cell(tmp_path):
-    cfg = from_dict({"sweep": {"analysis": "test_echo_stacked"}, "grid": {"x": [1, 2], "fail": [False, True]}})
+def test_a_failing_cell_in_a_task_is_pinned_to_its_cell(tmp_path):
+    cfg = from_dict({"sweep": {"analysis": "test_echo"}, "grid": {"x": [1, 2], "fail": [False, True]}})
     res = run_sweep(cfg, tmp_path / "f", progress=False)
     assert list(res.table["status"]) == ["ok", "failed", "ok", "failed"]
     assert res.table["error"].iloc[1] == "ValueError: cell 1 asked to fail"
+
+
+def test_cells_the_model_rejects_fail_before_running_and_are_listed(tmp_path):
+    from emocircuits.sweeps import failed_cells_text
+
+    cfg = from_dict({"sweep": {"analysis": "test_echo"}, "grid": {"x": [-1, 3]}})
+    _Echo.batches.clear()
+    res = run_sweep(cfg, tmp_path / "g", progress=False)
+    assert _Echo.batches == [[3]]  # the rejected cell never reached the worker
+    assert list(res.table["status"]) == ["failed", "ok"] and res.n_failed_total == 1
+    text = failed_cells_text(res.table)
+    assert text.splitlines()[0] == "1 of 2 cells failed:"
+    assert "x=-1" in text and "x = -1 is negative" in text
+
+
+def test_sweep_cli_prints_failed_cells_with_reasons(tmp_path):
+    from typer.testing import CliRunner
+
+    from emocircuits.cli import app
+
+    cfg = write_config(tmp_path, layers='["0", "7"]', factors="[0.0]")
+    result = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "cli"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert '"n_failed": 1' in result.output
+    assert "1 of 2 cells failed" in result.output and "layers='7'" in result.output and "out of range" in result.output
 
 
 @pytest.mark.slow
@@ -194,5 +223,7 @@ def test_local_worker_processes_equal_in_process(swept, tmp_path):
     pooled = run_sweep(cfg, tmp_path / "pool", workers=2, progress=False)
     pd.testing.assert_frame_equal(pooled.table, res.table)
     workers = {json.loads(p.read_text())["worker"] for p in (tmp_path / "pool" / "cells").glob("*.json")}
+    assert "precheck" in workers  # layer 7 was refused before any worker saw it
+    workers.discard("precheck")
     # cells ran in worker processes, never in this one; which of the 2 workers takes a task is a race
     assert 1 <= len(workers) <= 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)

@@ -1,4 +1,5 @@
-"""Shared helpers of the sweep tests: small head_scaling configs on the tiny random Llama."""
+"""Shared helpers of the sweep tests: small head-scaling configs (the generic ``intervention`` analysis with a
+ScaleHeads template) on the tiny random Llama."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 TINY_TOML = """
 [sweep]
-analysis = "head_scaling"
+analysis = "intervention"
 seed = {seed}
 cells_per_task = {cells_per_task}
 
@@ -15,6 +16,14 @@ spec = "tiny-llama"
 
 [data]
 limit_per_label = 1
+
+[analysis]
+n_boot = 50
+
+[analysis.intervention]
+type = "ScaleHeads"
+heads = "{{layers}}:all"
+factor = "{{factor}}"
 
 [grid]
 layers = {layers}

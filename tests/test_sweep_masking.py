@@ -24,32 +24,54 @@ def masked(tmp_path_factory):
     return run_sweep(from_dict(CFG), out, progress=False)
 
 
+def _found(out):
+    """(selection, stats) of the neurons artifact the sweep found and stored."""
+    from emocircuits.sweeps.artifacts import Artifacts, read_artifact_path
+
+    (folder,) = list((out / "artifacts").glob("neurons-*"))
+    return Artifacts({"n": read_artifact_path(folder)}).load("n")
+
+
 def test_cells_equal_the_library_mask_call(masked):
-    from emocircuits.neurons import NeuronStats, Selection, mask
-    from emocircuits.sweeps.analyses.neuron_masking import _read_stats
+    from emocircuits.neurons import MASK_METRICS, mask
     from emocircuits.sweeps.shared import cached_model
 
     t = masked.table
     assert (t["status"] == "ok").all(), t["error"].tolist()
     model, _ = cached_model(from_dict(CFG).model)
-    sel = Selection.load(masked.out / "neurons.json")
-    s = _read_stats(masked.out / "neuron_stats.safetensors")
-    import torch
-
-    stats = NeuronStats(torch.as_tensor(s["counts"]), torch.as_tensor(s["totals"]), tuple(s["labels"]))
+    sel, stats = _found(masked.out)
+    assert stats is not None and stats.labels == sel.labels
     data = from_dict(CFG).data.load(seed=3)
     for _, row in t.iterrows():
         ref = mask(model, data, sel, emotions=["fear"], layers="all", ratio=row["ratio"], ratio_mode=row["ratio_mode"],
-                   stats=stats, controls=1, seed=3, n_boot=100, progress=False).effects
+                   stats=stats, controls=1, seed=int(row["seed"]), n_boot=100, progress=False).effects
         overall = ref[ref.true_label == "all"].iloc[0]
         own = ref[ref.true_label == "fear"].iloc[0]
         assert row["n_neurons"] == overall["n_neurons"]
-        for k in ("acc_normal", "acc_masked", "acc_control", "diff", "ci_low", "ci_high"):
-            assert row[k] == pytest.approx(overall[k]) and row[f"own_{k}"] == pytest.approx(own[k])
+        for k in MASK_METRICS:
+            assert row[f"all_{k}"] == pytest.approx(overall[k], nan_ok=True)
+            assert row[f"own_{k}"] == pytest.approx(own[k], nan_ok=True)
+    assert (t["layer_first"] == 0).all() and (t["layer_last"] == 2).all()
     # a bigger ratio masks more neurons; reselect and truncate read "ratio" differently
     tr = t[t.ratio_mode == "truncate"].set_index("ratio")["n_neurons"]
     assert tr[0.1] > tr[0.05] > 0
     assert not math.isnan(t["acc_masked_fear"].iloc[0])
+
+
+def test_library_sweep_writes_the_engine_schema_and_numbers(masked):
+    """One RQ3 schema: emocircuits.neurons.sweep equals the neuron_masking cells, column for column."""
+    from emocircuits.neurons import sweep
+    from emocircuits.sweeps.shared import cached_model
+    from emocircuits.sweeps.store import RESERVED
+
+    model, _ = cached_model(from_dict(CFG).model)
+    sel, stats = _found(masked.out)
+    data = from_dict(CFG).data.load(seed=3)
+    lib = sweep(model, data, sel, emotions=["fear"], ratios=[0.05, 0.1], layer_ranges=["all"], ratio_mode="reselect",
+                stats=stats, controls=1, seed=0, n_boot=100, progress=False)
+    engine = masked.table[masked.table.ratio_mode == "reselect"].drop(columns=list(RESERVED)).reset_index(drop=True)
+    assert list(lib.columns) == list(engine.columns)
+    pd.testing.assert_frame_equal(lib, engine, check_dtype=False)
 
 
 def test_resume_reuses_the_found_neurons(masked, tmp_path):
@@ -58,10 +80,36 @@ def test_resume_reuses_the_found_neurons(masked, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(masked.out, copy)
     (copy / "cells" / f"{masked.table['cell_id'].iloc[0]}.json").unlink()
-    stamp = (copy / "neurons.json").stat().st_mtime_ns
+    (found,) = list((copy / "artifacts").glob("neurons-*"))
+    stamp = (found / "neurons.json").stat().st_mtime_ns
     again = run_sweep(from_dict(CFG), copy, resume=True, progress=False)
-    assert again.n_run == 1 and (copy / "neurons.json").stat().st_mtime_ns == stamp
+    assert again.n_run == 1 and (found / "neurons.json").stat().st_mtime_ns == stamp
+    assert len(list((copy / "artifacts").iterdir())) == 1
     pd.testing.assert_frame_equal(again.table, masked.table)
+
+
+def test_neurons_sweep_command_is_a_resumable_engine_sweep(masked, tmp_path):
+    from typer.testing import CliRunner
+
+    from emocircuits.cli import app
+    from emocircuits.runs import read_manifest
+
+    (folder,) = list((masked.out / "artifacts").glob("neurons-*"))
+    out = tmp_path / "rq3"
+    args = ["neurons", "sweep", "--neurons", str(folder / "neurons.json"), "--model", "tiny-llama",
+            "--limit-per-label", "1", "--ratios", "0.05", "--layer-ranges", "all,7", "--controls", "1",
+            "--emotion", "fear", "--out", str(out), "--quiet"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "1 of 2 cells failed" in first.output and "layers='7'" in first.output
+    man = read_manifest(out)
+    assert man["command"] == "sweep" and man["config"]["sweep"]["analysis"] == "neuron_masking"
+    table = pd.read_parquet(out / "results.parquet")
+    assert list(table["status"]) == ["ok", "failed"] and table["own_acc_masked"].notna().iloc[0]
+    assert CliRunner().invoke(app, args).exit_code != 0  # an existing sweep needs --resume
+    again = CliRunner().invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert read_manifest(out)["summary"]["n_run_this_time"] == 1  # only the failed cell is retried
 
 
 @pytest.mark.slow

@@ -29,6 +29,8 @@ from emocircuits.viz import (
     top_examples,
 )
 
+SPANS = {"bottom": (0, 1), "middle": (2, 3), "top": (4, 5), "all": (0, 5)}
+
 
 @pytest.fixture(scope="module")
 def tables():
@@ -42,7 +44,7 @@ def _all_figures(t) -> dict[str, go.Figure]:
         "masking_accuracy": masking_accuracy(t["mask_effects"]),
         "accuracy_change_heatmap": accuracy_change_heatmap(t["mask_effects"]),
         "ratio_sweep": ratio_sweep(t["results"]),
-        "layer_range_sweep": layer_range_sweep(t["results"], n_layers=6),
+        "layer_range_sweep": layer_range_sweep(t["results"], spans=SPANS),
         "misclassification_heatmap": misclassification_heatmap(t["mask_errors"]),
     }
 
@@ -197,29 +199,28 @@ def test_ratio_sweep_per_true_label_panels(tables):
     assert len([t for t in fig.data if t.mode == "lines+markers"]) == 12
 
 
-def test_sweeps_read_prefixed_metric_tables(tables):
-    """emocircuits.neurons.sweep writes own_* / all_* columns."""
+def test_sweeps_read_the_rq3_schema(tables):
+    """The RQ3 results schema (neuron_masking sweeps, emocircuits.neurons.sweep): own_* / all_* columns."""
+    from emocircuits.neurons import MASK_METRICS
+
     df = tables["results"].dropna(subset=["acc_masked"])
-    metrics = ["acc_normal", "acc_masked", "acc_control", "delta_masked", "delta_control", "diff", "ci_low", "ci_high"]
-    prefixed = df.rename(columns={m: f"own_{m}" for m in metrics})
-    for m in metrics:
+    prefixed = df.rename(columns={m: f"own_{m}" for m in MASK_METRICS})
+    for m in MASK_METRICS:
         prefixed[f"all_{m}"] = 0.0
     a, b = ratio_sweep(df), ratio_sweep(prefixed)
     assert [list(t.y) for t in a.data] == [list(t.y) for t in b.data]
     assert all(v == 0 for t in ratio_sweep(prefixed, scope="all").data for v in t.y)
-    # the sweep engine's neuron_masking rows: plain columns over all labels, own_* on the own label
-    engine = df.copy()
-    for m in metrics:
-        engine[f"own_{m}"] = df[m]
-        engine[m] = 0.0
-    assert [list(t.y) for t in ratio_sweep(engine).data] == [list(t.y) for t in a.data]
-    assert all(v == 0 for t in ratio_sweep(engine, scope="all").data for v in t.y)
     with pytest.raises(EmocircuitsError, match="Unknown scope"):
-        ratio_sweep(engine, scope="mine")
+        ratio_sweep(prefixed, scope="mine")
+    spans = prefixed.assign(layer_first=prefixed["layers"].map(lambda x: SPANS[x][0]),
+                            layer_last=prefixed["layers"].map(lambda x: SPANS[x][1]))
+    fig = layer_range_sweep(spans.iloc[::-1])  # spans come from the table, whatever its row order
+    assert list(fig.layout.xaxis.tickvals) == ["bottom", "middle", "top", "all"]
+    assert "layers 4–5" in fig.layout.xaxis.ticktext[2]
 
 
 def test_layer_range_sweep_order_and_values(tables):
-    fig = layer_range_sweep(tables["results"], n_layers=6)
+    fig = layer_range_sweep(tables["results"], spans=SPANS)
     bars = [t for t in fig.data if isinstance(t, go.Bar)]
     assert list(bars[0].x) == ["bottom", "middle", "top", "all"]
     assert list(bars[0].y) == pytest.approx([-10.0, -10.0, -10.0, -20.0])  # ratio 0.01 by default

@@ -7,11 +7,22 @@ Writes ``DIR/metrics.json`` (``accuracy``, ``per_label``, ``confusion``, ``n``, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from emocircuits.errors import EmocircuitsError
 from emocircuits.prompts import DEFAULT_TEMPLATE
+
+
+def parse_labels(labels: str | None) -> list[str] | None:
+    """``--labels a,b,c`` as a list (None: the data's default scheme)."""
+    if labels is None:
+        return None
+    out = [s.strip() for s in labels.split(",") if s.strip()]
+    if not out:
+        raise EmocircuitsError(f"--labels {labels!r} names no label; pass comma-separated labels, e.g. anger,joy.")
+    return out
 
 
 def classify_cmd(
@@ -23,7 +34,9 @@ def classify_cmd(
         "--data",
         help="Data spec, e.g. builtin:dialogues, emoprism:PATH, envent:PATH, csv:PATH.",
     ),
-    split: str | None = typer.Option("test", "--split", help="train, test, or all."),
+    split: str | None = typer.Option(
+        None, "--split", help="train, test or all (default: test if the data has its own split, else all)."
+    ),
     limit_per_label: int | None = typer.Option(
         None, "--limit-per-label", help="Keep at most N examples per label (seeded, stratified)."
     ),
@@ -42,52 +55,31 @@ def classify_cmd(
         ..., "--out", help="Run directory to write metrics.json and predictions.parquet into."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar; print only the accuracy."),
+    labels: Annotated[str | None, typer.Option(
+        "--labels", help="Comma-separated label scheme, e.g. anger,joy (default: Ekman's six).")] = None,
+    drop_unknown: Annotated[bool, typer.Option(
+        "--drop-unknown", help="Skip rows whose label is outside the scheme instead of stopping.")] = False,
 ) -> None:
     """Classify a dataset's texts by label readout and write metrics and predictions."""
     import json
 
-    from emocircuits.data import load_data
-    from emocircuits.models import load_model
-    from emocircuits.readout import SCORINGS, classify
+    from emocircuits.jobs import run_classify
 
-    if scoring not in SCORINGS:
-        raise EmocircuitsError(f"Unknown scoring {scoring!r}; use one of {', '.join(SCORINGS)}.")
-    sp = None if split in (None, "all") else split
-    dataset = load_data(data, split=sp, limit_per_label=limit_per_label, seed=seed)
-    bridge, spec = load_model(model, progress=not quiet)
+    if calibration not in ("batch", "content_free"):
+        raise EmocircuitsError(f"Unknown calibration {calibration!r}; use batch or content_free.")
     config = {
         "model": model,
         "data": data,
-        "split": sp,
+        "split": split,
+        "labels": parse_labels(labels),
+        "drop_unknown": drop_unknown,
         "limit_per_label": limit_per_label,
         "template": template,
         "scoring": scoring,
         "calibrate": calibrate and calibration,
         "seed": seed,
     }
-    if calibration not in ("batch", "content_free"):
-        raise EmocircuitsError(f"Unknown calibration {calibration!r}; use batch or content_free.")
-    cal: bool | str = calibration if calibrate else False
-    result = classify(bridge, dataset, template=template, scoring=scoring, calibrate=cal, progress=not quiet)
-    metrics = {**result.metrics, "labels": list(dataset.labels), "config": config, "data_info": dataset.info}
-    try:
-        from emocircuits.runs import RunDir
-    except ImportError:  # pragma: no cover - fallback if the run store is unavailable
-        RunDir = None  # noqa: N806
-    if RunDir is not None:
-        with RunDir.create(out, command="classify", config=config, model_spec=spec, seed=seed) as run:
-            run.write_table(
-                "predictions", result.predictions, "one row per example: id, true, predicted, scores"
-            )
-            run.write_json("metrics", metrics, "accuracy, per_label, confusion, n")
-    else:  # pragma: no cover
-        import os
-
-        out.mkdir(parents=True, exist_ok=True)
-        result.predictions.to_parquet(out / ".predictions.tmp", index=False)
-        os.replace(out / ".predictions.tmp", out / "predictions.parquet")
-        (out / ".metrics.tmp").write_text(json.dumps(metrics, indent=2))
-        os.replace(out / ".metrics.tmp", out / "metrics.json")
+    metrics = run_classify(config, out, quiet=quiet)
     line = f"accuracy {metrics['accuracy']:.3f} (n={metrics['n']}) -> {out}"
     typer.echo(
         line if quiet else json.dumps({k: metrics[k] for k in ("accuracy", "per_label", "n")}, indent=2)

@@ -9,7 +9,7 @@ import typer
 
 
 def sweep_cmd(
-    config: Path = typer.Argument(..., help="Sweep config (TOML): [sweep], [model], [data], [analysis], [grid]."),
+    config: Path = typer.Argument(..., help="Sweep config (TOML) with the tables sweep, model, data, analysis, grid, executor."),
     out: Path = typer.Option(..., "--out", help="Run directory: manifest.json, results.parquet, cells/."),
     resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out, running only missing cells."),
     executor: str | None = typer.Option(None, "--executor", help="local or ray (default: the config's, else local)."),
@@ -18,13 +18,14 @@ def sweep_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars; print only the summary."),
 ) -> None:
     """Run a grid of analysis cells; each finished cell lands in DIR/results.parquet at once."""
-    from emocircuits.sweeps import load_config, run_sweep
+    from emocircuits.sweeps import failed_cells_text, load_config, run_sweep
 
     cfg = load_config(config)  # validated before any model loads
     result = run_sweep(cfg, out, resume=resume, executor=executor, workers=workers, address=address,
                        progress=not quiet)
-    typer.echo(json.dumps({"out": str(result.out), "n_cells": result.n_cells, "n_run": result.n_run,
-                           "n_failed": result.n_failed, "seconds": round(result.seconds, 2)}))
+    typer.echo(json.dumps(result.summary()))
+    if result.n_failed_total:
+        typer.echo(failed_cells_text(result.table), err=True)
 
 
 def rerun_cmd(
@@ -40,7 +41,5 @@ def rerun_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add the ``sweep`` and ``rerun`` commands to ``app``."""
-    import emocircuits.sweeps  # noqa: F401  - registers the sweep command for `rerun`
-
     app.command("sweep")(sweep_cmd)
     app.command("rerun")(rerun_cmd)

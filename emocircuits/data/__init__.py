@@ -13,9 +13,11 @@ Data spec strings (``load_data(spec)`` and every CLI ``--data``):
 ``jsonl:PATH``/``csv:PATH`` generic files with ``text`` and ``label`` (other fields -> ``meta``)
 ==========================  =========================================================================
 
-Splits: files with a ``split`` field (the built-ins) use it; others are split 95/5 stratified by label
-with the fixed seed :data:`SPLIT_SEED` (SEV: by skeleton, 50/50), independent of ``seed``, so a
-``test`` split never changes between runs. ``seed`` only drives ``limit_per_label`` sampling.
+Splits: files with a ``split`` field (the built-ins) use it; emoprism and SEV files without one are split
+95/5 stratified by label with the fixed seed :data:`SPLIT_SEED` (SEV: by skeleton, 50/50), independent
+of ``seed``, so a ``test`` split never changes between runs. ``jsonl:``, ``csv:`` and ``envent:`` files
+without a ``split`` field have no split of their own: they are used whole, and asking them for a split
+raises. ``seed`` only drives ``limit_per_label`` sampling.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any, overload
 
 import pandas as pd
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.errors import EmocircuitsError, spell
 
 EKMAN6: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
 VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")
@@ -314,7 +316,8 @@ class _LabelMapper:
             return None
         raise EmocircuitsError(
             f"{row.where}: unknown label {raw!r}; allowed labels are {', '.join(self.scheme)} "
-            "(pass labels=... to change the scheme or drop_unknown=True to skip such rows)."
+            f"(pass {spell('labels=...', '--labels a,b,...')} to change the scheme or "
+            f"{spell('drop_unknown=True', '--drop-unknown')} to skip such rows)."
         )
 
 
@@ -438,7 +441,7 @@ def _load_sev(
         if unknown and not drop_unknown:
             raise EmocircuitsError(
                 f"{row.where}: unknown valence(s) {', '.join(map(repr, unknown))}; allowed labels are "
-                f"{', '.join(labels)} (pass drop_unknown=True to skip them)."
+                f"{', '.join(labels)} (pass {spell('drop_unknown=True', '--drop-unknown')} to skip them)."
             )
         skel = str(f.get("id") or f"sev-{n:04d}")
         for valence in labels:
@@ -501,6 +504,7 @@ def load_data(
     seed: int = 0,
     drop_unknown: bool = False,
     text_field: str | None = None,
+    default_split: str | None = None,
 ) -> Dataset:
     """Load a dataset from a data spec string (see the module docstring for the forms).
 
@@ -514,6 +518,12 @@ def load_data(
             of raising. crowd-enVENT rows outside the scheme are always dropped and counted.
         text_field: the field holding the text (``text`` for generic files, ``dialogue`` for emoprism,
             ``generated_text`` or ``hidden_emo_text`` for crowd-enVENT).
+        default_split: with ``split=None``, the split to use when the data has a split of its own (the
+            built-ins, SEV, emoprism, files with a ``split`` field); data without one is used whole.
+
+    A ``jsonl:``, ``csv:`` or ``envent:`` file without a ``split`` field has no split of its own: asking
+    it for ``train`` or ``test`` raises (use ``split=None``), and ``Dataset.info["split"]`` records
+    ``"all"``.
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise EmocircuitsError(
@@ -526,7 +536,9 @@ def load_data(
             f"Unknown data kind {kind!r} in {spec!r}; use one of {', '.join(known_specs())}."
         )
     if split not in (None, "train", "test"):
-        raise EmocircuitsError(f"Unknown split {split!r}; use 'train', 'test' or None for all examples.")
+        raise EmocircuitsError(f"Unknown split {split!r}; use 'train', 'test' or {spell('None', 'all')} for all examples.")
+    if default_split not in (None, "train", "test"):
+        raise EmocircuitsError(f"Unknown default split {default_split!r}; use 'train', 'test' or None.")
     name = spec
     if kind == "builtin":
         if arg not in _BUILTINS:
@@ -587,9 +599,19 @@ def load_data(
         if ex.id in seen:
             raise EmocircuitsError(f"{path}: duplicate example id {ex.id!r}; ids must be unique.")
         seen.add(ex.id)
+    own_split = kind in ("emoprism", "sev") or (bool(pairs) and all(s is not None for _, s in pairs))
+    if split is not None and not own_split:
+        raise EmocircuitsError(
+            f"{path} has no 'split' field, so it has no {split!r} split; pass {spell('split=None', '--split all')} "
+            f"to use all {len(splits)} examples, or add a 'split' field (train/test) to every row."
+        )
+    if split is None and own_split:
+        split = default_split
     chosen = [ex for ex, s in splits if split is None or s == split]
     if not chosen:
-        raise EmocircuitsError(f"{path} has no examples in split {split!r}; use split=None for all examples.")
+        raise EmocircuitsError(f"{path} has no examples in split {split!r}; use {spell('split=None', '--split all')} "
+                               "for all examples.")
+    info["split"] = split or "all"
     ds = Dataset(name, scheme, chosen, split, info)
     if limit_per_label is not None:
         ds = ds.limit_per_label(limit_per_label, seed=seed)

@@ -5,14 +5,16 @@
     result.table                                                                   # pandas DataFrame
 
 See :mod:`emocircuits.sweeps.config` for the TOML schema, :mod:`emocircuits.sweeps.base` for the
-analysis protocol, :mod:`emocircuits.sweeps.store` for the directory layout.
+analysis protocol, :mod:`emocircuits.sweeps.templates` for intervention templates (the ``intervention``
+analysis), :mod:`emocircuits.sweeps.artifacts` for what a sweep computes once, and
+:mod:`emocircuits.sweeps.store` for the directory layout.
 """
 
-from emocircuits.sweeps.base import Analysis, analysis_names, cell_id, derive_seed, get_analysis
+from emocircuits.sweeps.base import Analysis, TemplateCell, analysis_names, cell_id, derive_seed, get_analysis
 from emocircuits.sweeps.config import SweepConfig, dumps_toml, expand, from_dict, load_config
-from emocircuits.sweeps.engine import SweepResult, plan_tasks, run_sweep
+from emocircuits.sweeps.engine import SweepResult, failed_cells_text, plan_tasks, run_sweep
 
 __all__ = [
-    "Analysis", "SweepConfig", "SweepResult", "analysis_names", "cell_id", "derive_seed", "dumps_toml", "expand",
-    "from_dict", "get_analysis", "load_config", "plan_tasks", "run_sweep",
+    "Analysis", "SweepConfig", "SweepResult", "TemplateCell", "analysis_names", "cell_id", "derive_seed", "dumps_toml",
+    "expand", "failed_cells_text", "from_dict", "get_analysis", "load_config", "plan_tasks", "run_sweep",
 ]

@@ -1,6 +1,6 @@
 """The analysis protocol every sweep plugs into, its registry, and stable cell ids.
 
-An analysis is a class with two dataclasses and four methods::
+An analysis is a class with two dataclasses and a few methods::
 
     class MyAnalysis(Analysis):
         name = "my_analysis"
@@ -8,11 +8,14 @@ An analysis is a class with two dataclasses and four methods::
         Cell = MyCell              # one grid point; its fields are the allowed [grid] axes
 
         def validate(self, cfg): ...             # before any model loads; raise EmocircuitsError
+        def setup(self, cfg, run_dir): ...       # optional, once in the driver: artifacts for every worker
         def prepare(self, cfg, shared): ...      # once per worker: model load, tokenisation, clean pass
+        def check_cell(self, cfg, spec, cell):   # optional: a cell against the ModelSpec dict, before it runs
         def run(self, state, cells): ...         # -> one metrics dict per cell (or an exception)
 
-``setup(cfg, run_dir)`` is an optional step run once in the driver before cells are dispatched (e.g.
-finding neurons on a train split); it returns a JSON-able dict handed to every ``prepare``.
+``setup(cfg, run_dir)`` returns a JSON-able dict handed to every ``prepare`` (e.g. artifacts found on a
+train split, see :mod:`emocircuits.sweeps.artifacts`). An analysis with ``free_axes = True`` takes any
+grid axis (its ``Cell`` is then a mapping class, e.g. :class:`TemplateCell`).
 """
 
 from __future__ import annotations
@@ -20,17 +23,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from emocircuits.errors import EmocircuitsError
+from emocircuits.runs import derive_seed
 
 _ANALYSES: dict[str, type[Analysis]] = {}
 _BUILTIN_MODULES = {
-    "head_scaling": "emocircuits.sweeps.analyses.head_scaling",
+    "intervention": "emocircuits.sweeps.analyses.intervention",
     "neuron_masking": "emocircuits.sweeps.analyses.neuron_masking",
 }
+
+
+class TemplateCell(dict):
+    """A grid point of an analysis with free axes: ``{axis: value}`` (hashable, JSON-able)."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(json.dumps(self, sort_keys=True))
 
 
 class Analysis:
@@ -39,9 +50,8 @@ class Analysis:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = object
     Cell: ClassVar[type] = object
-    #: True when ``run`` evaluates its cells stacked in one batch, so a cell's numbers could depend (at
-    #: float rounding level) on which cells share its task; the engine then re-runs whole tasks on resume.
-    stacks_cells: ClassVar[bool] = False
+    #: True: any grid axis is allowed (the analysis checks them in ``validate``); cells are ``TemplateCell``.
+    free_axes: ClassVar[bool] = False
     #: Cells per task when the config says 0.
     default_cells_per_task: ClassVar[int] = 1
 
@@ -65,6 +75,10 @@ class Analysis:
         """The ModelSpec dict of the worker's model (for the manifest)."""
         spec = getattr(state, "spec", None)
         return spec.to_dict() if hasattr(spec, "to_dict") else spec
+
+    def check_cell(self, cfg: Any, spec: Mapping[str, Any], cell: Any) -> None:
+        """Check one cell against the model (``spec``: the ModelSpec dict) before it runs; raise
+        ``EmocircuitsError`` (the cell is then recorded as failed with that sentence)."""
 
     def run(self, state: Any, cells: Sequence[Any]) -> list[dict[str, Any] | BaseException]:
         """Metrics for each cell, in order: a flat dict of scalars, or the exception that cell raised.
@@ -91,7 +105,8 @@ def get_analysis(name: str) -> Analysis:
 
 def cell_dict(cell: Any) -> dict[str, Any]:
     """A cell as a plain JSON-able dict."""
-    return json.loads(json.dumps(dataclasses.asdict(cell)))
+    data = dict(cell) if isinstance(cell, Mapping) else dataclasses.asdict(cell)
+    return json.loads(json.dumps(data))
 
 
 def cell_id(identity_hash: str, cell: Any) -> str:
@@ -104,7 +119,4 @@ def cell_id(identity_hash: str, cell: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def derive_seed(seed: int, *parts: Any) -> int:
-    """A 31-bit seed from a base seed and any JSON-able parts (order-independent of the sweep's schedule)."""
-    payload = json.dumps([seed, *parts], sort_keys=True, default=str)
-    return int(hashlib.sha256(payload.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+__all__ = ["Analysis", "TemplateCell", "analysis_names", "cell_dict", "cell_id", "derive_seed", "get_analysis"]

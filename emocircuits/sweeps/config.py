@@ -23,7 +23,7 @@ Schema (every table but ``[grid]`` is optional; unknown keys are rejected with t
     [analysis]                   # the analysis' own parameters (see its Params dataclass)
 
     [grid]                       # axis = list of values; the cells are the Cartesian product
-    emotion = ["anger", "disgust"]
+    emotion = ["anger", "disgust"]   # the axes are the analysis' Cell fields, or free (fill placeholders)
 
     [executor]                   # where cells run (not part of the results' identity)
     kind = "local"               # local | ray
@@ -66,6 +66,8 @@ def _type_name(tp: Any) -> str:
     if origin in (list, tuple):
         args = typing.get_args(tp)
         return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a table"
     if tp is type(None):
         return "none"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
@@ -92,8 +94,13 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise EmocircuitsError(f"Key {key!r} has value {value!r}; expected {_type_name(tp)}.")
         items = [coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise EmocircuitsError(f"Key {key!r} must be a table ([{key}]), not {value!r}.")
+        inner = (typing.get_args(tp) or (str, Any))[1]
+        return {str(k): coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
-        return value
+        return json.loads(json.dumps(value))  # plain JSON-able data (TOML values are)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise EmocircuitsError(f"Key {key!r} must be a table ([{key}]), not {value!r}.")
@@ -317,7 +324,44 @@ def from_dict(data: Mapping[str, Any]) -> SweepConfig:
     return cfg
 
 
+GRID_VALUE = int | float | str | bool | list[int]
+"""What a free grid axis may hold: a scalar, or a list of integers (e.g. explicit layers)."""
+
+
+def _grid_value(value: Any, key: str) -> Any:
+    """A free axis value as TOML gave it (a float stays a float), or one sentence if it is not allowed."""
+    scalar = isinstance(value, int | float | str | bool) and not (isinstance(value, float) and not math.isfinite(value))
+    ints = isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    if not (scalar or ints):
+        raise EmocircuitsError(f"Key {key!r} has value {value!r}; expected {_type_name(GRID_VALUE)}.")
+    return list(value) if ints else value
+
+
+def _axis_name_ok(axis: str) -> bool:
+    return axis.isidentifier() and axis == axis.lower()
+
+
+def _parse_free_grid(analysis: Any, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for axis, values in grid.items():
+        if not _axis_name_ok(axis):
+            raise EmocircuitsError(f"Grid axis 'grid.{axis}' is not a valid name; use lower-case letters, digits "
+                                   "and underscores (it fills the placeholder {" + axis + "}).")
+        if not isinstance(values, list):
+            values = [values]
+        if not values:
+            raise EmocircuitsError(f"Grid axis 'grid.{axis}' is empty; give at least one value.")
+        coerced = [_grid_value(v, f"grid.{axis}") for v in values]
+        dupes = [v for i, v in enumerate(coerced) if v in coerced[:i]]
+        if dupes:
+            raise EmocircuitsError(f"Grid axis 'grid.{axis}' repeats the value {dupes[0]!r}; list each value once.")
+        out[axis] = coerced
+    return out
+
+
 def _parse_grid(analysis: Any, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+    if analysis.free_axes:
+        return _parse_free_grid(analysis, grid)
     cell_cls = analysis.Cell
     hints = typing.get_type_hints(cell_cls)
     names = [f.name for f in dataclasses.fields(cell_cls)]
@@ -377,7 +421,13 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):  # an inline table (e.g. a template inside a list)
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
 
 
 def dumps_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
@@ -393,10 +443,10 @@ def dumps_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
             if isinstance(v, Mapping):
                 subs.append((k, v))
             else:
-                lines.append(f"{k} = {_toml_value(v)}")
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
         lines.append("")
         for k, v in subs:
-            table(f"{name}.{k}", v)
+            table(f"{name}.{_toml_key(k)}", v)
 
     for name, body in data.items():
         table(name, body)

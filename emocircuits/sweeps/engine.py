@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +29,69 @@ class SweepResult:
     n_failed: int
     seconds: float
 
+    @property
+    def n_failed_total(self) -> int:
+        """Failed cells in the whole table (this run and earlier ones)."""
+        return int((self.table["status"] == "failed").sum()) if "status" in self.table else 0
+
+    def summary(self) -> dict[str, Any]:
+        """``out, n_cells, n_run, n_failed, seconds``: what the CLI prints."""
+        return {"out": str(self.out), "n_cells": self.n_cells, "n_run": self.n_run, "n_failed": self.n_failed_total,
+                "seconds": round(self.seconds, 2)}
+
 
 def plan_tasks(cfg: SweepConfig, cells: list[Any], ids: list[str], done: set[str]) -> list[list[dict[str, Any]]]:
-    """Group the cells still to run into tasks of ``cells_per_task`` cells.
-
-    For analyses that stack cells in one batch the tasks are fixed slices of the full grid (so a cell is
-    always computed alongside the same cells, resumed or not) and a task runs whole if any of its cells
-    is missing; otherwise the missing cells are simply chunked.
-    """
+    """Group the cells still to run, in grid order, into tasks of ``cells_per_task`` cells."""
     analysis = get_analysis(cfg.analysis)
     size = cfg.sweep.cells_per_task or analysis.default_cells_per_task
-    entries = [{"index": i, "cell_id": cid, "cell": cell_dict(c)} for i, (c, cid) in enumerate(zip(cells, ids, strict=True))]
-    if analysis.stacks_cells:
-        chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
-        return [ch for ch in chunks if any(e["cell_id"] not in done for e in ch)]
-    todo = [e for e in entries if e["cell_id"] not in done]
+    todo = [{"index": i, "cell_id": cid, "cell": cell_dict(c)}
+            for i, (c, cid) in enumerate(zip(cells, ids, strict=True)) if cid not in done]
     return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def precheck(cfg: SweepConfig, spec: dict[str, Any], tasks: list[list[dict[str, Any]]]
+             ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Check every cell against the loaded model's spec before any runs: ``(tasks left, failed outcomes)``.
+
+    A cell the analysis rejects (e.g. a layer outside the model) is recorded as failed with its sentence
+    (its ``worker`` is ``"precheck"``: it never reached a worker).
+    """
+    import traceback
+
+    analysis = get_analysis(cfg.analysis)
+    kept, failed = [], []
+    for task in tasks:
+        ok = []
+        for entry in task:
+            try:
+                analysis.check_cell(cfg, spec, analysis.Cell(**entry["cell"]))
+            except EmocircuitsError as exc:
+                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                failed.append({**entry, "status": "failed", "metrics": {}, "error": f"{type(exc).__name__}: {exc}",
+                               "traceback": tb, "seconds": 0.0, "worker": "precheck"})
+                continue
+            ok.append(entry)
+        if ok:
+            kept.append(ok)
+    return kept, failed
+
+
+def failed_cells_text(table: Any) -> str:
+    """The failed cells of a results table, one line each: ``cell_index {axis=value ...}: error`` ("" if none)."""
+    from emocircuits.sweeps.store import RESERVED
+
+    if table is None or table.empty or "status" not in table:
+        return ""
+    bad = table[table["status"] == "failed"]
+    if bad.empty:
+        return ""
+    metrics_start = list(table.columns).index("error") + 1 if "error" in table.columns else len(table.columns)
+    axes = [c for c in table.columns[:metrics_start] if c not in RESERVED]
+    lines = [f"{len(bad)} of {len(table)} cells failed:"]
+    for _, row in bad.iterrows():
+        where = " ".join(f"{a}={row[a]!r}" for a in axes)
+        lines.append(f"  cell {row['cell_index']} ({where}): {row['error']}")
+    return "\n".join(lines)
 
 
 def _check_resumable(out: Path, cfg: SweepConfig) -> None:
@@ -90,7 +138,11 @@ def run_sweep(
     store = CellStore(out)
     has_run = (out / MANIFEST).exists()
     if has_run and not resume:
-        raise EmocircuitsError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose another --out.")
+        other = read_manifest(out).get("command")
+        if other != COMMAND:
+            raise EmocircuitsError(f"--out {str(out)!r} already holds a {other or 'damaged'!r} run, not a 'sweep' run; "
+                                   "choose another --out so that run is kept.")
+        raise EmocircuitsError(f"{str(out)!r} already holds a sweep; pass --resume to continue it or choose another --out.")
     if has_run:
         _check_resumable(out, cfg)
     analysis = get_analysis(cfg.analysis)
@@ -118,12 +170,11 @@ def run_sweep(
             try:
                 spec = ex.model_spec or {}
                 run.update(model=spec, dtype=spec.get("dtype"), device=spec.get("device"))
+                tasks, rejected = precheck(cfg, spec, tasks)
                 bar = tqdm(total=len(cells), initial=len(done), desc=f"sweep {cfg.analysis}", unit="cell",
                            disable=not progress, dynamic_ncols=True)
-                for outcomes in ex.iterate(tasks):
+                for outcomes in itertools.chain([rejected] if rejected else [], ex.iterate(tasks)):
                     for o in outcomes:
-                        if o["cell_id"] in done:  # a stacked task re-ran a cell that was already stored
-                            continue
                         arrays = o.pop("arrays", None)
                         store.write(o, arrays)
                         records[o["cell_id"]] = o
@@ -163,4 +214,4 @@ def _rerun_sweep(config: dict[str, Any], out: Path) -> SweepResult:
 
 register_command(COMMAND, _rerun_sweep)
 
-__all__ = ["SweepResult", "plan_tasks", "run_sweep"]
+__all__ = ["SweepResult", "failed_cells_text", "plan_tasks", "precheck", "run_sweep"]

@@ -6,6 +6,7 @@ Layout (all writes atomic: temporary file in the same folder, fsync, rename)::
     DIR/sweep.toml                    the resolved config; `emocircuits sweep DIR/sweep.toml` re-runs it
     DIR/cells/<cell_id>.json          one finished cell: config, status, metrics or error (the source of truth)
     DIR/arrays/<cell_id>.safetensors  optional per-cell tensors (e.g. predictions [n_examples])
+    DIR/artifacts/<name>-<hash>/      artifacts found once per sweep (emocircuits.sweeps.artifacts)
     DIR/results.parquet               one row per finished cell, rebuilt from cells/ after every cell
 
 A cell's JSON is written only after its arrays, so its presence means the cell is complete; resume
@@ -70,11 +71,6 @@ class CellStore:
             write_tensors(self.arrays_dir / f"{cid}.safetensors", {k: np.array(v) for k, v in arrays.items()})
         write_json(self.cells_dir / f"{cid}.json", dict(record))
 
-    def discard(self, cell_ids: Sequence[str]) -> None:
-        for cid in cell_ids:
-            (self.cells_dir / f"{cid}.json").unlink(missing_ok=True)
-            (self.arrays_dir / f"{cid}.safetensors").unlink(missing_ok=True)
-
     def write_results(self, records: Mapping[str, Mapping[str, Any]], order: Sequence[str]) -> None:
         """Rebuild ``results.parquet`` from ``records`` (only ids in ``order``, in that order)."""
         write_table(self.root / RESULTS, results_frame([records[c] for c in order if c in records]))
@@ -91,13 +87,22 @@ def results_frame(records: Sequence[Mapping[str, Any]]) -> Any:
     import pandas as pd
 
     rows = []
+    axes: dict[str, None] = {}
     for rec in records:
         row: dict[str, Any] = {"cell_index": rec["index"], "cell_id": rec["cell_id"]}
         row.update(rec["cell"])
+        axes.update(dict.fromkeys(rec["cell"]))
         row["status"] = rec["status"]
         row["error"] = rec.get("error")
         row.update(rec.get("metrics") or {})
         rows.append(row)
+    for axis in axes:  # a column Parquet can hold: lists, or a mix of text and numbers, become text
+        values = [r.get(axis) for r in rows]
+        kinds = {type(v) for v in values if v is not None} - {bool}
+        if any(isinstance(v, list | dict) for v in values) or (str in kinds and len(kinds) > 1):
+            for r in rows:
+                v = r.get(axis)
+                r[axis] = v if v is None or isinstance(v, str) else json.dumps(v)
     frame = pd.DataFrame(rows)
     if frame.empty:
         frame = pd.DataFrame(columns=list(RESERVED))

