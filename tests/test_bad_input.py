@@ -216,6 +216,20 @@ CLI_ROWS: list[Row] = [
     R("judge-unknown-judge", JUDGE.replace("lexicon", "oracle"), "Unknown judge", no_model=True),
     R("judge-missing-file", "judge --judge lexicon --data csv:{root}/nope.csv --quiet --out {out}",
       "does not exist", no_model=True),
+    # circuits and inference commands: every option is checked before a model loads
+    R("circuits-elicit-limit-0", "circuits elicit --model tiny-llama --limit 0 --quiet --out {out}", "--limit must be",
+      no_model=True),
+    R("circuits-directions-missing", "circuits directions --from {out}/missing --out {out}", "is not a run directory",
+      no_model=True),
+    R("circuits-directions-from-find-run", "circuits directions --from {find} --out {out}", "circuits elicit",
+      no_model=True),
+    R("inference-probe-bad-site", "inference probe --model tiny-llama --sites bogus --quiet --out {out}",
+      "use a comma list of", no_model=True),
+    R("inference-knockout-span-0", "inference knockout --model tiny-llama --span 0 --quiet --out {out}",
+      "--span must be at least 1", no_model=True),
+    R("inference-appraisal-unknown-setting",
+      "inference appraisal --model tiny-llama --settings nosuch --quiet --out {out}", "Unknown theory setting",
+      no_model=True),
 ]
 
 
