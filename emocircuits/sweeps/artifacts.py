@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.errors import EmocircuitsError
+from emocircuits.sweeps.config import SPLITS
 
 ARTIFACT_DIR = "artifacts"
 MARKER = "artifact.json"
 PAIRINGS = ("other_label", "same_label", "shuffle")
-SPLITS = ("train", "test", "all")
 
 
 @dataclass(frozen=True)
