@@ -58,10 +58,6 @@ ACCEPT_MODES = ("first", "all", "any")
 GROUP_MODES = ("accepted", "all")
 KINDS = ("neurons", "heads")
 
-# order of the sites inside one block (a single pass stops after the latest one read)
-_SITE_ORDER = {"resid.pre": 0, "head.z": 1, "attn.out": 2, "resid.mid": 3, "neuron.pre": 4, "neuron.gated": 5,
-               "neuron.silu_only": 5, "mlp.out": 6, "resid.post": 7}
-
 
 # ============================================================================ elicitation
 
@@ -261,47 +257,10 @@ def elicit(model: Any, data: Sequence[Any], *, emotions: Sequence[str] = EKMAN6,
 def capture_last(model: Any, token_ids: Sequence[Sequence[int]], reads: Mapping[str, Sequence[int]], *,
                  max_tokens: int = 4096) -> dict[str, dict[int, Tensor]]:
     """Several sites at each prompt's last token from ONE forward pass, in input order:
-    ``{site: {layer: [n, ...]}}`` (float32, CPU). The pass stops after the latest site read."""
-    from emocircuits.interventions import capture
+    ``{site: {layer: [n, ...]}}`` (float32, CPU); see :meth:`Runner.capture_last`."""
     from emocircuits.runner import Runner
 
-    if not reads:
-        raise EmocircuitsError("capture_last needs at least one site to read.")
-    runner = Runner(model, max_tokens=max_tokens)
-    batches = runner.batches(token_ids)
-    stop = max(((s, max(ls)) for s, ls in reads.items()), key=lambda sl: (sl[1], _SITE_ORDER.get(sl[0], 8)))
-    rows = [r for b in batches for r in b.rows]
-    with _captures(model, reads, capture) as got:
-        for _ in runner.run(batches, stop=stop):
-            pass
-    out: dict[str, dict[int, Tensor]] = {}
-    for site, per in got.items():
-        out[site] = {}
-        for layer, parts in per.items():
-            vals = torch.cat([v.float().cpu() for v in parts])
-            full = torch.empty_like(vals)
-            full[rows] = vals
-            out[site][layer] = full
-    return out
-
-
-class _captures:
-    """Enter one ``interventions.capture`` per site; yields ``{site: {layer: [tensor per batch]}}``."""
-
-    def __init__(self, model: Any, reads: Mapping[str, Sequence[int]], capture: Any) -> None:
-        import contextlib
-
-        self.stack = contextlib.ExitStack()
-        self.model, self.reads, self.capture = model, reads, capture
-
-    def __enter__(self) -> dict[str, dict[int, list[Tensor]]]:
-        return {s: self.stack.enter_context(self.capture(self.model, s, list(ls), "last")) for s, ls in self.reads.items()}
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stack.close()
-
-
-# ============================================================================ directions
+    return Runner(model, max_tokens=max_tokens).capture_last(token_ids, reads)
 
 
 def group_tensor(acts: Tensor, skeletons: Sequence[str], valences: Sequence[str], emotions: Sequence[str],

@@ -42,7 +42,6 @@ from emocircuits.interventions import (
     Noise,
     PatchFrom,
     ScaleSite,
-    capture,
     grad_through_inputs,
 )
 from emocircuits.models import spec_of
@@ -172,27 +171,10 @@ def prepare(model: Any, examples: Sequence[Example], *, labels: Sequence[str] | 
 # ----------------------------------------------------------------------------------- activations
 def capture_sites(model: Any, token_ids: Sequence[Sequence[int]], sites: Sequence[str],
                   layers: Sequence[int] | None = None, *, max_tokens: int = 4096) -> dict[str, dict[int, Tensor]]:
-    """Last-token readings of several sites in ONE pass: ``{site: {layer: [n, ...]}}`` in input order.
-
-    The pass stops after the last layer asked (no unembedding)."""
-    spec = spec_of(model)
-    layers = list(range(spec.n_layers)) if layers is None else [int(x) for x in layers]
-    runner = Runner(model, max_tokens=max_tokens)
-    batches = runner.batches(token_ids)
-    rows = [r for b in batches for r in b.rows]
-    with contextlib.ExitStack() as stack:
-        got = {s: stack.enter_context(capture(model, s, layers, "last")) for s in sites}
-        for _ in runner.run(batches, stop=("resid.post", max(layers))):
-            pass
-    out: dict[str, dict[int, Tensor]] = {}
-    for s in sites:
-        out[s] = {}
-        for layer in layers:
-            vals = torch.cat([v.float().cpu() for v in got[s][layer]])
-            full = torch.empty_like(vals)
-            full[rows] = vals
-            out[s][layer] = full
-    return out
+    """Last-token readings of several sites in ONE pass: ``{site: {layer: [n, ...]}}`` in input order
+    (:meth:`Runner.capture_last`; every layer when ``layers`` is None)."""
+    layers = list(range(spec_of(model).n_layers)) if layers is None else [int(x) for x in layers]
+    return Runner(model, max_tokens=max_tokens).capture_last(token_ids, {s: layers for s in sites})
 
 
 # ----------------------------------------------------------------------------------- probes

@@ -316,6 +316,32 @@ class Runner:
         assert out is not None
         return out
 
+    def capture_last(self, token_ids: Sequence[Sequence[int]],
+                     reads: dict[str, Sequence[int]] | Any) -> dict[str, dict[int, Tensor]]:
+        """Several sites at each prompt's last token from one pass, in input order:
+        ``{site: {layer: [n, ...]}}`` (float32, CPU). ``reads`` maps a site to its layers; the pass stops
+        after the highest layer read (no unembedding)."""
+        from emocircuits.interventions import capture
+
+        reads = {s: [int(x) for x in ls] for s, ls in dict(reads).items()}
+        if not reads or not all(reads.values()):
+            raise EmocircuitsError("capture_last needs at least one site with at least one layer to read.")
+        batches = self.batches(token_ids)
+        rows = [r for b in batches for r in b.rows]
+        with contextlib.ExitStack() as stack:
+            got = {s: stack.enter_context(capture(self.model, s, ls, "last")) for s, ls in reads.items()}
+            for _ in self.run(batches, stop=("resid.post", max(max(ls) for ls in reads.values()))):
+                pass
+        out: dict[str, dict[int, Tensor]] = {}
+        for s, ls in reads.items():
+            out[s] = {}
+            for layer in ls:
+                vals = torch.cat([v.float().cpu() for v in got[s][layer]])
+                full = torch.empty_like(vals)
+                full[rows] = vals
+                out[s][layer] = full
+        return out
+
     def capture(self, token_ids: Sequence[Sequence[int]], site: str, layers: Sequence[int],
                 positions: str = "last") -> dict[int, Tensor]:
         """A site's readings in input order: ``{layer: [n, ...]}`` at each prompt's last token
