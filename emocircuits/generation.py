@@ -19,7 +19,6 @@ prompt's random stream is seeded by ``seed`` and the prompt itself, not by its b
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,8 +138,7 @@ def generate(
         prefix = None
         if offset:
             try:
-                info = dataclasses.replace(runner.prefix_info(batches, offset), generating=True)
-                prefix = _prefix_cache(runner, batches[0], offset, info)
+                prefix = runner.prefix_cache(batches, offset, FINAL, generating=True)
             except PrefixUnsafe:
                 offset = 0
         for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
@@ -153,15 +151,6 @@ def generate(
                 text = text[: text.index(s)]
         texts.append(text)
     return Generation(texts, new, ids, finish, settings)
-
-
-def _prefix_cache(runner: Runner, first: Batch, offset: int, info: BatchInfo) -> Any:
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    with batch_context(info):
-        runner._forward(first.input_ids[:1, :offset].to(runner.device()), FINAL, past_key_values=cache, use_cache=True)
-    return cache
 
 
 def _decode_batch(runner: Runner, batch: Batch, offset: int, prefix: Any, new: list[list[int]], finish: list[str],

@@ -205,14 +205,14 @@ class Runner:
         n = common_prefix(seqs)
         return n if n >= MIN_SHARED_PREFIX else 0
 
-    def prefix_info(self, batches: Sequence[Batch], offset: int) -> BatchInfo:
+    def prefix_info(self, batches: Sequence[Batch], offset: int, generating: bool = False) -> BatchInfo:
         """The batch info of the shared-prefix forward: one physical row standing for every row of the pass."""
         lengths = torch.cat([b.lengths for b in batches])
         prompts = torch.cat([b.lengths if b.prompt_lengths is None else b.prompt_lengths for b in batches])
         return BatchInfo(torch.arange(offset)[None, :], prompts, lengths,
                          torch.tensor([r for b in batches for r in b.rows], dtype=torch.long),
                          torch.cat([b.keys for b in batches]), shared=True,
-                         generating=any(b.prompt_lengths is not None for b in batches))
+                         generating=generating or any(b.prompt_lengths is not None for b in batches))
 
     def batch_info(self, batch: Batch, offset: int) -> BatchInfo:
         """The batch info of a batch's forward over its columns from ``offset`` on."""
@@ -222,13 +222,13 @@ class Runner:
                          torch.tensor(batch.rows, dtype=torch.long), batch.keys,
                          generating=batch.prompt_lengths is not None)
 
-    def prefix_cache(self, batches: Sequence[Batch], offset: int, stop: Stop | None) -> Any:
+    def prefix_cache(self, batches: Sequence[Batch], offset: int, stop: Stop | None, generating: bool = False) -> Any:
         """Keys/values of the shared prefix under the hooks attached now (raises PrefixUnsafe)."""
         from transformers import DynamicCache
 
         cache = DynamicCache()
         ids = batches[0].input_ids[:1, :offset].to(self.device())
-        with batch_context(self.prefix_info(batches, offset)):
+        with batch_context(self.prefix_info(batches, offset, generating)):
             self._forward(ids, stop, past_key_values=cache, use_cache=True)
         return cache
 
