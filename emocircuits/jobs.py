@@ -99,7 +99,8 @@ def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict
         )
     bridge, spec = load_model(config["model"], progress=not quiet)
     result = classify(bridge, dataset, template=config["template"], scoring=config["scoring"],
-                      calibrate=config.get("calibrate", False), progress=not quiet)
+                      calibrate=config.get("calibrate", False), prepend_bos=config.get("prepend_bos"),
+                      progress=not quiet)
     metrics = {**result.metrics, "labels": list(dataset.labels), "config": config, "data_info": dataset.info}
     with RunDir.create(out, command="classify", config=config, model_spec=spec, seed=config["seed"]) as run:
         run.write_table("predictions", result.predictions, "one row per example: id, true, predicted, scores")
@@ -126,7 +127,8 @@ def run_find(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     bridge, spec = model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
     with RunDir.create(out, command="neurons find", config=config, model_spec=spec, seed=config["seed"]) as run:
         stats = neurons.collect(bridge, data, reading=config["activation"], tokens=config["tokens"],
-                                template=config["template"], progress=not quiet)
+                                template=config["template"], prepend_bos=config.get("prepend_bos"),
+                                progress=not quiet)
         sel = stats.select(top_rate=config["top_rate"], assign=config["assign"])
         write_find_outputs(run, stats, sel)
     return stats, sel
@@ -211,7 +213,8 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     with RunDir.create(out, command="neurons mask", config=config, model_spec=spec, seed=config["seed"]) as run:
         res = neurons.mask(bridge, data, sel, emotions=emotions, layers=config["layers"], ratio=config["ratio"],
                            ratio_mode=config["ratio_mode"], stats=stats, controls=config["controls"],
-                           seed=config["seed"], template=config["template"], progress=not quiet)
+                           seed=config["seed"], template=config["template"], prepend_bos=config.get("prepend_bos"),
+                           progress=not quiet)
         write_mask_outputs(run, res)
     return res
 

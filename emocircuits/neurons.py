@@ -465,7 +465,8 @@ class MaskResult:
 def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: Sequence[str] | None = None,
          layers: str = "all", ratio: float | None = None, ratio_mode: str = "truncate",
          stats: NeuronStats | None = None, controls: int = 5, seed: int = 0, n_boot: int = 1000,
-         template: str = DEFAULT_TEMPLATE, engine: MaskingEngine | None = None, progress: bool = True) -> MaskResult:
+         template: str = DEFAULT_TEMPLATE, engine: MaskingEngine | None = None, prepend_bos: bool | None = None,
+         progress: bool = True) -> MaskResult:
     """RQ2: mask each emotion's neurons and measure accuracy per (masked emotion × true label),
     against the clean run and against ``controls`` random sets of the same per-layer sizes."""
     if controls < 0:
@@ -475,7 +476,8 @@ def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: 
     unknown = [e for e in (emotions or []) if e not in selection.sets]
     if unknown:
         raise EmocircuitsError(f"No neuron set for {unknown}; this selection has {list(selection.sets)}.")
-    engine = engine or MaskingEngine(model, dataset, labels=selection.labels, template=template, progress=progress)
+    engine = engine or MaskingEngine(model, dataset, labels=selection.labels, template=template,
+                                     prepend_bos=prepend_bos, progress=progress)
     emotions = list(emotions or selection.labels)
     conds = [Condition(e, layers, ratio, ratio_mode) for e in emotions]
     sets = {c.emotion: condition_set(selection, c, stats) for c in conds}

@@ -166,3 +166,16 @@ def test_embedded_model_native_tokenisation(smol):
         rendered = ro.render(["It rained all day."])[0]
         want = native.encode(rendered, add_special_tokens=TEMPLATES[name].kind != "chat")
         assert ro.encode(["It rained all day."])[0] == want
+
+
+def test_prepend_bos_option_adds_exactly_one_counted_token_per_text(tiny_llama):
+    from emocircuits import neurons
+    from emocircuits.data import Example
+
+    model, _ = tiny_llama
+    exs = [Example(id=str(i), text=t, label=lab) for i, (t, lab) in
+           enumerate([("The bus left.", "anger"), ("Mould on the bread.", "disgust"), ("A noise upstairs.", "anger")])]
+    native = neurons.collect(model, exs, labels=("anger", "disgust"), template="raw", progress=False)
+    bos = neurons.collect(model, exs, labels=("anger", "disgust"), template="raw", prepend_bos=True, progress=False)
+    assert native.config["prepend_bos"] is False and bos.config["prepend_bos"] is True
+    assert (bos.totals - native.totals).tolist() == [2, 1]  # one BOS per text, counted under its label

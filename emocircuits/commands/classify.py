@@ -57,6 +57,9 @@ def classify_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar; print only the accuracy."),
     labels: Annotated[str | None, typer.Option(
         "--labels", help="Comma-separated label scheme, e.g. anger,joy (default: Ekman's six).")] = None,
+    prepend_bos: Annotated[bool | None, typer.Option(
+        "--prepend-bos/--no-prepend-bos", help="Put BOS before plain-text prompts (default: what the model's own "
+        "tokenizer does).")] = None,
     drop_unknown: Annotated[bool, typer.Option(
         "--drop-unknown", help="Skip rows whose label is outside the scheme instead of stopping.")] = False,
 ) -> None:
@@ -77,6 +80,7 @@ def classify_cmd(
         "template": template,
         "scoring": scoring,
         "calibrate": calibrate and calibration,
+        "prepend_bos": prepend_bos,
         "seed": seed,
     }
     metrics = run_classify(config, out, quiet=quiet)

@@ -49,13 +49,16 @@ def find_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     labels: Annotated[str | None, typer.Option(
         "--labels", help="Comma-separated label scheme, e.g. anger,joy (default: Ekman's six).")] = None,
+    prepend_bos: Annotated[bool | None, typer.Option(
+        "--prepend-bos/--no-prepend-bos", help="Put BOS before plain-text prompts (default: what the model's own "
+        "tokenizer does).")] = None,
     drop_unknown: Annotated[bool, typer.Option(
         "--drop-unknown", help="Skip rows whose label is outside the scheme instead of stopping.")] = False,
 ) -> None:
     """Collect per-emotion activation statistics and select the lowest-entropy neurons (RQ1)."""
     config = {"model": model, "data": data, "split": split, "limit_per_label": limit_per_label, "template": template,
               "activation": activation, "tokens": tokens, "top_rate": top_rate, "assign": assign, "dtype": dtype,
-              "seed": seed, "labels": parse_labels(labels), "drop_unknown": drop_unknown}
+              "seed": seed, "labels": parse_labels(labels), "drop_unknown": drop_unknown, "prepend_bos": prepend_bos}
     _, sel = run_find(config, out, quiet)
     typer.echo(f"{_summarise_find(sel)} -> {out}/neurons.json")
 
@@ -97,6 +100,9 @@ def mask_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     allow_other_model: Annotated[bool, typer.Option(
         "--allow-other-model", help="Apply neurons found on another model (other weights) anyway.")] = False,
+    prepend_bos: Annotated[bool | None, typer.Option(
+        "--prepend-bos/--no-prepend-bos", help="Put BOS before plain-text prompts (default: what the model's own "
+        "tokenizer does).")] = None,
     drop_unknown: Annotated[bool, typer.Option(
         "--drop-unknown", help="Skip rows whose label is outside the neurons' labels instead of stopping.")] = False,
 ) -> None:
@@ -104,7 +110,8 @@ def mask_cmd(
     config = {"neurons": str(neurons_file), "model": model, "data": data, "split": split,
               "limit_per_label": limit_per_label, "template": template, "layers": layers, "ratio": ratio,
               "ratio_mode": ratio_mode, "controls": controls, "emotions": list(emotions or []), "dtype": dtype,
-              "seed": seed, "allow_other_model": allow_other_model, "drop_unknown": drop_unknown}
+              "seed": seed, "allow_other_model": allow_other_model, "drop_unknown": drop_unknown,
+              "prepend_bos": prepend_bos}
     res = run_mask(config, out, quiet)
     typer.echo(effects_table(res.effects))
 
