@@ -7,10 +7,10 @@ Writes ``DIR/metrics.json`` (``accuracy``, ``per_label``, ``confusion``, ``n``, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
+from emocircuits.commands.options import DropUnknown, Labels, PrependBos
 from emocircuits.errors import EmocircuitsError
 from emocircuits.prompts import DEFAULT_TEMPLATE
 
@@ -55,13 +55,9 @@ def classify_cmd(
         ..., "--out", help="Run directory to write metrics.json and predictions.parquet into."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar; print only the accuracy."),
-    labels: Annotated[str | None, typer.Option(
-        "--labels", help="Comma-separated label scheme, e.g. anger,joy (default: Ekman's six).")] = None,
-    prepend_bos: Annotated[bool | None, typer.Option(
-        "--prepend-bos/--no-prepend-bos", help="Put BOS before plain-text prompts (default: what the model's own "
-        "tokenizer does).")] = None,
-    drop_unknown: Annotated[bool, typer.Option(
-        "--drop-unknown", help="Skip rows whose label is outside the scheme instead of stopping.")] = False,
+    labels: Labels = None,
+    prepend_bos: PrependBos = None,
+    drop_unknown: DropUnknown = False,
 ) -> None:
     """Classify a dataset's texts by label readout and write metrics and predictions."""
     import json

@@ -8,10 +8,11 @@ text), ``DIR/metrics.json`` (``judges``: name -> ``accuracy``, ``per_label``, ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
+from emocircuits.commands.options import DropUnknown, Labels
 from emocircuits.judges import run_judge
 
 
@@ -42,10 +43,8 @@ def judge_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit-per-label sampling."),
     out: Path = typer.Option(..., "--out", help="Run directory to write verdicts.parquet and metrics.json into."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress lines; print only the summary."),
-    labels: Annotated[str | None, typer.Option(
-        "--labels", help="Comma-separated label scheme, e.g. anger,joy (default: Ekman's six).")] = None,
-    drop_unknown: Annotated[bool, typer.Option(
-        "--drop-unknown", help="Skip rows whose label is outside the scheme instead of stopping.")] = False,
+    labels: Labels = None,
+    drop_unknown: DropUnknown = False,
 ) -> None:
     """Judge which emotion each text of a dataset expresses, with one or more judges, and compare them."""
     from emocircuits.commands.classify import parse_labels

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from emocircuits.commands.classify import parse_labels
+from emocircuits.commands.options import DropUnknown, Labels, PrependBos
 from emocircuits.errors import EmocircuitsError
 from emocircuits.jobs import DEMO_DEFAULTS, run_demo, run_find, run_mask
 from emocircuits.prompts import DEFAULT_TEMPLATE
@@ -47,13 +48,9 @@ def find_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed for --limit-per-label sampling."),
     out: Path = typer.Option(..., "--out", help="Run directory to write."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-    labels: Annotated[str | None, typer.Option(
-        "--labels", help="Comma-separated label scheme, e.g. anger,joy (default: Ekman's six).")] = None,
-    prepend_bos: Annotated[bool | None, typer.Option(
-        "--prepend-bos/--no-prepend-bos", help="Put BOS before plain-text prompts (default: what the model's own "
-        "tokenizer does).")] = None,
-    drop_unknown: Annotated[bool, typer.Option(
-        "--drop-unknown", help="Skip rows whose label is outside the scheme instead of stopping.")] = False,
+    labels: Labels = None,
+    prepend_bos: PrependBos = None,
+    drop_unknown: DropUnknown = False,
 ) -> None:
     """Collect per-emotion activation statistics and select the lowest-entropy neurons (RQ1)."""
     config = {"model": model, "data": data, "split": split, "limit_per_label": limit_per_label, "template": template,
@@ -100,9 +97,7 @@ def mask_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     allow_other_model: Annotated[bool, typer.Option(
         "--allow-other-model", help="Apply neurons found on another model (other weights) anyway.")] = False,
-    prepend_bos: Annotated[bool | None, typer.Option(
-        "--prepend-bos/--no-prepend-bos", help="Put BOS before plain-text prompts (default: what the model's own "
-        "tokenizer does).")] = None,
+    prepend_bos: PrependBos = None,
     drop_unknown: Annotated[bool, typer.Option(
         "--drop-unknown", help="Skip rows whose label is outside the neurons' labels instead of stopping.")] = False,
 ) -> None:
