@@ -279,6 +279,14 @@ def test_cli_pipeline(tmp_path):
                          "--emotion", "anger", "--kinds", "heads", "--out", str(va), "--quiet"])
     assert res.exit_code == 0, res.output
     assert len(pd.read_parquet(va / "dose.parquet")) == 2
+    from emocircuits.viz import build_report
+
+    report = build_report([el, di, co, va], progress=False)
+    titles = [i.title for run in report.runs for i in run.items]
+    assert [s for run in report.runs for s in run.skipped] == []
+    for title in ("Judged emotion expression (prompting baseline)", "Consistency across valences", "Head importance",
+                  "Dose-response: top-k vs random-k"):
+        assert title in titles, titles
 
 
 @pytest.mark.parametrize("args", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -228,6 +229,23 @@ def test_figures_from_tables(prep):
         viz.window_heatmap(ko.drop(columns=["unchanged"]), "unchanged")
 
 
+def test_appraisal_sankey_links_follow_the_table():
+    from emocircuits.viz import inference as viz
+
+    t = pd.DataFrame({"setting": ["a", "a", "b"], "clean": ["anger", "fear", "fear"],
+                      "steered": ["fear", "fear", "anger"], "count": [3, 2, 5]})
+    fig = viz.appraisal_sankey(t)
+    first, second = fig.data
+    assert first.visible and not second.visible
+    labels = list(first.node.label)
+    links = sorted((labels[s], labels[d], v) for s, d, v in zip(first.link.source, first.link.target,
+                                                                 first.link.value, strict=True))
+    assert links == [("anger (clean)", "fear (steered)", 3), ("fear (clean)", "fear (steered)", 2)]
+    assert viz.appraisal_sankey(t, setting="b").data[1].visible
+    with pytest.raises(EmocircuitsError, match="setting"):
+        viz.appraisal_sankey(t, setting="c")
+
+
 # ------------------------------------------------------------------------------------------- CLI
 def test_cli_help_and_errors_before_model_loads():
     from typer.testing import CliRunner
@@ -273,6 +291,12 @@ def test_run_inference_writes_run_dir(tmp_path, tiny_llama):
     run_inference("probe", cfg_p, tmp_path / "probe", quiet=True, model_pair=tiny_llama)
     assert (tmp_path / "probe" / "directions" / "emotion_anger.json").exists() or \
         (tmp_path / "probe" / "probes.parquet").exists()
+    from emocircuits.viz import build_report
+
+    report = build_report([tmp_path / "att", tmp_path / "probe"], progress=False)
+    titles = [i.title for run in report.runs for i in run.items]
+    assert {"Attribution patching vs real patching", "Activation patching windows",
+            "Emotion probe accuracy by layer"} <= set(titles), (titles, [r.skipped for r in report.runs])
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@
     fig = window_heatmap(patch_table, "flip")
     fig = attribution_scatter(windows, patch_table)
     fig = promotion_vs_beta(promotion_table, controls)
+    fig = appraisal_sankey(transitions, setting="anger")
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from plotly.subplots import make_subplots
 from emocircuits.errors import EmocircuitsError
 from emocircuits.viz.colors import CONTROL_COLOR, color_map
 
-__all__ = ["attribution_scatter", "probe_by_layer", "promotion_vs_beta", "window_heatmap"]
+__all__ = ["appraisal_sankey", "attribution_scatter", "probe_by_layer", "promotion_vs_beta", "window_heatmap"]
 
 SITE_COLORS = {"attn.out": "#1f77b4", "mlp.out": "#d62728", "resid.post": "#2ca02c", "head.z": "#9467bd"}
 
@@ -119,4 +120,33 @@ def promotion_vs_beta(table: pd.DataFrame, controls: pd.DataFrame | None = None)
                                      name="random", showlegend=i == 1), row=1, col=i)
     fig.update_layout(title="Direct promotion: success (share change / headroom) vs β", template="plotly_white")
     fig.update_yaxes(title_text="success", row=1, col=1)
+    return fig
+
+
+def appraisal_sankey(transitions: pd.DataFrame, setting: str | None = None) -> go.Figure:
+    """Sankey of prediction shifts under appraisal steering: clean prediction (left) → steered prediction
+    (right), link width = number of texts (``appraisal_transitions`` table: setting, clean, steered, count).
+    One setting at a time (default: the first); a dropdown switches between settings."""
+    t = _need(transitions, ["setting", "clean", "steered", "count"], "appraisal_sankey")
+    settings = list(dict.fromkeys(t.setting))
+    if setting is not None and setting not in settings:
+        raise EmocircuitsError(f"No transitions for setting {setting!r}; settings here: {settings}.")
+    labels = list(dict.fromkeys(list(t.clean) + list(t.steered)))
+    colors = color_map(labels)
+    n = len(labels)
+    fig = go.Figure()
+    for s in settings:
+        g = t[(t.setting == s) & (t["count"] > 0)]
+        fig.add_trace(go.Sankey(
+            visible=s == (setting or settings[0]),
+            node={"label": [f"{x} (clean)" for x in labels] + [f"{x} (steered)" for x in labels],
+                  "color": [colors.get(x, "#888888") for x in labels] * 2, "pad": 12},
+            link={"source": [labels.index(c) for c in g.clean], "target": [n + labels.index(c) for c in g.steered],
+                  "value": list(g["count"]), "color": ["rgba(120,120,120,0.35)"] * len(g)}))
+    if len(settings) > 1:
+        buttons = [{"label": s, "method": "update",
+                    "args": [{"visible": [s == o for o in settings]}, {"title": f"Appraisal steering: {s}"}]}
+                   for s in settings]
+        fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.15, "xanchor": "right"}])
+    fig.update_layout(title=f"Appraisal steering: {setting or settings[0]}", template="plotly_white")
     return fig

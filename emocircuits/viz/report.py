@@ -18,6 +18,9 @@ mask_errors.parquet        misclassification heatmap
 results.parquet            ratio sweep and layer-range sweep (when the sweep varied them)
 neuron_summary.parquet     table of the most selective neurons
 token_views.json           CircuitsVis token views (``emocircuits.tokenviews``)
+accuracy.parquet …         circuits: judged accuracy, direction cosines, valence consistency, head and
+                           neuron scores, dose-response (:data:`FIGURE_RULES`)
+probes.parquet …           inference: probes, knockout, patching, attribution, promotion, appraisal Sankey
 =========================  ==========================================================
 """
 
@@ -197,6 +200,9 @@ def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) 
                                   "Lowest-entropy neurons across all emotions (rank 1 = most selective)."))
         except EmocircuitsError as exc:
             run.skipped.append(("Most selective neurons", f"neuron_summary.parquet: {exc}"))
+    for rule in FIGURE_RULES:
+        if all(files.has(name) for name in rule.needs):
+            add(rule.title, lambda rule=rule: rule.build(files), rule.caption, ", ".join(rule.needs))
     if files.has(TOKEN_VIEWS_FILE):
         records = files.json(TOKEN_VIEWS_FILE)
         records = records.get("views", []) if isinstance(records, dict) else records
@@ -204,6 +210,75 @@ def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) 
             view = TokenView.from_dict(record)
             run.items.append(Item("token_view", view.title or view.component, view, view.caption))
     return run
+
+
+@dataclass(frozen=True)
+class FigureRule:
+    """A figure the report draws when a run directory holds every file in ``needs``."""
+
+    needs: tuple[str, ...]
+    title: str
+    build: Callable[[_Files], go.Figure]
+    caption: str
+
+
+def _circuit_rules() -> list[FigureRule]:
+    from emocircuits.viz import circuits as C
+
+    return [
+        FigureRule(("accuracy.parquet",), "Judged emotion expression (prompting baseline)",
+                   lambda f: C.judged_accuracy(f.table("accuracy.parquet")),
+                   "Share of replies judged as the instructed emotion, per emotion and valence, with 95% CIs."),
+        FigureRule(("cos_emotions.parquet",), "Cosine between emotion directions",
+                   lambda f: C.cosine_heatmap(f.table("cos_emotions.parquet")),
+                   "Emotion × emotion cosine of the directions at the middle layer."),
+        FigureRule(("cos_layers.parquet",), "Direction stability through depth",
+                   lambda f: C.layer_cosine_heatmap(f.table("cos_layers.parquet")),
+                   "Layer × layer cosine of one emotion's direction."),
+        FigureRule(("cos_valences.parquet", "control.parquet"), "Consistency across valences",
+                   lambda f: C.valence_consistency(f.table("cos_valences.parquet"), f.table("control.parquet")),
+                   "Cosine between directions computed from different valences; dashed: the shuffled-label "
+                   "control's 95th percentile, which a real direction must beat."),
+        FigureRule(("head_scores.parquet",), "Head importance", lambda f: C.head_importance(f.table("head_scores.parquet")),
+                   "Each query head's output projected on the emotion direction (layer × head, one panel per emotion)."),
+        FigureRule(("neuron_scores.parquet",), "Neuron contribution by layer",
+                   lambda f: C.neuron_contribution_by_layer(f.table("neuron_scores.parquet")),
+                   "Summed contribution a·β of each emotion's top neurons per layer."),
+        FigureRule(("dose.parquet",), "Dose-response: top-k vs random-k",
+                   lambda f: C.dose_response(f.table("dose.parquet")),
+                   "Emotion score when the top-k components are scaled by s, against random components with the "
+                   "same per-layer counts (band: 95% CI of the difference)."),
+    ]
+
+
+def _inference_rules() -> list[FigureRule]:
+    from emocircuits.viz import inference as I
+
+    def promotion(f: _Files) -> go.Figure:
+        ctrl = f.table("promotion_controls.parquet") if f.has("promotion_controls.parquet") else None
+        return I.promotion_vs_beta(f.table("promotion.parquet"), ctrl)
+
+    return [
+        FigureRule(("probes.parquet",), "Emotion probe accuracy by layer", lambda f: I.probe_by_layer(f.table("probes.parquet")),
+                   "Logistic-regression accuracy per layer and site (cross-validated mean, 95% CI band); dotted: "
+                   "the same probe on shuffled labels."),
+        FigureRule(("knockout.parquet",), "Knockout windows",
+                   lambda f: I.window_heatmap(f.table("knockout.parquet"), "unchanged", "Share of predictions unchanged "
+                                              "when a layer window's last-token output is knocked out"),
+                   "Lower = the window matters more; hover for the 95% CI."),
+        FigureRule(("patching.parquet",), "Activation patching windows",
+                   lambda f: I.window_heatmap(f.table("patching.parquet"), "flip", "Share of predictions flipped to the "
+                                              "source's label by patching a window"),
+                   "Higher = the window carries the emotion; hover for the 95% CI."),
+        FigureRule(("attribution_windows.parquet", "patching.parquet"), "Attribution patching vs real patching",
+                   lambda f: I.attribution_scatter(f.table("attribution_windows.parquet"), f.table("patching.parquet")),
+                   "One point per window and site; the legend gives Spearman's ρ."),
+        FigureRule(("promotion.parquet",), "Direct promotion", promotion,
+                   "Share change toward the emotion over its headroom, for the probe direction and random directions."),
+        FigureRule(("appraisal_transitions.parquet",), "Appraisal steering: prediction shifts",
+                   lambda f: I.appraisal_sankey(f.table("appraisal_transitions.parquet")),
+                   "Clean prediction (left) to steered prediction (right); choose the setting in the menu."),
+    ]
 
 
 def _summary_table(df: pd.DataFrame, top: int = 12) -> str:
@@ -408,3 +483,6 @@ def write_report(run_dirs: Sequence[str | Path] | str | Path, out: str | Path, *
     report.path = out
     return report
 
+
+FIGURE_RULES: tuple[FigureRule, ...] = (*_circuit_rules(), *_inference_rules())
+"""Figures of the circuits and inference runs, by the files they need (neuron figures are drawn above)."""
