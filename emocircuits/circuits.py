@@ -595,6 +595,11 @@ class ComponentsResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+PROMPT_USES = ("used", "accepted", "all")
+"""Which of an emotion's prompts to read: those of the groups the directions used, the accepted replies, or all
+(each falls back to the next when it selects none)."""
+
+
 def _rows_for(prompts: pd.DataFrame, emotion: str, use: str) -> np.ndarray:
     m = (prompts["emotion"] == emotion).to_numpy()
     if use == "used" and "used" in prompts:
@@ -690,6 +695,43 @@ def emotion_scores(model: Any, token_ids: Sequence[Sequence[int]], ref: Tensor, 
     return r @ ref.float()
 
 
+def validate_cell(model: Any, token_ids: Sequence[Sequence[int]], ref: Tensor, kind: str, comp: Any, scale: float, *,
+                  n_random: int = 5, seed: int = 0, n_boot: int = 1000, max_tokens: int = 4096,
+                  base: np.ndarray | None = None) -> dict[str, Any]:
+    """One dose-response point: the emotion score (:func:`emotion_scores` on ``ref [d_model]``) of
+    ``token_ids`` with ``comp`` (a NeuronSet for ``kind="neurons"``, a HeadSet for ``"heads"``) scaled by
+    ``scale``, against ``n_random`` random sets with the same per-layer counts (seeds ``seed*1000 + r``).
+
+    Returns ``kind, scale, k, n, base, top, random, random_sd, diff, ci_low, ci_high``: ``top``/``random``
+    are mean scores (random: over sets and prompts), ``diff`` = top − random and its CI is a bootstrap over
+    prompts of that difference (``neurons.bootstrap_ci``). ``base`` (the clean scores ``[n]``) may be
+    passed to save its pass.
+    """
+    from emocircuits.models import spec_of
+    from emocircuits.neurons import bootstrap_ci
+
+    if n_random < 1:
+        raise EmocircuitsError(f"n_random must be at least 1 (got {n_random}).")
+    if base is None:
+        base = emotion_scores(model, token_ids, ref, max_tokens=max_tokens).numpy()
+    if scale == 1.0:  # scaling by 1 is the identity (bit-exact): no pass needed
+        top, rand = base, np.stack([base] * n_random)
+    else:
+        spec = spec_of(model)
+        with _scale(kind, comp, scale).apply(model):
+            top = emotion_scores(model, token_ids, ref, max_tokens=max_tokens).numpy()
+        rand_list = []
+        for r in range(n_random):
+            with _scale(kind, random_like(kind, comp, spec, seed * 1000 + r), scale).apply(model):
+                rand_list.append(emotion_scores(model, token_ids, ref, max_tokens=max_tokens).numpy())
+        rand = np.stack(rand_list)
+    lo, hi = bootstrap_ci(base, top, rand, n_boot=n_boot, seed=seed)
+    return {"kind": kind, "scale": float(scale), "k": len(comp), "n": len(base), "base": float(base.mean()),
+            "top": float(top.mean()), "random": float(rand.mean()),
+            "random_sd": float(rand.mean(1).std()) if n_random > 1 else 0.0,
+            "diff": float(top.mean() - rand.mean()), "ci_low": lo, "ci_high": hi}
+
+
 def validate_components(model: Any, prompts: pd.DataFrame, directions: Mapping[str, Direction],
                         neuron_sets: Mapping[str, NeuronSet] | None = None,
                         head_sets: Mapping[str, HeadSet] | None = None, *, scales: Sequence[float] = SCALES,
@@ -697,51 +739,51 @@ def validate_components(model: Any, prompts: pd.DataFrame, directions: Mapping[s
                         n_boot: int = 1000, max_tokens: int = 4096, progress: bool = False) -> pd.DataFrame:
     """Dose-response of scaling each emotion's top-k components by ``s`` against ``n_random`` random sets
     with the same per-layer counts, on the emotion score (:func:`emotion_scores` on the emotion's
-    :func:`reference_direction`) under that emotion's prompts.
+    :func:`reference_direction`) under that emotion's prompts: :func:`validate_cell` for every emotion,
+    kind and scale. Returns ``emotion`` + :func:`validate_cell`'s columns, one row per point.
 
-    Returns ``emotion, kind, scale, k, n, base, top, random, random_sd, diff, ci_low, ci_high`` where
-    ``top``/``random`` are mean scores (random: over the ``n_random`` sets and prompts), ``diff`` = top −
-    random and the CI is a bootstrap over prompts of that difference (``neurons.bootstrap_ci``).
+    In one process; ``emocircuits circuits validate`` runs the same cells through the sweep engine
+    (the ``component_validation`` analysis), resumable and on Ray.
     """
     from tqdm.auto import tqdm
 
-    from emocircuits.models import spec_of
-    from emocircuits.neurons import bootstrap_ci
-
     if n_random < 1:
         raise EmocircuitsError(f"n_random must be at least 1 (got {n_random}).")
-    spec = spec_of(model)
-    prompts = prompts.reset_index(drop=True)
     kinds = [(k, s) for k, s in (("neurons", neuron_sets), ("heads", head_sets)) if s]
     rows = []
     jobs = [(e, k, sets[e]) for e in directions for k, sets in kinds if e in sets and len(sets[e])]
     for emo, kind, comp in tqdm(jobs, desc="validate", disable=not progress):
-        idx = _rows_for(prompts, emo, use)
-        if max_prompts is not None:
-            idx = idx[:max_prompts]
-        ids = prompt_ids(model, prompts.iloc[idx], max_tokens)
-        ref = reference_direction(directions[emo])
+        ids, ref = emotion_prompts(model, prompts, directions[emo], emo, use=use, max_prompts=max_prompts,
+                                   max_tokens=max_tokens)
         base = emotion_scores(model, ids, ref, max_tokens=max_tokens).numpy()
-        randoms = [random_like(kind, comp, spec, seed * 1000 + r) for r in range(n_random)]
         for s in scales:
-            if s == 1.0:
-                top, rand = base, np.stack([base] * n_random)
-            else:
-                with _scale(kind, comp, s).apply(model):
-                    top = emotion_scores(model, ids, ref, max_tokens=max_tokens).numpy()
-                rand = []
-                for rc in randoms:
-                    with _scale(kind, rc, s).apply(model):
-                        rand.append(emotion_scores(model, ids, ref, max_tokens=max_tokens).numpy())
-                rand = np.stack(rand)
-            lo, hi = bootstrap_ci(base, top, rand, n_boot=n_boot, seed=seed)
-            rows.append({"emotion": emo, "kind": kind, "scale": float(s), "k": len(comp), "n": len(idx),
-                         "base": float(base.mean()), "top": float(top.mean()), "random": float(rand.mean()),
-                         "random_sd": float(rand.mean(1).std()) if n_random > 1 else 0.0,
-                         "diff": float(top.mean() - rand.mean()), "ci_low": lo, "ci_high": hi})
+            rows.append({"emotion": emo, **validate_cell(model, ids, ref, kind, comp, s, n_random=n_random, seed=seed,
+                                                         n_boot=n_boot, max_tokens=max_tokens, base=base)})
     if not rows:
         raise EmocircuitsError("No components to validate; pass neuron or head sets for the directions' emotions.")
     return pd.DataFrame(rows)
+
+
+def emotion_prompts(model: Any, prompts: pd.DataFrame, direction: Direction, emotion: str, *, use: str = "used",
+                    max_prompts: int | None = None, max_tokens: int = 4096) -> tuple[list[list[int]], Tensor]:
+    """The token ids of ``emotion``'s prompts (rows chosen by ``use``, at most ``max_prompts``) and the
+    emotion's :func:`reference_direction` ``[d_model]``: the inputs of :func:`validate_cell`."""
+    idx = _rows_for(prompts.reset_index(drop=True), emotion, use)
+    if max_prompts is not None:
+        idx = idx[:max_prompts]
+    return prompt_ids(model, prompts.reset_index(drop=True).iloc[idx], max_tokens), reference_direction(direction)
+
+
+def read_components(src: Path, top_k: int | None = None) -> tuple[dict[str, NeuronSet], dict[str, HeadSet]]:
+    """The neuron and head sets of a ``circuits components`` run: the saved ones, or the top ``top_k`` re-picked
+    from its score tables."""
+    manifest = _from_run(Path(src), "neuron_scores.parquet", "circuits components")
+    if top_k is not None:
+        return top_sets(pd.read_parquet(Path(src) / "neuron_scores.parquet"),
+                        pd.read_parquet(Path(src) / "head_scores.parquet"), top_k)
+    comp = manifest.get("components", {})
+    return ({e: NeuronSet.load(Path(src) / f) for e, f in comp.get("neurons", {}).items()},
+            {e: HeadSet.load(Path(src) / f) for e, f in comp.get("heads", {}).items()})
 
 
 # ============================================================================ jobs (re-runnable, one run directory each)
@@ -754,7 +796,7 @@ def validate_components(model: Any, prompts: pd.DataFrame, directions: Mapping[s
 #               groups.parquet, cos_emotions / cos_layers / cos_valences / control .parquet
 #   components: neuron_scores.parquet, head_scores.parquet, neurons/<emotion>.json (NeuronSet),
 #               heads/<emotion>.json (HeadSet)
-#   validate:   dose.parquet
+#   validate:   a `component_validation` sweep (emocircuits.sweeps.analyses.component_validation): results.parquet
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
@@ -905,60 +947,12 @@ def write_components(run: Any, co: Any) -> None:
     top_heads = {e: [list(h) for h in s.heads] for e, s in co.head_sets.items()}
     run.update(components=files, summary={**co.config, "top_heads": top_heads})
 
-def run_validate(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:
-    """Dose-response of scaling the top-k components vs random-k; writes ``dose.parquet``."""
-    from emocircuits.runs import RunDir
-
-    src = Path(config["from"])
-    manifest = _from_run(src, "neuron_scores.parquet", "circuits components")
-    scales = parse_scales(config["scales"])
-    kinds = [k.strip() for k in str(config["kinds"]).split(",") if k.strip()]
-    for k in kinds:
-        _check_choice("kinds", k, KINDS)
-    if not kinds:
-        raise EmocircuitsError("--kinds must name neurons, heads or both (comma-separated).")
-    _check_emotions(config["emotions"])
-    _check_min("controls", config["controls"], 1)
-    _check_min("top-k", config["top_k"], 1)
-    _check_min("max-prompts", config["max_prompts"], 1)
-    dir_path = Path(manifest["config"]["from"])
-    _from_run(dir_path, "prompts.parquet", "circuits directions")
-    config = {**config, "model": config.get("model") or manifest["config"]["model"],
-              "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
-    prompts, directions = read_directions(dir_path)
-    if config["emotions"]:
-        missing = [e for e in config["emotions"] if e not in directions]
-        if missing:
-            raise EmocircuitsError(f"--emotion {missing[0]!r} has no direction in {str(dir_path)!r}; it has "
-                                   f"{', '.join(directions)}.")
-        directions = {e: directions[e] for e in config["emotions"]}
-    if config["top_k"] is not None:
-        import pandas as pd
-
-        ns, hs = top_sets(pd.read_parquet(src / "neuron_scores.parquet"),
-                                   pd.read_parquet(src / "head_scores.parquet"), config["top_k"])
-    else:
-        comp = manifest.get("components", {})
-        ns = {e: NeuronSet.load(src / f) for e, f in comp.get("neurons", {}).items()}
-        hs = {e: HeadSet.load(src / f) for e, f in comp.get("heads", {}).items()}
-    bridge, spec = _load(config, quiet, model_pair)
-    with RunDir.create(out, command="circuits validate", config=config, model_spec=spec, seed=config["seed"]) as run:
-        dose = validate_components(
-            bridge, prompts, directions, ns if "neurons" in kinds else None, hs if "heads" in kinds else None,
-            scales=scales, n_random=config["controls"], seed=config["seed"], max_prompts=config["max_prompts"],
-            progress=not quiet)
-        run.write_table("dose", dose, "emotion, kind, scale, k, n, base, top, random, random_sd, diff, ci_low, "
-                        "ci_high (emotion score; CI of top - random over prompts)")
-    return dose
-
-
 def _register_jobs() -> None:
     from emocircuits.runs import register_command
 
     register_command("circuits elicit", lambda cfg, out: run_elicit(dict(cfg), Path(out), quiet=True))
     register_command("circuits directions", lambda cfg, out: run_directions(dict(cfg), Path(out), quiet=True))
     register_command("circuits components", lambda cfg, out: run_components(dict(cfg), Path(out), quiet=True))
-    register_command("circuits validate", lambda cfg, out: run_validate(dict(cfg), Path(out), quiet=True))
 
 
 _register_jobs()

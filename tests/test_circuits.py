@@ -278,7 +278,15 @@ def test_cli_pipeline(tmp_path):
     res = r.invoke(app, ["circuits", "validate", "--from", str(co), "--scales", "0,2", "--controls", "1",
                          "--emotion", "anger", "--kinds", "heads", "--out", str(va), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert len(pd.read_parquet(va / "dose.parquet")) == 2
+    dose = pd.read_parquet(va / "results.parquet")
+    assert len(dose) == 2 and set(dose.status) == {"ok"} and {"top", "random", "diff", "ci_low"} <= set(dose.columns)
+    # the validation is a sweep: a grown grid on --resume runs only the new cells and keeps the stored ones
+    res = r.invoke(app, ["circuits", "validate", "--from", str(co), "--scales", "0,2,3", "--controls", "1",
+                         "--emotion", "anger", "--kinds", "heads", "--out", str(va), "--quiet", "--resume"])
+    assert res.exit_code == 0, res.output
+    grown = pd.read_parquet(va / "results.parquet")
+    assert list(grown.scale) == [0.0, 2.0, 3.0]
+    pd.testing.assert_frame_equal(grown.iloc[:2][["top", "random", "diff"]], dose[["top", "random", "diff"]])
     from emocircuits.viz import build_report
 
     report = build_report([el, di, co, va], progress=False)

@@ -28,11 +28,31 @@ STEER = {
 }
 
 
+def _fake_circuit_runs(root: Path) -> None:
+    """The files `component_validation` checks: a `circuits components` run whose directions run has prompts."""
+    import json
+
+    from emocircuits.data import EKMAN6
+
+    comp, dirs = root / "runs" / "components", root / "runs" / "directions"
+    (dirs / "directions").mkdir(parents=True)
+    comp.mkdir(parents=True)
+    for e in EKMAN6:
+        (dirs / "directions" / f"{e}.json").write_text("{}")
+    (dirs / "prompts.parquet").write_bytes(b"")
+    (comp / "neuron_scores.parquet").write_bytes(b"")
+    (dirs / "manifest.json").write_text(json.dumps({"command": "circuits directions", "config": {}}))
+    (comp / "manifest.json").write_text(json.dumps({"command": "circuits components", "config": {"from": str(dirs)}}))
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_config_validates_without_a_model(path, monkeypatch):
+def test_every_example_config_validates_without_a_model(path, monkeypatch, tmp_path):
     import emocircuits.models as models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("validation loaded a model"))
+    if "component_validation" in path.read_text():  # it names the run directories of earlier circuits steps
+        _fake_circuit_runs(tmp_path)
+        monkeypatch.chdir(tmp_path)
     cfg = load_config(path)
     assert cfg.sweep.description
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from emocircuits.circuits import run_components, run_directions, run_elicit, run_validate
+from emocircuits.circuits import run_components, run_directions, run_elicit
 from emocircuits.data import EKMAN6
 
 circuits_app = typer.Typer(help="Emotion circuits (Wang et al. 2025): elicit, directions, components, validate.",
@@ -133,21 +133,32 @@ def validate_cmd(
     kinds: str = typer.Option("neurons,heads", "--kinds", help="neurons, heads or neurons,heads."),
     scales: str = typer.Option("0,0.5,1,1.5,2,3", "--scales", help="Comma-separated scale factors."),
     controls: int = typer.Option(5, "--controls", help="Random component sets per condition (seeds)."),
-    top_k: int | None = typer.Option(None, "--top-k", help="Re-pick the top-k from the score tables "
-                                     "(default: the sets the components run kept)."),
+    top_k: int = typer.Option(0, "--top-k", help="Re-pick the top-k from the score tables "
+                              "(default 0: the sets the components run kept)."),
     emotions: list[str] = typer.Option(None, "--emotion", help="Only these emotions (repeatable)."),
-    max_prompts: int | None = typer.Option(None, "--max-prompts", help="At most N prompts per emotion."),
+    max_prompts: int = typer.Option(0, "--max-prompts", help="At most N prompts per emotion (0 = all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random sets and the bootstrap."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
+    out: Path = typer.Option(..., "--out", help="Sweep directory: manifest.json, results.parquet, cells/."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out, running only missing cells."),
+    executor: str | None = typer.Option(None, "--executor", help="local or ray."),
+    workers: int | None = typer.Option(None, "--workers", help="Worker processes / Ray actors, each with one model."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Scale the top-k components by each factor vs k random ones; report the emotion-score dose-response."""
-    config = {"from": str(source), "model": model, "kinds": kinds, "scales": scales, "controls": controls,
-              "top_k": top_k, "emotions": list(emotions or []), "max_prompts": max_prompts, "seed": seed}
-    dose = run_validate(config, out, quiet)
-    for r in dose.itertuples():
+    """Scale the top-k components by each factor vs k random ones (a `component_validation` sweep)."""
+    from emocircuits.circuits import parse_scales
+    from emocircuits.sweeps import failed_cells_text, run_sweep
+    from emocircuits.sweeps.analyses.component_validation import validation_config
+
+    cfg = validation_config(components=str(source), model=model, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
+                            scales=parse_scales(scales), emotions=list(emotions or []) or None, top_k=top_k,
+                            controls=controls, max_prompts=max_prompts, seed=seed)
+    result = run_sweep(cfg, out, resume=resume, executor=executor, workers=workers, progress=not quiet)
+    for r in result.table[result.table["status"] == "ok"].itertuples():
         typer.echo(f"{r.emotion:<10} {r.kind:<8} s={r.scale:<4g} top {r.top:+.3f} random {r.random:+.3f} "
                    f"diff {r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]")
+    failed = failed_cells_text(result.table)
+    if failed:
+        typer.echo(failed, err=True)
     typer.echo(f"-> {out}")
 
 

@@ -34,6 +34,7 @@ _ANALYSES: dict[str, type[Analysis]] = {}
 _BUILTIN_MODULES = {
     "intervention": "emocircuits.sweeps.analyses.intervention",
     "neuron_masking": "emocircuits.sweeps.analyses.neuron_masking",
+    "component_validation": "emocircuits.sweeps.analyses.component_validation",
 }
 
 

@@ -156,6 +156,7 @@ def _model_dims(manifest: dict[str, Any]) -> tuple[int | None, int | None]:
 def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) -> RunReport:
     run = RunReport(files.path, manifest)
     n_layers, d_mlp = _model_dims(manifest)
+    analysis = (manifest.get("sweep") or {}).get("analysis")  # None unless the run is a sweep
 
     def add(title: str, build: Callable[[], go.Figure], caption: str, needs: str) -> None:
         try:
@@ -187,7 +188,7 @@ def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) 
         add("Misclassifications under masking (Fig. 15)",
             lambda: F.misclassification_heatmap(errors, colors=colors),
             "Where the masked emotion's failed texts go.", "mask_errors.parquet")
-    if files.has("results.parquet"):
+    if files.has("results.parquet") and analysis in (None, "neuron_masking"):
         results = files.table("results.parquet")
         add("Masking-ratio sweep (Fig. 3)", lambda: F.ratio_sweep(results, colors=colors),
             "Accuracy change as a growing share of an emotion's neurons is masked.", "results.parquet")
@@ -201,7 +202,7 @@ def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) 
         except EmocircuitsError as exc:
             run.skipped.append(("Most selective neurons", f"neuron_summary.parquet: {exc}"))
     for rule in FIGURE_RULES:
-        if all(files.has(name) for name in rule.needs):
+        if all(files.has(name) for name in rule.needs) and rule.analysis in (None, analysis):
             add(rule.title, lambda rule=rule: rule.build(files), rule.caption, ", ".join(rule.needs))
     if files.has(TOKEN_VIEWS_FILE):
         records = files.json(TOKEN_VIEWS_FILE)
@@ -220,6 +221,7 @@ class FigureRule:
     title: str
     build: Callable[[_Files], go.Figure]
     caption: str
+    analysis: str | None = None  # a sweep's results: only for this ``[sweep] analysis``
 
 
 def _circuit_rules() -> list[FigureRule]:
@@ -244,10 +246,10 @@ def _circuit_rules() -> list[FigureRule]:
         FigureRule(("neuron_scores.parquet",), "Neuron contribution by layer",
                    lambda f: C.neuron_contribution_by_layer(f.table("neuron_scores.parquet")),
                    "Summed contribution a·β of each emotion's top neurons per layer."),
-        FigureRule(("dose.parquet",), "Dose-response: top-k vs random-k",
-                   lambda f: C.dose_response(f.table("dose.parquet")),
+        FigureRule(("results.parquet",), "Dose-response: top-k vs random-k",
+                   lambda f: C.dose_response(f.table("results.parquet").query("status == 'ok'")),
                    "Emotion score when the top-k components are scaled by s, against random components with the "
-                   "same per-layer counts (band: 95% CI of the difference)."),
+                   "same per-layer counts (band: 95% CI of the difference).", analysis="component_validation"),
     ]
 
 

@@ -1,0 +1,157 @@
+"""``component_validation``: the dose-response of Wang et al.'s top components (Circuits I) as sweep cells.
+
+Cell = (emotion, kind, scale): scale the emotion's top-k components of ``kind`` (``neurons`` or ``heads``)
+by ``scale`` and read the emotion score (the final residual at the last prompt token projected on the
+emotion's late-layer reference direction) on that emotion's prompts, against ``controls`` random sets with
+the same per-layer counts. Each row is :func:`emocircuits.circuits.validate_cell` — the columns of
+``circuits.validate_components`` — so ``emocircuits circuits validate`` is this sweep, resumable after a
+kill and runnable on Ray (the components and directions run directories must be readable by every worker).
+
+``[analysis]``: ``components`` (the run directory of ``emocircuits circuits components``; its directions run
+is found through its manifest), ``top_k = 0`` (0 = the sets the components run kept; else re-pick the top k
+from its score tables), ``controls = 5``, ``use = "used"`` (which prompts: ``used``, ``accepted`` or
+``all``, :data:`emocircuits.circuits.PROMPT_USES`), ``max_prompts = 0`` (0 = all), ``n_boot = 1000``, ``max_tokens``.
+
+Metrics: ``kind, scale, k, n, base, top, random, random_sd, diff, ci_low, ci_high`` (CI: bootstrap over
+prompts of top − random).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emocircuits.circuits import KINDS, PROMPT_USES
+from emocircuits.errors import EmocircuitsError
+from emocircuits.sweeps.base import Analysis
+from emocircuits.sweeps.config import choice
+
+
+@dataclass(frozen=True)
+class ComponentValidationParams:
+    """``[analysis]`` of component_validation."""
+
+    components: str = ""
+    top_k: int = 0
+    controls: int = 5
+    use: str = "used"
+    max_prompts: int = 0
+    n_boot: int = 1000
+    max_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class ComponentValidationCell:
+    """One dose-response point."""
+
+    emotion: str
+    kind: str = "neurons"
+    scale: float = 0.0
+
+
+@dataclass
+class ValidationState:
+    model: Any
+    spec: Any
+    params: ComponentValidationParams
+    prompts: Any
+    directions: dict[str, Any]
+    sets: dict[str, dict[str, Any]]  # kind -> emotion -> NeuronSet | HeadSet
+    seed: int  # the sweep seed: the same random sets at every scale of one emotion and kind
+    inputs: dict[str, Any] = field(default_factory=dict)  # emotion -> (token_ids, ref, base scores)
+
+
+def _directions_run(components: str) -> Path:
+    from emocircuits.circuits import _from_run
+
+    manifest = _from_run(Path(components), "neuron_scores.parquet", "circuits components")
+    return Path(manifest["config"]["from"])
+
+
+class ComponentValidation(Analysis):
+    name = "component_validation"
+    Params = ComponentValidationParams
+    Cell = ComponentValidationCell
+    default_cells_per_task = 1
+
+    def validate(self, cfg: Any) -> None:
+        from emocircuits.circuits import _from_run
+
+        p: ComponentValidationParams = cfg.params
+        if not p.components:
+            raise EmocircuitsError("Key 'analysis.components' is empty; name the run directory of "
+                                   "`emocircuits circuits components`.")
+        source = _directions_run(p.components)
+        _from_run(source, "prompts.parquet", "circuits directions")
+        for key, value, low in (("top_k", p.top_k, 0), ("controls", p.controls, 1), ("max_prompts", p.max_prompts, 0),
+                                ("n_boot", p.n_boot, 1)):
+            if value < low:
+                raise EmocircuitsError(f"Key 'analysis.{key}' has value {value}; allowed: integers >= {low}.")
+        choice("analysis.use", p.use, PROMPT_USES)
+        emotions = sorted(path.stem for path in (source / "directions").glob("*.json"))
+        for e in cfg.grid.get("emotion", []):
+            choice("grid.emotion", e, emotions)
+        for k in cfg.grid.get("kind", []):
+            choice("grid.kind", k, KINDS)
+        for s in cfg.grid.get("scale", []):
+            if not isinstance(s, int | float) or s < 0:
+                raise EmocircuitsError(f"Key 'grid.scale' has value {s!r}; allowed: numbers >= 0.")
+
+    def prepare(self, cfg: Any, shared: dict[str, Any], *, progress: bool = False) -> ValidationState:
+        import torch
+
+        from emocircuits.circuits import read_components, read_directions
+        from emocircuits.sweeps.shared import cached_model
+
+        p: ComponentValidationParams = cfg.params
+        torch.manual_seed(cfg.seed)
+        model, spec = cached_model(cfg.model, progress=progress)
+        prompts, directions = read_directions(_directions_run(p.components))
+        neurons, heads = read_components(Path(p.components), p.top_k or None)
+        return ValidationState(model, spec, p, prompts, directions, {"neurons": neurons, "heads": heads}, cfg.seed)
+
+    def run(self, state: ValidationState, cells: Sequence[ComponentValidationCell]) -> list[dict[str, Any]]:
+        from emocircuits.circuits import emotion_prompts, emotion_scores, validate_cell
+
+        p = state.params
+        out: list[dict[str, Any]] = []
+        for cell in cells:
+            comp = state.sets[cell.kind].get(cell.emotion)
+            if comp is None or not len(comp):
+                raise EmocircuitsError(f"The components run has no {cell.kind} for {cell.emotion!r}; drop it from "
+                                       "the grid or re-run `circuits components` with that emotion.")
+            if cell.emotion not in state.inputs:
+                ids, ref = emotion_prompts(state.model, state.prompts, state.directions[cell.emotion], cell.emotion,
+                                           use=p.use, max_prompts=p.max_prompts or None, max_tokens=p.max_tokens)
+                state.inputs[cell.emotion] = (ids, ref, emotion_scores(state.model, ids, ref,
+                                                                       max_tokens=p.max_tokens).numpy())
+            ids, ref, base = state.inputs[cell.emotion]
+            out.append(validate_cell(state.model, ids, ref, cell.kind, comp, cell.scale, n_random=p.controls,
+                                     seed=state.seed, n_boot=p.n_boot, max_tokens=p.max_tokens, base=base))
+        return out
+
+
+def validation_config(*, components: str, model: str | None = None, dtype: str | None = None, kinds: Sequence[str] = KINDS,
+                      scales: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0), emotions: Sequence[str] | None = None,
+                      top_k: int = 0, controls: int = 5, use: str = "used", max_prompts: int = 0, n_boot: int = 1000,
+                      seed: int = 0) -> Any:
+    """The ``component_validation`` sweep config (emotion × kind × scale), validated: what
+    ``emocircuits circuits validate`` runs. ``model``/``dtype``: default, those of the components run."""
+    from emocircuits.circuits import _from_run
+    from emocircuits.sweeps.config import from_dict
+
+    made = _from_run(Path(components), "neuron_scores.parquet", "circuits components")["config"]
+    model, dtype = model or made.get("model", "default"), dtype or made.get("dtype", "float32")
+    if emotions is None:
+        emotions = sorted(path.stem for path in (_directions_run(components) / "directions").glob("*.json"))
+    return from_dict({
+        "sweep": {"analysis": "component_validation", "seed": seed,
+                  "description": "Circuits I validation: top-k components scaled vs random-k"},
+        "model": {"spec": model, "dtype": dtype},
+        "data": {"spec": "builtin:sev", "split": "all"},  # unused: the prompts are the directions run's
+        "analysis": {"components": str(components), "top_k": top_k, "controls": controls, "use": use,
+                     "max_prompts": max_prompts, "n_boot": n_boot},
+        "grid": {"emotion": list(emotions), "kind": list(kinds), "scale": [float(s) for s in scales]},
+    })
