@@ -19,7 +19,7 @@ BUDGET_S = float(os.environ.get("EC_NB_BUDGET_S", 900))
 
 def test_there_are_notebooks():
     names = [p.name for p in NOTEBOOKS]
-    assert "01_emotion_neurons.ipynb" in names and "02_masking_sweeps.ipynb" in names, names
+    assert {"01_emotion_neurons.ipynb", "02_masking_sweeps.ipynb", "03_emotion_directions.ipynb"} <= set(names), names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

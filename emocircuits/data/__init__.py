@@ -510,7 +510,7 @@ def load_data(
 
     Args:
         spec: ``builtin:NAME`` or ``KIND:PATH``.
-        split: ``"train"``, ``"test"`` or ``None`` (all examples).
+        split: ``"train"``, ``"test"`` or ``None`` / ``"all"`` (all examples, as on the command line).
         labels: the label scheme; Ekman's six by default (SEV: positive, neutral, negative).
         limit_per_label: keep at most this many examples per label (seeded, stratified).
         seed: seed of the ``limit_per_label`` sampling (splits use the fixed :data:`SPLIT_SEED`).
@@ -535,6 +535,8 @@ def load_data(
         raise EmocircuitsError(
             f"Unknown data kind {kind!r} in {spec!r}; use one of {', '.join(known_specs())}."
         )
+    if split == "all":
+        split = None
     if split not in (None, "train", "test"):
         raise EmocircuitsError(f"Unknown split {split!r}; use 'train', 'test' or {spell('None', 'all')} for all examples.")
     if default_split not in (None, "train", "test"):
