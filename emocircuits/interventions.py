@@ -821,6 +821,43 @@ class AddToHeads(Intervention):
         return f"AddToHeads({list(self.heads.heads)}, scale={self.scale}, positions={self.positions!r})"
 
 
+@dataclass(frozen=True, eq=False)
+class AddPerExample(Intervention):
+    """Add a different vector to each example: ``delta[layer]`` is ``[n_examples, width]``, indexed by the
+    example's index in the pass (``BatchInfo.rows``), added at ``positions``. A row of zeros leaves that
+    example unchanged, so one batch can carry many single-site injections (sublayer influence)."""
+
+    site: str = "attn.out"
+    delta: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    positions: Positions = "last"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "delta", _shift_map(self.delta))
+        object.__setattr__(self, "positions", _check_positions(self.positions))
+
+    def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
+        return _site_hooks(model, self.site, list(self.delta), self._fn)
+
+    def _fn(self, layer: int) -> HookFn:
+        delta, positions = self.delta[layer], self.positions
+
+        def fn(x: torch.Tensor) -> torch.Tensor:  # x: [batch, pos, width]; delta: [n_examples, width]
+            where = position_mask(positions, x.shape[0], x.shape[1], x.device, row_dependent=True)
+            if not where.any():
+                return x
+            ex = _info(x.shape[0], x.shape[1]).rows
+            if int(ex.max()) >= delta.shape[0]:
+                raise EmocircuitsError(f"AddPerExample for layer {layer} has {delta.shape[0]} rows but the pass "
+                                       f"reaches example {int(ex.max())}; give one row per example.")
+            add = delta[ex].to(device=x.device, dtype=x.dtype)[:, None, :]
+            return x + add * where[..., None].to(x.dtype)
+
+        return fn
+
+    def __repr__(self) -> str:
+        return f"AddPerExample(site={self.site!r}, layers={sorted(self.delta)}, positions={self.positions!r})"
+
+
 # ----------------------------------------------------------------------------- gradients
 
 

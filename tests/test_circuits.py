@@ -287,6 +287,24 @@ def test_cli_pipeline(tmp_path):
     grown = pd.read_parquet(va / "results.parquet")
     assert list(grown.scale) == [0.0, 2.0, 3.0]
     pd.testing.assert_frame_equal(grown.iloc[:2][["top", "random", "diff"]], dose[["top", "random", "diff"]])
+    # Circuits II on the same runs: influence -> assemble -> steering comparison -> `emocircuits steer`
+    inf_, asm, st = (tmp_path / n for n in ("inf", "asm", "st"))
+    res = r.invoke(app, ["circuits", "influence", "--from", str(di), "--alphas", "0.5", "--emotion", "anger",
+                         "--emotion", "fear", "--out", str(inf_), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "anger" in res.output and (inf_ / "influence.parquet").exists()
+    res = r.invoke(app, ["circuits", "assemble", "--influence", str(inf_), "--components", str(co), "--k", "12",
+                         "--min-neurons", "1", "--min-heads", "1", "--out", str(asm), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "anger" in res.output and "heads" in res.output
+    res = r.invoke(app, ["circuits", "steer", "--from", str(asm), "--split", "all", "--limit", "1", "--emotion", "anger",
+                         "--methods", "circuit,prompt,none", "--max-new-tokens", "2", "--out", str(st), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert {"circuit", "prompt", "none"} <= {line.split()[1] for line in res.output.splitlines() if "accuracy" in line}
+    res = r.invoke(app, ["steer", "Tell me about your day.", "--emotion", "anger", "--method", "circuit", "--circuits",
+                         str(asm), "--max-new-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    assert "[unsteered]" in res.output and "[circuit anger, scale 1]" in res.output
     from emocircuits.viz import build_report
 
     report = build_report([el, di, co, va], progress=False)
@@ -298,6 +316,9 @@ def test_cli_pipeline(tmp_path):
 
 
 @pytest.mark.parametrize("args", [
+    ["influence", "--from", "nowhere", "--out", "X"],
+    ["assemble", "--influence", "nowhere", "--components", "nowhere", "--out", "X"],
+    ["steer", "--from", "nowhere", "--out", "X"],
     ["elicit", "--judge", "oracle", "--out", "X"],
     ["elicit", "--emotion", "joy", "--out", "X"],
     ["elicit", "--limit", "0", "--out", "X"],
@@ -311,6 +332,18 @@ def test_cli_bad_input_one_sentence(args, tmp_path):
 
     args = [a if a != "X" else str(tmp_path / "out") for a in args]
     p = subprocess.run([sys.executable, "-m", "emocircuits.cli", "circuits", *args], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and p.stderr.strip().startswith("emocircuits: error:")
+
+
+@pytest.mark.parametrize("args", [["--method", "circuit"], ["--method", "none"], ["--emotion", "joy"]])
+def test_steer_command_bad_input_before_model_loads(args):
+    import subprocess
+    import sys
+
+    base = ["hello", "--emotion", "anger"] if "--emotion" not in args else ["hello"]
+    p = subprocess.run([sys.executable, "-m", "emocircuits.cli", "steer", *base, *args], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and p.stderr.strip().startswith("emocircuits: error:")
