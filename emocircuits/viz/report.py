@@ -19,7 +19,8 @@ results.parquet            ratio sweep and layer-range sweep (when the sweep var
 neuron_summary.parquet     table of the most selective neurons
 token_views.json           CircuitsVis token views (``emocircuits.tokenviews``)
 accuracy.parquet …         circuits: judged accuracy, direction cosines, valence consistency, head and
-                           neuron scores, dose-response (:data:`FIGURE_RULES`)
+                           neuron scores, dose-response, sublayer influence, the circuit view, the steering
+                           comparison and example replies (:data:`FIGURE_RULES`)
 probes.parquet …           inference: probes, knockout, patching, attribution, promotion, appraisal Sankey
 =========================  ==========================================================
 """
@@ -158,13 +159,13 @@ def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) 
     n_layers, d_mlp = _model_dims(manifest)
     analysis = (manifest.get("sweep") or {}).get("analysis")  # None unless the run is a sweep
 
-    def add(title: str, build: Callable[[], go.Figure], caption: str, needs: str) -> None:
+    def add(title: str, build: Callable[[], go.Figure | str], caption: str, needs: str) -> None:
         try:
-            fig = build()
+            value = build()
         except EmocircuitsError as exc:
             run.skipped.append((title, f"{needs}: {exc}"))
             return
-        run.items.append(Item("figure", title, fig, caption))
+        run.items.append(Item("html" if isinstance(value, str) else "figure", title, value, caption))
 
     neurons_doc = files.json("neurons.json") if files.has("neurons.json") else None
     if files.has("layer_counts.parquet") or neurons_doc is not None:
@@ -202,7 +203,7 @@ def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) 
         except EmocircuitsError as exc:
             run.skipped.append(("Most selective neurons", f"neuron_summary.parquet: {exc}"))
     for rule in FIGURE_RULES:
-        if all(files.has(name) for name in rule.needs) and rule.analysis in (None, analysis):
+        if rule.applies(files, manifest):
             add(rule.title, lambda rule=rule: rule.build(files), rule.caption, ", ".join(rule.needs))
     if files.has(TOKEN_VIEWS_FILE):
         records = files.json(TOKEN_VIEWS_FILE)
@@ -219,18 +220,24 @@ class FigureRule:
 
     needs: tuple[str, ...]
     title: str
-    build: Callable[[_Files], go.Figure]
+    build: Callable[[_Files], go.Figure | str]  # a figure, or a ready HTML block
     caption: str
-    analysis: str | None = None  # a sweep's results: only for this ``[sweep] analysis``
+    when: tuple[str, ...] = ()  # only for runs of these commands or sweep analyses (empty: any run)
+
+    def applies(self, files: _Files, manifest: dict[str, Any]) -> bool:
+        kinds = {manifest.get("command"), (manifest.get("sweep") or {}).get("analysis")}
+        return all(files.has(name) for name in self.needs) and (not self.when or bool(kinds & set(self.when)))
 
 
 def _circuit_rules() -> list[FigureRule]:
+    from emocircuits.viz import circuit_view as CV
     from emocircuits.viz import circuits as C
 
     return [
         FigureRule(("accuracy.parquet",), "Judged emotion expression (prompting baseline)",
                    lambda f: C.judged_accuracy(f.table("accuracy.parquet")),
-                   "Share of replies judged as the instructed emotion, per emotion and valence, with 95% CIs."),
+                   "Share of replies judged as the instructed emotion, per emotion and valence, with 95% CIs.",
+                   when=("circuits elicit",)),
         FigureRule(("cos_emotions.parquet",), "Cosine between emotion directions",
                    lambda f: C.cosine_heatmap(f.table("cos_emotions.parquet")),
                    "Emotion × emotion cosine of the directions at the middle layer."),
@@ -249,8 +256,32 @@ def _circuit_rules() -> list[FigureRule]:
         FigureRule(("results.parquet",), "Dose-response: top-k vs random-k",
                    lambda f: C.dose_response(f.table("results.parquet").query("status == 'ok'")),
                    "Emotion score when the top-k components are scaled by s, against random components with the "
-                   "same per-layer counts (band: 95% CI of the difference).", analysis="component_validation"),
+                   "same per-layer counts (band: 95% CI of the difference).", when=("component_validation",)),
+        FigureRule(("influence.parquet",), "Sublayer influence by layer",
+                   lambda f: CV.influence_by_layer(f.table("influence.parquet")),
+                   "Each attention and MLP sublayer's share of the positive effect of an injection α·σ·v̂ at the last "
+                   "token on the final projection on v_ref; choose the emotion in the menu."),
+        FigureRule(("allocation.parquet",), "Emotion circuits", _circuit_figure,
+                   "The heads (top) and neurons (bottom) each emotion's circuit takes per layer; node size: |score|; "
+                   "hover for the component, its score and its Δμ norm; choose the emotion in the menu.",
+                   when=("circuits assemble",)),
+        FigureRule(("accuracy.parquet", "quality.parquet"), "Steering methods compared",
+                   lambda f: CV.steering_comparison(f.table("accuracy.parquet"), f.table("quality.parquet")),
+                   "Judged accuracy (95% CI) and reply quality (perplexity under the unsteered model, distinct-2, "
+                   "empty / cut-off shares) per steering method, pooled over emotions and valences.",
+                   when=("circuits steer",)),
+        FigureRule(("replies.parquet", "quality.parquet"), "Example steered replies",
+                   lambda f: CV.example_replies(f.table("replies.parquet")),
+                   "Replies of every method to the same emotion-free prompts (the first prompts per target).",
+                   when=("circuits steer",)),
     ]
+
+
+def _circuit_figure(f: _Files) -> go.Figure:
+    from emocircuits.circuit_build import read_circuits
+    from emocircuits.viz import circuit_view as CV
+
+    return CV.circuit_view(read_circuits(f.path), n_layers=_model_dims(read_manifest(f.path))[0])
 
 
 def _inference_rules() -> list[FigureRule]:
