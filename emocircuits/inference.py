@@ -4,7 +4,7 @@ appraisal steering — over the runner, the label readout and the interventions.
 Every analysis starts from a :class:`Prepared` set (:func:`prepare`): the examples, their prompt token ids,
 the clean label scores and predictions, optionally only the correctly predicted examples (as the paper
 does), with the counts kept. Readout = argmax over the labels' first-token log-probs at the last
-position (``LabelReadout`` first-token scoring; no calibration).
+position, calibrated by the toolkit's default label prior (``calibrate=False``: Tak et al.'s plain argmax).
 
 Tables (pandas; schemas in each function's docstring):
 
@@ -45,7 +45,8 @@ from emocircuits.interventions import (
     grad_through_inputs,
 )
 from emocircuits.models import spec_of
-from emocircuits.readout import LabelReadout
+from emocircuits.prompts import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE
+from emocircuits.readout import CALIBRATIONS, LabelReadout
 from emocircuits.runner import Runner
 
 __all__ = [
@@ -72,8 +73,8 @@ __all__ = [
 
 PROBE_SITES = ("attn.out", "mlp.out", "resid.post")
 KNOCKOUT_MODES = ("zero", "noise")
+CALIBRATION_NAMES = tuple("none" if c is False else c for c in CALIBRATIONS)  # as the command line names them
 KNOCKOUT_SITES = ("attn.out", "mlp.out")
-DEFAULT_TEMPLATE = "fewshot"
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -131,32 +132,46 @@ class Prepared:
 
     def summary(self) -> dict[str, Any]:
         return {"n_total": self.n_total, "n_kept": len(self), "clean_accuracy": self.clean_accuracy,
-                "only_correct": self.only_correct,
+                "only_correct": self.only_correct, "calibration": self.readout.calibrate or "none",
                 "kept_per_label": {lab: int((self.true == i).sum()) for i, lab in enumerate(self.labels)}}
 
     def predict(self, intervention: Intervention | None = None, rows: Sequence[int] | None = None) -> Tensor:
         """Label scores ``[n, n_labels]`` of (a subset of) the examples under ``intervention``."""
         ids = self.token_ids if rows is None else [self.token_ids[i] for i in rows]
         with intervention.apply(self.model) if intervention is not None else contextlib.nullcontext():
-            return self.readout.scores_of(ids)
+            return self.readout.calibrated(self.readout.scores_of(ids))
 
 
 def prepare(model: Any, examples: Sequence[Example], *, labels: Sequence[str] | None = None,
-            template: str = DEFAULT_TEMPLATE, only_correct: bool = True, max_tokens: int = 4096) -> Prepared:
+            template: str = DEFAULT_TEMPLATE, calibrate: bool | str = DEFAULT_CALIBRATION,
+            prior_examples: Sequence[Example] | None = None, only_correct: bool = True,
+            max_tokens: int = 4096) -> Prepared:
     """Classify ``examples`` once (clean) and keep the correctly predicted ones when ``only_correct``.
 
-    Raises when nothing (or only one label) is left to analyse.
+    The readout is the toolkit's default (``chat_short``, first-token scores, calibrated against a label prior
+    fitted on ``prior_examples``, else as :func:`emocircuits.readout.classify` finds them); the prior is a
+    constant per label, so it moves which label wins but no logit difference or gradient. ``calibrate=False``
+    and ``template="fewshot"`` give Tak et al.'s uncalibrated few-shot readout. Raises when nothing is left.
     """
+    from emocircuits.readout import prior_examples_for
+
+    dataset = examples
     examples = list(examples)
     if not examples:
         raise EmocircuitsError("No examples to analyse; the dataset is empty.")
-    labs = tuple(labels or getattr(examples, "labels", ()) or sorted({ex.label for ex in examples}))
+    labs = tuple(labels or getattr(dataset, "labels", ()) or sorted({ex.label for ex in examples}))
     unknown = sorted({ex.label for ex in examples} - set(labs))
     if unknown:
         raise EmocircuitsError(f"Labels {unknown} are not in the label set {list(labs)}; pass labels= that cover them.")
-    ro = LabelReadout(model, labs, template, "first_token", False, max_tokens=max_tokens)
+    if calibrate == "prior" and prior_examples is None:
+        prior_examples = prior_examples_for(dataset, labs)[0]
+        if prior_examples is None:
+            calibrate = "content_free"
+    ro = LabelReadout(model, labs, template, "first_token", calibrate, max_tokens=max_tokens)
+    if calibrate == "prior":
+        ro.fit_prior(prior_examples)
     ids = ro.encode(examples)
-    scores = ro.scores_of(ids)
+    scores = ro.calibrated(ro.scores_of(ids))
     pred = scores.argmax(-1).numpy()
     true = np.array([labs.index(ex.label) for ex in examples])
     correct = pred == true
@@ -703,6 +718,9 @@ def validate(cmd: str, cfg: dict[str, Any]) -> None:
     if "sites" in cfg:
         allowed = inf.KNOCKOUT_SITES if cmd == "knockout" else inf.PROBE_SITES
         _sites(cfg["sites"], allowed)
+    calibration = cfg.get("calibration", "none")
+    if calibration not in CALIBRATION_NAMES:
+        raise EmocircuitsError(f"--calibration {calibration!r} is not valid; use one of {', '.join(CALIBRATION_NAMES)}.")
     if cmd == "knockout" and cfg["mode"] not in inf.KNOCKOUT_MODES:
         raise EmocircuitsError(f"--mode {cfg['mode']!r} is not valid; use one of {', '.join(inf.KNOCKOUT_MODES)}.")
     if "layers" in cfg and cfg["layers"] is not None:
@@ -734,7 +752,9 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
     if "span" in config:
         inf.windows(spec.n_layers, int(config["span"]))
     with RunDir.create(out, command=f"inference {cmd}", config=config, model_spec=spec, seed=config["seed"]) as run:
-        prep = inf.prepare(bridge, data, template=config["template"], only_correct=not config["all_examples"])
+        calibration = config.get("calibration", "none")  # runs made before the option read uncalibrated
+        prep = inf.prepare(bridge, data, template=config["template"], only_correct=not config["all_examples"],
+                           calibrate=False if calibration == "none" else calibration)
         summary: dict[str, Any] = {"examples": prep.summary()}
         seed = int(config["seed"])
         if cmd == "probe":

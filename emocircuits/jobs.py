@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.errors import EmocircuitsError
-from emocircuits.prompts import DEFAULT_TEMPLATE
+from emocircuits.prompts import DEFAULT_TEMPLATE, get_template
 from emocircuits.readout import CALIBRATIONS
 from emocircuits.runs import register_command
 
@@ -78,8 +78,8 @@ def load_job_data(config: dict[str, Any], default_split: str | None, *, labels: 
 def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict[str, Any]:
     """Classify a dataset by label readout; write ``predictions.parquet`` and ``metrics.json``; returns the metrics.
 
-    ``config``: ``model, data, split, limit_per_label, template, scoring, calibrate`` (False, "batch",
-    "content_free"), ``seed``.
+    ``config``: ``model, data, split, limit_per_label, template, system`` (None or a system prompt),
+    ``scoring, calibrate`` (False, "prior", "content_free", "batch"), ``seed``.
     """
     from emocircuits.models import load_model
     from emocircuits.readout import SCORINGS, classify
@@ -88,7 +88,7 @@ def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict
     if config["scoring"] not in SCORINGS:
         raise EmocircuitsError(f"Unknown scoring {config['scoring']!r}; use one of {', '.join(SCORINGS)}.")
     if config.get("calibrate", False) not in CALIBRATIONS:
-        raise EmocircuitsError(f"Unknown calibration {config['calibrate']!r}; use batch or content_free.")
+        raise EmocircuitsError(f"Unknown calibration {config['calibrate']!r}; use prior, content_free or batch.")
     _check_common(config, out, "classify")
     dataset = load_job_data(config, "test", quiet=quiet)
     present = sorted({ex.label for ex in dataset})
@@ -98,7 +98,8 @@ def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict
             "(it would force one prediction of each label); use --calibration content_free or --no-calibrate."
         )
     bridge, spec = load_model(config["model"], progress=not quiet)
-    result = classify(bridge, dataset, template=config["template"], scoring=config["scoring"],
+    template = get_template(config["template"], system=config.get("system"))
+    result = classify(bridge, dataset, template=template, scoring=config["scoring"],
                       calibrate=config.get("calibrate", False), prepend_bos=config.get("prepend_bos"),
                       progress=not quiet)
     metrics = {**result.metrics, "labels": list(dataset.labels), "config": config, "data_info": dataset.info}

@@ -13,12 +13,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from emocircuits.errors import EmocircuitsError
 
-__all__ = ["PromptTemplate", "TEMPLATES", "get_template", "label_token_ids", "template_names"]
+__all__ = [
+    "DEFAULT_CALIBRATION",
+    "DEFAULT_TEMPLATE",
+    "FEWSHOT_DEMOS",
+    "PromptTemplate",
+    "TEMPLATES",
+    "get_template",
+    "label_token_ids",
+    "template_names",
+]
 
 LEE_SYSTEM = (
     "You are a helpful assistant that predicts emotions from dialogues. Your task is to predict the emotion "
@@ -36,6 +45,10 @@ SHORT_USER = (
     "Read the text and decide which one emotion it conveys most clearly: {labels}.\n\n"
     "Text:\n{text}\n\nAnswer with one word from the list."
 )
+FEWSHOT_SYSTEM = (
+    "You label the emotion a person most likely felt in the situation they describe. "
+    "Answer with one word from: {labels}."
+)
 ELICIT_SYSTEM = "You are the person in the situation the user describes. Reply in at most two sentences."
 ELICIT_SYSTEM_EMOTION = (
     "You are the person in the situation the user describes. Reply in at most two sentences, "
@@ -52,6 +65,30 @@ FEWSHOT_DEMOS: tuple[tuple[str, str], ...] = (
     ("It's been a month since my dog died and I still put out his bowl every morning.", "sadness"),
     ("I opened the door and my brother, who I thought was in Australia, was standing there.", "surprise"),
 )
+# Demonstrations of the chat few-shot templates: two per emotion in mixed registers (plain, terse,
+# casual, dialogue), almost none naming the emotion; written for emocircuits, not drawn from any dataset
+# nor from the built-in data. ``chat_fewshot`` shows the first six (one per emotion), ``chat_fewshot2``
+# all twelve; the label order is mixed so that no label is always the last demonstration.
+CHAT_DEMOS: tuple[tuple[str, str], ...] = (
+    ("The contractor took the money for the new roof, never showed up, and now blocks my number.", "anger"),
+    ("heard glass break downstairs at 3am and i live alone", "fear"),
+    ("My grandad, who hadn't been on a bike in forty years, rode with us all the way to the lake.", "happiness"),
+    ("The man next to me on the tram was clipping his fingernails and the bits kept landing on my sleeve.",
+     "disgust"),
+    ("I opened a library book I'd borrowed and two hundred euros fell out of it.", "surprise"),
+    ("Cleared out my grandmother's flat this weekend. Her reading glasses were still on the table by her chair.",
+     "sadness"),
+    ("A: Are you coming to the reunion?\nB: Without Sam there I don't think I can. It was always the three of us.",
+     "sadness"),
+    ("Out of nowhere my old primary-school teacher sat down next to me on a night train abroad.", "surprise"),
+    ("found a half-eaten kebab under the seat of the rental car, been sitting there in the heat for days",
+     "disgust"),
+    ("A: They want me to pay for the repair again.\nB: Didn't they fix it under warranty last month?\n"
+     "A: They did. Now they say the warranty ran out the day before.", "anger"),
+    ("the kite my son and I built from scratch actually flew, higher than everyone else's on the beach",
+     "happiness"),
+    ("Halfway up the ladder to clear the gutter, I felt it start to slide sideways.", "fear"),
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +99,9 @@ class PromptTemplate:
     ``answer_prefix`` opens the assistant turn) or ``"plain"`` (``user`` formatted as is).
     ``user`` / ``system`` may use ``{text}`` and ``{labels}`` (comma-separated label list).
     ``label_space``: score labels as ``" label"`` (True) or ``"label"`` (False).
+    ``fewshot``: ``(text, label)`` demonstrations shown before the query (only those whose label is in the
+    scheme): for ``"plain"`` as ``Text:/Emotion:`` lines; for ``"chat"`` as earlier user/assistant turns
+    (user: ``user`` with the demo text; assistant: ``answer_prefix`` and the label).
     ``add_special_tokens``: whether tokenising the rendered string adds the tokenizer's special
     tokens (False for chat renders, which already contain them).
     """
@@ -96,6 +136,10 @@ class PromptTemplate:
             system = ELICIT_SYSTEM
         if system:
             messages.append({"role": "system", "content": fmt(system)})
+        for d, y in self.fewshot:
+            if y in labels:
+                messages.append({"role": "user", "content": self.user.replace("{labels}", lab).replace("{text}", d)})
+                messages.append({"role": "assistant", "content": f"{self.answer_prefix} {y}".strip()})
         messages.append({"role": "user", "content": fmt(self.user)})
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
             head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -138,6 +182,24 @@ TEMPLATES: dict[str, PromptTemplate] = {
         answer_prefix="Emotion:",
         add_special_tokens=False,
     ),
+    "chat_fewshot": PromptTemplate(
+        "chat_fewshot",
+        kind="chat",
+        system=FEWSHOT_SYSTEM,
+        user="Text: {text}",
+        answer_prefix="Emotion:",
+        fewshot=CHAT_DEMOS[:6],
+        add_special_tokens=False,
+    ),
+    "chat_fewshot2": PromptTemplate(
+        "chat_fewshot2",
+        kind="chat",
+        system=FEWSHOT_SYSTEM,
+        user="Text: {text}",
+        answer_prefix="Emotion:",
+        fewshot=CHAT_DEMOS,
+        add_special_tokens=False,
+    ),
     "fewshot": PromptTemplate(
         "fewshot",
         kind="plain",
@@ -157,30 +219,44 @@ def template_names() -> list[str]:
 
 
 DEFAULT_TEMPLATE = "chat_short"
-"""The default everywhere: the best-scoring shipped template on the embedded model (see README)."""
+"""The default everywhere: the best-scoring shipped template on the embedded model (docs/readout_study.md)."""
+DEFAULT_CALIBRATION: bool | str = "prior"
+"""The default calibration of :func:`emocircuits.readout.classify` and ``emocircuits classify``: a label
+prior fitted on the data's train split (content_free, with a warning, when there is none); chosen with
+``DEFAULT_TEMPLATE`` by ``scripts/readout_study.py``. Analyses that mask or steer pass no calibration."""
 
 
-def get_template(name_or_userstring: str | PromptTemplate) -> PromptTemplate:
+def get_template(name_or_userstring: str | PromptTemplate, system: str | None = None) -> PromptTemplate:
     """A built-in template by name, or a user template from a string containing ``{text}``.
 
-    A user string is rendered as plain text; prefix it with ``chat:`` to send it as the user turn of a
-    chat prompt. Labels are scored with a leading space when the string ends in ``:``.
+    A user string is rendered as plain text (labels scored with a leading space when it ends in ``:``);
+    prefix it with ``chat:`` or pass ``system`` to send it as the user turn of a chat prompt (the label
+    then follows the assistant header, bare form). ``system``: a system prompt (may use ``{labels}``):
+    before a user string's turn, or replacing a built-in chat template's own.
     """
     if isinstance(name_or_userstring, PromptTemplate):
-        return name_or_userstring
-    s = str(name_or_userstring)
-    if s in TEMPLATES:
-        return TEMPLATES[s]
-    if "{text}" in s:
-        if s.startswith("chat:"):
-            body = s.removeprefix("chat:")
-            return PromptTemplate(
-                "user-chat", kind="chat", user=body, label_space=False, add_special_tokens=False
+        t = name_or_userstring
+    else:
+        s = str(name_or_userstring)
+        if s in TEMPLATES:
+            t = TEMPLATES[s]
+        elif "{text}" in s:
+            if s.startswith("chat:") or system is not None:
+                return PromptTemplate("user-chat", kind="chat", user=s.removeprefix("chat:"), system=system,
+                                      label_space=False, add_special_tokens=False)
+            return PromptTemplate("user", kind="plain", user=s, label_space=s.rstrip(" ").endswith(":"))
+        else:
+            raise EmocircuitsError(
+                f"Unknown template {s!r}; use one of {', '.join(TEMPLATES)} or a string containing {{text}}."
             )
-        return PromptTemplate("user", kind="plain", user=s, label_space=s.rstrip(" ").endswith(":"))
-    raise EmocircuitsError(
-        f"Unknown template {s!r}; use one of {', '.join(TEMPLATES)} or a string containing {{text}}."
-    )
+    if system is None:
+        return t
+    if t.kind != "chat":
+        raise EmocircuitsError(
+            f"Template {t.name!r} is plain text and takes no system prompt; use a chat template or prefix the "
+            "user string with 'chat:'."
+        )
+    return replace(t, system=system)
 
 
 def label_token_ids(

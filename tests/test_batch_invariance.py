@@ -87,12 +87,12 @@ def test_classify_and_generation_batched_equal_single(arch, share_prefix, name):
     make = _factories(spec)[name]
     for pos in POSITIONS:
         with make(pos, range(len(TEXTS))).apply(model):
-            batched = classify(model, TEXTS, labels=LABELS, share_prefix=share_prefix, progress=False).predictions
+            batched = classify(model, TEXTS, labels=LABELS, calibrate=False, share_prefix=share_prefix, progress=False).predictions
             gen = generate(model, TEXTS, system="Reply briefly.", max_new_tokens=4, share_prefix=share_prefix)
         scores = batched[[f"score_{lab}" for lab in LABELS]].to_numpy()
         for i, text in enumerate(TEXTS):
             with make(pos, [i]).apply(model):
-                one = classify(model, [text], labels=LABELS, share_prefix=share_prefix, progress=False).predictions
+                one = classify(model, [text], labels=LABELS, calibrate=False, share_prefix=share_prefix, progress=False).predictions
                 one_gen = generate(model, [text], system="Reply briefly.", max_new_tokens=4)
             got = torch.tensor(scores[i])
             want = torch.tensor(one[[f"score_{lab}" for lab in LABELS]].to_numpy()[0])
@@ -144,9 +144,9 @@ def test_shared_prefix_falls_back_for_row_dependent_writes(tiny_llama):
 
 def test_rows_select_examples_of_the_pass(tiny_llama):
     model, _ = tiny_llama
-    clean = classify(model, TEXTS, labels=LABELS, progress=False).predictions
+    clean = classify(model, TEXTS, labels=LABELS, calibrate=False, progress=False).predictions
     with ZeroNeurons(NeuronSet({1: tuple(range(40))}), rows=(2,)).apply(model):
-        hit = classify(model, TEXTS, labels=LABELS, progress=False).predictions
+        hit = classify(model, TEXTS, labels=LABELS, calibrate=False, progress=False).predictions
     cols = [f"score_{lab}" for lab in LABELS]
     changed = (clean[cols] - hit[cols]).abs().max(axis=1) > 1e-6
     assert changed.tolist() == [False, False, True]
@@ -160,8 +160,8 @@ def test_classify_batched_equals_single_on_embedded_model(smol):
                ZeroNeurons(NeuronSet({5: tuple(range(100))}), positions=(-1,)),
                Noise("attn.out", layers=(12,), positions="last", seed=0)]:
         with iv.apply(model):
-            batched = classify(model, TEXTS, labels=LABELS, progress=False).predictions
-            singles = [classify(model, [t], labels=LABELS, progress=False).predictions for t in TEXTS]
+            batched = classify(model, TEXTS, labels=LABELS, calibrate=False, progress=False).predictions
+            singles = [classify(model, [t], labels=LABELS, calibrate=False, progress=False).predictions for t in TEXTS]
         cols = [f"score_{lab}" for lab in LABELS]
         for i, one in enumerate(singles):
             torch.testing.assert_close(torch.tensor(batched[cols].to_numpy()[i]), torch.tensor(one[cols].to_numpy()[0]),

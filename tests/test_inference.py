@@ -12,6 +12,7 @@ from emocircuits.appraisal_theory import THEORY, get_setting, theory_table
 from emocircuits.data import load_data
 from emocircuits.errors import EmocircuitsError
 from emocircuits.interventions import PatchFrom, ScaleSite
+from emocircuits.readout import LabelReadout
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,23 @@ def test_prepare_counts_and_filter(tiny_llama, events):
     else:
         with pytest.raises(EmocircuitsError):
             inf.prepare(model, events, template="fewshot", only_correct=True)
+
+
+def test_prepare_calibrates_with_a_train_prior(tiny_llama, events):
+    """Default readout: label log-probs minus a prior fitted on other (train/reference) examples; the prior is a
+    constant per label, so predict() under no intervention reproduces the clean scores and raw differences."""
+    from emocircuits.readout import reference_prior_examples
+
+    model, _ = tiny_llama
+    cal = inf.prepare(model, events, only_correct=False)
+    raw = inf.prepare(model, events, only_correct=False, calibrate=False)
+    assert cal.summary()["calibration"] == "prior" and raw.summary()["calibration"] == "none"
+    prior = cal.readout.prior_logp
+    ref = LabelReadout(model, cal.labels, "chat_short", calibrate="prior").fit_prior(reference_prior_examples(cal.labels))
+    torch.testing.assert_close(prior, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cal.scores, torch.log_softmax(raw.scores, -1) - prior, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cal.predict(), cal.scores, atol=1e-5, rtol=0)
+    assert (cal.pred == (torch.log_softmax(raw.scores, -1) - prior).argmax(-1).numpy()).all()
 
 
 def test_probe_recovers_separable_labels():

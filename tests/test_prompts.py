@@ -62,3 +62,34 @@ def test_chat_without_chat_template_falls_back(tiny_gpt2):
     with pytest.warns(UserWarning, match="no chat template"):
         s = get_template("chat").render("x", EKMAN6, tok)
     assert s.startswith("System: ") and s.endswith("Assistant: Emotion:")
+
+
+def test_chat_fewshot_renders_demos_and_cue(tok):
+    from emocircuits.prompts import CHAT_DEMOS
+
+    for name, demos in (("chat_fewshot", CHAT_DEMOS[:6]), ("chat_fewshot2", CHAT_DEMOS)):
+        s = get_template(name).render("The cake burned.", EKMAN6, tok)
+        assert s.count("<|im_start|>assistant\nEmotion: ") == len(demos)
+        assert all(f"Text: {d}<|im_end|>\n<|im_start|>assistant\nEmotion: {y}<|im_end|>" in s for d, y in demos)
+        assert s.endswith("<|im_start|>user\nText: The cake burned.<|im_end|>\n<|im_start|>assistant\nEmotion:")
+        assert "Answer with one word from: anger, disgust, fear, happiness, sadness, surprise." in s
+    assert sorted(y for _, y in CHAT_DEMOS[:6]) == list(EKMAN6)
+    two = get_template("chat_fewshot2").render("x", ["anger", "fear"], tok)
+    assert two.count("Emotion: ") == 4 and two.endswith("Emotion:")  # only the scheme's labels' demos
+
+
+def test_user_system_prompt_matches_apply_chat_template(tiny_llama, tok):
+    from emocircuits.readout import LabelReadout
+
+    system, user = "You rate feelings. Options: {labels}.", "What does this person feel?\n{text}"
+    t = get_template(user, system=system)
+    assert get_template("chat:" + user, system=system) == t and t.kind == "chat"
+    ids = LabelReadout(tiny_llama[0], EKMAN6, t).encode(["I lost my keys."])[0]
+    msgs = [{"role": "system", "content": "You rate feelings. Options: anger, disgust, fear, happiness, sadness, surprise."},
+            {"role": "user", "content": "What does this person feel?\nI lost my keys."}]
+    ref = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    assert ids == list(ref["input_ids"] if hasattr(ref, "keys") else ref)  # newer transformers: a BatchEncoding
+    own = get_template("chat_short", system="Be brief.").render("hi", EKMAN6, tok)
+    assert own.startswith("<|im_start|>system\nBe brief.<|im_end|>") and own.endswith("Emotion:")
+    with pytest.raises(EmocircuitsError, match="takes no system prompt"):
+        get_template("fewshot", system="Be brief.")

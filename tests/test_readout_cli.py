@@ -55,3 +55,17 @@ def test_embedded_model_accuracy_chat_short(smol):
     ds = load_data("builtin:dialogues", split="test", limit_per_label=5, seed=0)
     res = classify(bridge, ds, template="chat_short", calibrate=True, progress=False)
     assert res.metrics["n"] == 30 and res.metrics["accuracy"] >= 0.7
+
+
+def test_classify_cmd_system_prompt_and_prior(tmp_path):
+    out = tmp_path / "run"
+    classify_cmd(model="tiny-llama", data="builtin:events", split="test", limit_per_label=1,
+                 template="chat:Which emotion? {text}", system="Options: {labels}.", scoring="first_token",
+                 calibrate=None, calibration="prior", seed=0, out=out, quiet=True)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["system"] == "Options: {labels}." and m["calibration"]["method"] == "prior"
+    assert set(m["calibration"]["prior_logp"]) == set(EKMAN6) and m["calibration"]["fitted_on"].startswith("train")
+    with pytest.raises(EmocircuitsError, match="Unknown calibration"):
+        classify_cmd(model="tiny-llama", data="builtin:events", split="test", limit_per_label=1, template="raw",
+                     system=None, scoring="first_token", calibrate=None, calibration="platt", seed=0,
+                     out=tmp_path / "r2", quiet=True)

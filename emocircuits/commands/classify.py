@@ -12,7 +12,7 @@ import typer
 
 from emocircuits.commands.options import DropUnknown, Labels, PrependBos
 from emocircuits.errors import EmocircuitsError
-from emocircuits.prompts import DEFAULT_TEMPLATE
+from emocircuits.prompts import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE, template_names
 
 
 def parse_labels(labels: str | None) -> list[str] | None:
@@ -41,14 +41,21 @@ def classify_cmd(
         None, "--limit-per-label", help="Keep at most N examples per label (seeded, stratified)."
     ),
     template: str = typer.Option(
-        DEFAULT_TEMPLATE, "--template", help="chat_short (default), chat, chat_short, fewshot, raw, or a string containing {text}."
+        DEFAULT_TEMPLATE, "--template",
+        help=f"{DEFAULT_TEMPLATE} (default), {', '.join(n for n in template_names() if n != DEFAULT_TEMPLATE)}, "
+        "or a string containing {text} (prefix chat: for a chat user turn).",
+    ),
+    system: str | None = typer.Option(
+        None, "--system", help="System prompt for a chat template (replaces its own) or a user template string."
     ),
     scoring: str = typer.Option("first_token", "--scoring", help="first_token or full_label."),
-    calibrate: bool = typer.Option(
-        False, "--calibrate/--no-calibrate", help="Calibrate the label scores against the label priors."
+    calibrate: bool | None = typer.Option(
+        None, "--calibrate/--no-calibrate", help="--no-calibrate: no calibration (as --calibration none)."
     ),
-    calibration: str = typer.Option(
-        "batch", "--calibration", help="With --calibrate: batch (prior = mean over the data) or content_free."
+    calibration: str | None = typer.Option(
+        None, "--calibration",
+        help=f"none, prior (label prior fitted on the data's train split, else on builtin:events train), content_free, "
+        f"or batch (prior = mean over the classified data). Default: {DEFAULT_CALIBRATION or 'none'}.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit-per-label sampling."),
     out: Path = typer.Option(
@@ -64,8 +71,18 @@ def classify_cmd(
 
     from emocircuits.jobs import run_classify
 
-    if calibration not in ("batch", "content_free"):
-        raise EmocircuitsError(f"Unknown calibration {calibration!r}; use batch or content_free.")
+    # called as a plain function, options left out arrive as typer.Option objects: read them as unset
+    system = system if isinstance(system, str) else None
+    calibration = calibration if isinstance(calibration, str) else None
+    calibrate = calibrate if isinstance(calibrate, bool) else None
+    if calibration not in (None, "none", "prior", "content_free", "batch"):
+        raise EmocircuitsError(f"Unknown calibration {calibration!r}; use none, prior, content_free or batch.")
+    if calibrate is False or calibration == "none":
+        cal: bool | str = False
+    elif calibration is not None:
+        cal = calibration
+    else:  # --calibrate alone keeps its old meaning
+        cal = "batch" if calibrate else DEFAULT_CALIBRATION
     config = {
         "model": model,
         "data": data,
@@ -74,8 +91,9 @@ def classify_cmd(
         "drop_unknown": drop_unknown,
         "limit_per_label": limit_per_label,
         "template": template,
+        "system": system,
         "scoring": scoring,
-        "calibrate": calibrate and calibration,
+        "calibrate": cal,
         "prepend_bos": prepend_bos,
         "seed": seed,
     }
