@@ -89,11 +89,17 @@ def mean_ci(x: np.ndarray, *, n_boot: int = 1000, seed: int = 0, level: float = 
     return float(x.mean()), lo, hi
 
 
-def windows(n_layers: int, span: int) -> list[tuple[int, ...]]:
-    """Sliding windows of ``span`` consecutive layers: ``(0..span-1), (1..span), ...``."""
+def windows(n_layers: int, span: int, stride: int = 1) -> list[tuple[int, ...]]:
+    """Windows of ``span`` consecutive layers starting every ``stride`` layers: ``(0..span-1), (stride..), ...``;
+    with ``stride > 1`` the last window still ends at the last layer."""
     if not 1 <= span <= n_layers:
         raise EmocircuitsError(f"Window span {span} is out of range; use 1..{n_layers} for this model.")
-    return [tuple(range(s, s + span)) for s in range(n_layers - span + 1)]
+    if stride < 1:
+        raise EmocircuitsError(f"Window stride {stride} is out of range; use 1 or more.")
+    starts = list(range(0, n_layers - span + 1, stride))
+    if starts[-1] != n_layers - span:
+        starts.append(n_layers - span)
+    return [tuple(range(s, s + span)) for s in starts]
 
 
 def _check_sites(sites: Sequence[str], allowed: Sequence[str]) -> list[str]:
@@ -371,8 +377,8 @@ def probe(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, layers: Sequenc
 
 # ----------------------------------------------------------------------------------- knockout
 def knockout(prep: Prepared, *, sites: Sequence[str] = KNOCKOUT_SITES, span: int = 3, mode: str = "zero",
-             seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
-    """Knock out the last-token output of ``site`` over sliding windows of ``span`` layers.
+             seed: int = 0, n_boot: int = 1000, stride: int = 1) -> pd.DataFrame:
+    """Knock out the last-token output of ``site`` over sliding windows of ``span`` layers (every ``stride``).
 
     ``mode="zero"``: ``ScaleSite(factor=0)``; ``"noise"``: norm-matched Gaussian noise (seeded per prompt).
     Table: ``site, mode, start, end, unchanged`` (share of predictions equal to the clean ones),
@@ -383,7 +389,7 @@ def knockout(prep: Prepared, *, sites: Sequence[str] = KNOCKOUT_SITES, span: int
         raise EmocircuitsError(f"Knockout mode {mode!r} is not valid; use one of {', '.join(KNOCKOUT_MODES)}.")
     rows = []
     for site in sites:
-        for w in windows(spec_of(prep.model).n_layers, span):
+        for w in windows(spec_of(prep.model).n_layers, span, stride):
             iv: Intervention = (ScaleSite(site, w, 0.0, positions="last") if mode == "zero"
                                 else Noise(site, w, positions="last", seed=seed))
             pred = prep.predict(iv).argmax(-1).numpy()
@@ -414,7 +420,8 @@ def _pair_sources(acts: Mapping[int, Tensor], pairs: np.ndarray, layers: Sequenc
     return {layer: acts[layer][pairs[:, 0]] for layer in layers}
 
 
-def patch(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, span: int = 3, n_pairs: int = 50, seed: int = 0,
+def patch(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, span: int = 3, stride: int = 1, n_pairs: int = 50,
+          seed: int = 0,
           pairs: np.ndarray | None = None, n_boot: int = 1000, acts: Mapping[str, Mapping[int, Tensor]] | None = None
           ) -> pd.DataFrame:
     """Activation patching: write each source's last-token activation at ``site`` over a window of layers
@@ -434,7 +441,7 @@ def patch(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, span: int = 3, 
     clean_ld = (clean[ar, tgt_lab] - clean[ar, src_lab]).numpy()
     rows = []
     for site in sites:
-        for w in windows(n_layers, span):
+        for w in windows(n_layers, span, stride):
             iv = PatchFrom(site, _pair_sources(acts[site], pairs, w), positions="last")
             sc = prep.predict(iv, rows=pairs[:, 1].tolist())
             pred = sc.argmax(-1).numpy()

@@ -221,6 +221,10 @@ def test_promote_and_steer_shapes(prep):
 
 def test_windows_validation():
     assert inf.windows(4, 3) == [(0, 1, 2), (1, 2, 3)]
+    assert inf.windows(8, 3, stride=3) == [(0, 1, 2), (3, 4, 5), (5, 6, 7)]
+    assert inf.windows(6, 3, stride=3) == [(0, 1, 2), (3, 4, 5)]
+    with pytest.raises(EmocircuitsError, match="stride"):
+        inf.windows(6, 3, stride=0)
     with pytest.raises(EmocircuitsError):
         inf.windows(4, 5)
 
