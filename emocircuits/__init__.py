@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("neurons", "viz", "sweeps", "runs", "sites", "interventions", "prompts", "readout", "data",
                "tokenviews", "runner", "generation", "judges", "components", "circuits",
-               "inference", "appraisal_theory", "heads", "jobs")
+               "inference", "appraisal_theory", "heads", "jobs", "circuit_build", "steering")
 
 
 def __getattr__(name: str):  # lazy submodules: `ec.neurons`, `ec.viz` import on first use
