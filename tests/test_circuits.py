@@ -305,6 +305,19 @@ def test_cli_pipeline(tmp_path):
                          str(asm), "--max-new-tokens", "2"])
     assert res.exit_code == 0, res.output
     assert "[unsteered]" in res.output and "[circuit anger, scale 1]" in res.output
+    # the steering comparison as a sweep: method x scale cells, resumable
+    from emocircuits.sweeps import from_dict, run_sweep
+
+    cfg = {"sweep": {"analysis": "circuit_steering", "description": "tiny"}, "model": {"spec": "tiny-llama"},
+           "analysis": {"circuits": str(asm), "split": "all", "limit": 1, "max_new_tokens": 2, "n_random": 1,
+                        "n_boot": 20},
+           "grid": {"method": ["none", "circuit"], "scale": [1.0], "emotion": ["anger"]}}
+    sw = run_sweep(from_dict(cfg), tmp_path / "sw", progress=False).table
+    assert list(sw.status) == ["ok", "ok"] and {"acc_lexicon", "ci_low_lexicon", "ppl_median", "distinct2"} <= set(sw)
+    cfg["grid"]["scale"] = [1.0, 3.0]
+    grown = run_sweep(from_dict(cfg), tmp_path / "sw", resume=True, progress=False).table
+    assert len(grown) == 4 and grown.set_index(["method", "scale"]).loc[("circuit", 1.0), "acc_lexicon"] == \
+        sw.set_index("method").loc["circuit", "acc_lexicon"]
     from emocircuits.viz import build_report
 
     report = build_report([el, di, co, va, inf_, asm, st], progress=False)

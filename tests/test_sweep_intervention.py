@@ -29,7 +29,8 @@ STEER = {
 
 
 def _fake_circuit_runs(root: Path) -> None:
-    """The files `component_validation` checks: a `circuits components` run whose directions run has prompts."""
+    """The files `component_validation` and `circuit_steering` check: a `circuits components` run whose
+    directions run has prompts, and a `circuits assemble` run."""
     import json
 
     from emocircuits.data import EKMAN6
@@ -43,6 +44,12 @@ def _fake_circuit_runs(root: Path) -> None:
     (comp / "neuron_scores.parquet").write_bytes(b"")
     (dirs / "manifest.json").write_text(json.dumps({"command": "circuits directions", "config": {}}))
     (comp / "manifest.json").write_text(json.dumps({"command": "circuits components", "config": {"from": str(dirs)}}))
+    circuits = root / "runs" / "circuits"
+    circuits.mkdir()
+    (circuits / "allocation.parquet").write_bytes(b"")
+    (circuits / "manifest.json").write_text(json.dumps({
+        "command": "circuits assemble", "config": {}, "summary": {"directions": str(dirs)},
+        "circuits": {e: f"circuits/{e}.json" for e in EKMAN6}}))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -50,7 +57,7 @@ def test_every_example_config_validates_without_a_model(path, monkeypatch, tmp_p
     import emocircuits.models as models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("validation loaded a model"))
-    if "component_validation" in path.read_text():  # it names the run directories of earlier circuits steps
+    if "runs/c" in path.read_text():  # it names the run directories of earlier circuits steps
         _fake_circuit_runs(tmp_path)
         monkeypatch.chdir(tmp_path)
     cfg = load_config(path)

@@ -35,6 +35,7 @@ _BUILTIN_MODULES = {
     "intervention": "emocircuits.sweeps.analyses.intervention",
     "neuron_masking": "emocircuits.sweeps.analyses.neuron_masking",
     "component_validation": "emocircuits.sweeps.analyses.component_validation",
+    "circuit_steering": "emocircuits.sweeps.analyses.circuit_steering",
 }
 
 
