@@ -600,7 +600,8 @@ PROMPT_USES = ("used", "accepted", "all")
 (each falls back to the next when it selects none)."""
 
 
-def _rows_for(prompts: pd.DataFrame, emotion: str, use: str) -> np.ndarray:
+def prompt_rows(prompts: pd.DataFrame, emotion: str, use: str) -> np.ndarray:
+    """Row indices ``[k]`` of ``emotion``'s prompts chosen by ``use`` (:data:`PROMPT_USES`)."""
     m = (prompts["emotion"] == emotion).to_numpy()
     if use == "used" and "used" in prompts:
         sel = m & prompts["used"].astype(bool).to_numpy()
@@ -642,7 +643,7 @@ def local_components(model: Any, prompts: pd.DataFrame, directions: Mapping[str,
     got = capture_last(model, ids, {"head.z": layers, "neuron.gated": layers}, max_tokens=max_tokens)
     n_rows, h_rows = [], []
     for emo, d in directions.items():
-        rows = _rows_for(prompts, emo, use)
+        rows = prompt_rows(prompts, emo, use)
         if not len(rows):
             continue
         for layer in layers:
@@ -732,6 +733,42 @@ def validate_cell(model: Any, token_ids: Sequence[Sequence[int]], ref: Tensor, k
             "diff": float(top.mean() - rand.mean()), "ci_low": lo, "ci_high": hi}
 
 
+def judged_cell(model: Any, items: pd.DataFrame, emotion: str, kind: str, comp: Any, scale: float, judge: Any, *,
+                n_random: int = 5, seed: int = 0, max_new_tokens: int = 30, n_boot: int = 1000) -> dict[str, Any]:
+    """The judged side of a dose-response point: greedy replies to ``items`` (emotion-instructed prompts:
+    ``system, user``) with ``comp`` scaled by ``scale``, and with ``n_random`` random sets of the same per-layer
+    counts (the seeds of :func:`validate_cell`), judged by ``judge`` (a name or judge object) against
+    ``emotion``. Returns ``judged_base, judged_top, judged_random`` (share judged as ``emotion``) and
+    ``judged_diff, judged_ci_low, judged_ci_high`` (bootstrap over prompts of top − random)."""
+    from emocircuits.generation import generate
+    from emocircuits.models import spec_of
+    from emocircuits.neurons import bootstrap_ci
+
+    judge_obj = _judge_objects([judge], model, EKMAN6)[0]
+    msgs = messages(items)
+
+    def correct(intervention: Any) -> np.ndarray:
+        with intervention.apply(model) if intervention is not None else _nothing():
+            texts = generate(model, msgs, max_new_tokens=max_new_tokens).texts
+        pred = judge_obj.judge([t.strip() for t in texts], [emotion] * len(texts))["predicted"].astype(str)
+        return (pred.to_numpy() == emotion).astype(float)
+
+    spec = spec_of(model)
+    base = correct(None)
+    top = base if scale == 1.0 else correct(_scale(kind, comp, scale))
+    rand = np.stack([base if scale == 1.0 else correct(_scale(kind, random_like(kind, comp, spec, seed * 1000 + r),
+                                                              scale)) for r in range(n_random)])
+    lo, hi = bootstrap_ci(base, top, rand, n_boot=n_boot, seed=seed)
+    return {"judged_base": float(base.mean()), "judged_top": float(top.mean()), "judged_random": float(rand.mean()),
+            "judged_diff": float(top.mean() - rand.mean()), "judged_ci_low": lo, "judged_ci_high": hi}
+
+
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def validate_components(model: Any, prompts: pd.DataFrame, directions: Mapping[str, Direction],
                         neuron_sets: Mapping[str, NeuronSet] | None = None,
                         head_sets: Mapping[str, HeadSet] | None = None, *, scales: Sequence[float] = SCALES,
@@ -768,7 +805,7 @@ def emotion_prompts(model: Any, prompts: pd.DataFrame, direction: Direction, emo
                     max_prompts: int | None = None, max_tokens: int = 4096) -> tuple[list[list[int]], Tensor]:
     """The token ids of ``emotion``'s prompts (rows chosen by ``use``, at most ``max_prompts``) and the
     emotion's :func:`reference_direction` ``[d_model]``: the inputs of :func:`validate_cell`."""
-    idx = _rows_for(prompts.reset_index(drop=True), emotion, use)
+    idx = prompt_rows(prompts.reset_index(drop=True), emotion, use)
     if max_prompts is not None:
         idx = idx[:max_prompts]
     return prompt_ids(model, prompts.reset_index(drop=True).iloc[idx], max_tokens), reference_direction(direction)

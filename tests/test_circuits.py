@@ -286,6 +286,13 @@ def test_cli_pipeline(tmp_path):
     assert res.exit_code == 0, res.output
     grown = pd.read_parquet(va / "results.parquet")
     assert list(grown.scale) == [0.0, 2.0, 3.0]
+    res = r.invoke(app, ["circuits", "validate", "--from", str(co), "--scales", "0,1", "--controls", "2",
+                         "--emotion", "fear", "--kinds", "neurons", "--judge", "lexicon", "--judge-prompts", "2",
+                         "--max-new-tokens", "2", "--out", str(tmp_path / "vj"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    judged = pd.read_parquet(tmp_path / "vj" / "results.parquet").set_index("scale")
+    assert judged.loc[1.0, "judged_top"] == judged.loc[1.0, "judged_base"] == judged.loc[1.0, "judged_random"]
+    assert judged[["judged_top", "judged_random"]].isin([0.0, 0.5, 1.0, 0.25, 0.75]).all().all()
     pd.testing.assert_frame_equal(grown.iloc[:2][["top", "random", "diff"]], dose[["top", "random", "diff"]])
     # Circuits II on the same runs: influence -> assemble -> steering comparison -> `emocircuits steer`
     inf_, asm, st = (tmp_path / n for n in ("inf", "asm", "st"))

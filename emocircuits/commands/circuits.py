@@ -114,6 +114,10 @@ def validate_cmd(
     emotions: list[str] = typer.Option(None, "--emotion", help="Only these emotions (repeatable)."),
     max_prompts: int = typer.Option(0, "--max-prompts", help="At most N prompts per emotion (0 = all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random sets and the bootstrap."),
+    judge: str = typer.Option("", "--judge", help="Also judge generations under each condition with this judge "
+                              "(e.g. lexicon; default: none)."),
+    judge_prompts: int = typer.Option(6, "--judge-prompts", help="Prompts per emotion for the judged generations."),
+    max_new_tokens: int = typer.Option(30, "--max-new-tokens", help="Tokens per judged reply."),
     out: Path = typer.Option(..., "--out", help="Sweep directory: manifest.json, results.parquet, cells/."),
     resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out, running only missing cells."),
     executor: str | None = typer.Option(None, "--executor", help="local or ray."),
@@ -127,11 +131,13 @@ def validate_cmd(
 
     cfg = validation_config(components=str(source), model=model, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
                             scales=parse_scales(scales), emotions=list(emotions or []) or None, top_k=top_k,
-                            controls=controls, max_prompts=max_prompts, seed=seed)
+                            controls=controls, max_prompts=max_prompts, seed=seed, judge=judge,
+                            judge_prompts=judge_prompts, max_new_tokens=max_new_tokens)
     result = run_sweep(cfg, out, resume=resume, executor=executor, workers=workers, progress=not quiet)
     for r in result.table[result.table["status"] == "ok"].itertuples():
+        judged = (f"  judged top {r.judged_top:.2f} random {r.judged_random:.2f}" if judge else "")
         typer.echo(f"{r.emotion:<10} {r.kind:<8} s={r.scale:<4g} top {r.top:+.3f} random {r.random:+.3f} "
-                   f"diff {r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]")
+                   f"diff {r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]{judged}")
     failed = failed_cells_text(result.table)
     if failed:
         typer.echo(failed, err=True)

@@ -12,8 +12,12 @@ is found through its manifest), ``top_k = 0`` (0 = the sets the components run k
 from its score tables), ``controls = 5``, ``use = "used"`` (which prompts: ``used``, ``accepted`` or
 ``all``, :data:`emocircuits.circuits.PROMPT_USES`), ``max_prompts = 0`` (0 = all), ``n_boot = 1000``, ``max_tokens``.
 
+``judge = ""`` (a judge name: also generate under the emotion-instructed prompts and judge the replies, on the
+first ``judge_prompts = 6`` prompts, ``max_new_tokens = 30``).
+
 Metrics: ``kind, scale, k, n, base, top, random, random_sd, diff, ci_low, ci_high`` (CI: bootstrap over
-prompts of top − random).
+prompts of top − random); with a judge also ``judged_base, judged_top, judged_random, judged_diff,
+judged_ci_low, judged_ci_high`` (:func:`emocircuits.circuits.judged_cell`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class ComponentValidationParams:
     max_prompts: int = 0
     n_boot: int = 1000
     max_tokens: int = 4096
+    judge: str = ""
+    judge_prompts: int = 6
+    max_new_tokens: int = 30
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,13 @@ class ComponentValidation(Analysis):
             if value < low:
                 raise EmocircuitsError(f"Key 'analysis.{key}' has value {value}; allowed: integers >= {low}.")
         choice("analysis.use", p.use, PROMPT_USES)
+        if p.judge:
+            from emocircuits.judges import check_judge_name
+
+            check_judge_name(p.judge)
+        for key, value in (("judge_prompts", p.judge_prompts), ("max_new_tokens", p.max_new_tokens)):
+            if value < 1:
+                raise EmocircuitsError(f"Key 'analysis.{key}' has value {value}; allowed: integers >= 1.")
         emotions = sorted(path.stem for path in (source / "directions").glob("*.json"))
         for e in cfg.grid.get("emotion", []):
             choice("grid.emotion", e, emotions)
@@ -113,7 +127,13 @@ class ComponentValidation(Analysis):
         return ValidationState(model, spec, p, prompts, directions, {"neurons": neurons, "heads": heads}, cfg.seed)
 
     def run(self, state: ValidationState, cells: Sequence[ComponentValidationCell]) -> list[dict[str, Any]]:
-        from emocircuits.circuits import emotion_prompts, emotion_scores, validate_cell
+        from emocircuits.circuits import (
+            emotion_prompts,
+            emotion_scores,
+            judged_cell,
+            prompt_rows,
+            validate_cell,
+        )
 
         p = state.params
         out: list[dict[str, Any]] = []
@@ -128,15 +148,21 @@ class ComponentValidation(Analysis):
                 state.inputs[cell.emotion] = (ids, ref, emotion_scores(state.model, ids, ref,
                                                                        max_tokens=p.max_tokens).numpy())
             ids, ref, base = state.inputs[cell.emotion]
-            out.append(validate_cell(state.model, ids, ref, cell.kind, comp, cell.scale, n_random=p.controls,
-                                     seed=state.seed, n_boot=p.n_boot, max_tokens=p.max_tokens, base=base))
+            row = validate_cell(state.model, ids, ref, cell.kind, comp, cell.scale, n_random=p.controls,
+                                seed=state.seed, n_boot=p.n_boot, max_tokens=p.max_tokens, base=base)
+            if p.judge:  # metric (b): judged expression of generations on a subset of the prompts
+                rows = prompt_rows(state.prompts.reset_index(drop=True), cell.emotion, p.use)[:p.judge_prompts]
+                row.update(judged_cell(state.model, state.prompts.reset_index(drop=True).iloc[rows], cell.emotion,
+                                       cell.kind, comp, cell.scale, p.judge, n_random=p.controls, seed=state.seed,
+                                       max_new_tokens=p.max_new_tokens, n_boot=p.n_boot))
+            out.append(row)
         return out
 
 
 def validation_config(*, components: str, model: str | None = None, dtype: str | None = None, kinds: Sequence[str] = KINDS,
                       scales: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0), emotions: Sequence[str] | None = None,
                       top_k: int = 0, controls: int = 5, use: str = "used", max_prompts: int = 0, n_boot: int = 1000,
-                      seed: int = 0) -> Any:
+                      seed: int = 0, judge: str = "", judge_prompts: int = 6, max_new_tokens: int = 30) -> Any:
     """The ``component_validation`` sweep config (emotion × kind × scale), validated: what
     ``emocircuits circuits validate`` runs. ``model``/``dtype``: default, those of the components run."""
     from emocircuits.circuits import _from_run
@@ -152,6 +178,7 @@ def validation_config(*, components: str, model: str | None = None, dtype: str |
         "model": {"spec": model, "dtype": dtype},
         "data": {"spec": "builtin:sev", "split": "all"},  # unused: the prompts are the directions run's
         "analysis": {"components": str(components), "top_k": top_k, "controls": controls, "use": use,
-                     "max_prompts": max_prompts, "n_boot": n_boot},
+                     "max_prompts": max_prompts, "n_boot": n_boot, "judge": judge, "judge_prompts": judge_prompts,
+                     "max_new_tokens": max_new_tokens},
         "grid": {"emotion": list(emotions), "kind": list(kinds), "scale": [float(s) for s in scales]},
     })

@@ -2,7 +2,9 @@
 
 Cell = (emotion, layers, ratio, ratio_mode, seed): zero the emotion's neurons restricted to a layer range
 (bottom | middle | top | all | A-B | A) at a masking ratio (omit for the full selected set), and compare
-with ``controls`` random neuron sets of the same per-layer sizes drawn with ``seed``. Each row is
+with ``controls`` (default ``DEFAULT_CONTROLS`` = 5) random neuron sets of the same per-layer sizes drawn
+with ``seed``; the CI resamples examples and control sets, ``rank_p`` ranks the masked effect among the K
+control effects (smallest possible: ``1 / (K + 1)``). Each row is
 :func:`emocircuits.neurons.sweep_row` of :func:`emocircuits.neurons.mask` for that one condition — the
 RQ3 schema that :func:`emocircuits.neurons.sweep` also writes.
 
@@ -11,9 +13,10 @@ Neurons come from ``[analysis] neurons = "PATH"`` (a ``neurons.json`` or the run
 with ``[analysis.find]``'s settings (``DIR/artifacts/neurons-<hash>/``, reused on resume).
 ``ratio_mode = "reselect"`` needs the statistics: found here, beside the neurons file, or ``stats``.
 
-Metrics (one row per cell): ``n_neurons, n_examples, layer_first, layer_last``, ``own_<m>`` on the masked
-emotion's texts and ``all_<m>`` on every text for m in ``acc_normal, acc_masked, acc_control,
-delta_masked, delta_control, diff, ci_low, ci_high``, and ``acc_masked_<label>`` per true label.
+Metrics (one row per cell): ``n_neurons, n_examples, k_controls, layer_first, layer_last``, ``own_<m>`` on
+the masked emotion's texts and ``all_<m>`` on every text for m in ``acc_normal, acc_masked, acc_control,
+delta_masked, delta_control, diff, ci_low, ci_high, rank_p``, ``own_floor, all_floor`` (clean accuracy
+below ``FLOOR_ACC`` = 0.2: that subset cannot show a drop), and ``acc_masked_<label>`` per true label.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from emocircuits.errors import EmocircuitsError
+from emocircuits.neurons import DEFAULT_CONTROLS
 from emocircuits.sweeps.base import Analysis
 from emocircuits.sweeps.config import choice
 
@@ -51,7 +55,7 @@ class NeuronMaskingParams:
 
     neurons: str = ""
     stats: str = ""
-    controls: int = 2
+    controls: int = DEFAULT_CONTROLS
     n_boot: int = 1000
     scoring: str = "first_token"
     max_tokens: int = 4096
@@ -77,7 +81,7 @@ class MaskingState:
     selection: Any
     stats: Any
     dataset: Any
-    controls: int = 2
+    controls: int = DEFAULT_CONTROLS
     n_boot: int = 1000
 
 
@@ -191,7 +195,7 @@ def rq3_config(*, neurons: str, model: str = "default", data: str = "builtin:dia
                limit_per_label: int | None = None, template: str | None = None,
                ratios: Sequence[float] = (0.01, 0.02, 0.03, 0.04, 0.05),
                layer_ranges: Sequence[str] = ("bottom", "middle", "top", "all"), ratio_mode: str = "truncate",
-               controls: int = 2, n_boot: int = 1000, seed: int = 0, dtype: str = "float32",
+               controls: int = DEFAULT_CONTROLS, n_boot: int = 1000, seed: int = 0, dtype: str = "float32",
                emotions: Sequence[str] | None = None) -> Any:
     """The ``neuron_masking`` sweep config of the RQ3 grid (emotion × layer range × ratio), validated.
 
