@@ -15,7 +15,17 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from emocircuits.commands import circuits, classify, inference, judge, models, neurons, report, sweep
+    from emocircuits.commands import (
+        circuits,
+        classify,
+        demo,
+        inference,
+        judge,
+        models,
+        neurons,
+        report,
+        sweep,
+    )
 
     models.register(app)
     app.command("classify")(classify.classify_cmd)
@@ -25,6 +35,7 @@ def _register_all() -> None:
     report.register(app)
     inference.register(app)
     circuits.register(app)
+    demo.register(app)
 
 
 _register_all()

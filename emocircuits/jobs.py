@@ -3,7 +3,8 @@
 ``run_<job>(config, out)`` writes one run directory (:mod:`emocircuits.runs`); the CLI builds the dict
 from its options and calls the function, and :func:`emocircuits.runs.rerun` calls the same function
 with the dict a manifest stored. Every job registers itself here under its manifest ``command`` name, so
-re-running never imports the CLI. (Sweeps register in :mod:`emocircuits.sweeps.engine`.)
+re-running never imports the CLI. (Sweeps register in :mod:`emocircuits.sweeps.engine`, the demo in
+:mod:`emocircuits.tour`.)
 
 =================  ====================  =====================================================
 command            function              writes
@@ -11,7 +12,6 @@ command            function              writes
 ``classify``       :func:`run_classify`  predictions.parquet, metrics.json
 ``neurons find``   :func:`run_find`      neurons.json, neuron_stats.safetensors, tables
 ``neurons mask``   :func:`run_mask`      mask_effects / mask_errors / mask_predictions, mask_sets
-``demo``           :func:`run_demo`      find + mask outputs and token views
 ``neurons sweep``  (legacy manifests)    re-run as a ``sweep`` (``neuron_masking``)
 =================  ====================  =====================================================
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.errors import EmocircuitsError
-from emocircuits.prompts import DEFAULT_TEMPLATE, get_template
+from emocircuits.prompts import get_template
 from emocircuits.readout import CALIBRATIONS
 from emocircuits.runs import register_command
 
@@ -113,7 +113,10 @@ def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict
 
 
 def run_find(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:
-    """Collect statistics, select neurons, and write the find outputs into ``out``."""
+    """Collect statistics, select neurons, and write the find outputs into ``out``.
+
+    ``config["stability"]``: bootstrap resamples for ``stability.parquet`` (default ``STABILITY_RESAMPLES``,
+    0 = none); ``config["tokens"]``: the span counted, all | text | last."""
     from emocircuits import neurons
     from emocircuits.models import load_model
     from emocircuits.runs import RunDir
@@ -123,20 +126,26 @@ def run_find(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     _check_choice("assign", config["assign"], neurons.ASSIGN_MODES)
     if not 0 < float(config["top_rate"]) <= 1:
         raise EmocircuitsError(f"--top-rate {config['top_rate']} is out of range; use a share in (0, 1], e.g. 0.01.")
+    n_resamples = int(config.get("stability", neurons.STABILITY_RESAMPLES))
+    if n_resamples < 0:
+        raise EmocircuitsError(f"--stability must be 0 (skip) or more bootstrap resamples, got {n_resamples}.")
     _check_common(config, out, "neurons find")
     data = load_job_data(config, "train", quiet=quiet)
     bridge, spec = model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
     with RunDir.create(out, command="neurons find", config=config, model_spec=spec, seed=config["seed"]) as run:
         stats = neurons.collect(bridge, data, reading=config["activation"], tokens=config["tokens"],
                                 template=config["template"], prepend_bos=config.get("prepend_bos"),
-                                progress=not quiet)
+                                chunks=neurons.STABILITY_CHUNKS if n_resamples else 0, progress=not quiet)
         sel = stats.select(top_rate=config["top_rate"], assign=config["assign"])
-        write_find_outputs(run, stats, sel)
+        stability = (neurons.selection_stability(stats, sel, n_resamples=n_resamples, seed=config["seed"])
+                     if n_resamples else None)
+        write_find_outputs(run, stats, sel, stability)
     return stats, sel
 
 
-def write_find_outputs(run: Any, stats: Any, sel: Any) -> None:
-    """neurons.json, neuron_stats.safetensors, neuron_summary.parquet, layer_counts.parquet, overlap.parquet."""
+def write_find_outputs(run: Any, stats: Any, sel: Any, stability: Any = None) -> None:
+    """neurons.json, neuron_stats.safetensors, neuron_summary.parquet, layer_counts.parquet, overlap.parquet,
+    and stability.parquet when ``stability`` (:func:`emocircuits.neurons.selection_stability`) is given."""
     import numpy as np
     import pandas as pd
 
@@ -160,8 +169,13 @@ def write_find_outputs(run: Any, stats: Any, sel: Any) -> None:
     run.write_table("neuron_summary", summary, "one row per selected neuron: layer, neuron, entropy, p_<emotion>")
     run.write_table("layer_counts", sel.layer_table(), "emotion, layer, count")
     run.write_table("overlap", sel.overlap(), "a, b, n_a, n_b, n_shared, jaccard, overlap_min")
-    run.update(summary={"n_selected": {e: len(s) for e, s in sel.sets.items()},
-                        "never_active_share": float(np.isinf(h).mean())})
+    summary = {"n_selected": {e: len(s) for e, s in sel.sets.items()}, "never_active_share": float(np.isinf(h).mean()),
+               "n_tied_at_cut": sel.config.get("n_tied_at_cut"), "n_tied_kept": sel.config.get("n_tied_kept")}
+    if stability is not None:
+        run.write_table("stability", stability, "bootstrap over texts: emotion, n_neurons, jaccard_mean, jaccard_low, "
+                        "jaccard_high (Jaccard with the full-data set), n_resamples, n_chunks")
+        summary["stability_jaccard_mean"] = dict(zip(stability.emotion, map(float, stability.jaccard_mean), strict=True))
+    run.update(summary=summary)
 
 
 # ----------------------------------------------------------------------------- neurons mask
@@ -177,6 +191,7 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
 
     # every option is checked before the data is read or a model loads
     _check_choice("ratio-mode", config["ratio_mode"], neurons.RATIO_MODES)
+    config.setdefault("controls", neurons.DEFAULT_CONTROLS)
     if int(config["controls"]) < 0:
         raise EmocircuitsError(f"--controls must be 0 or more random neuron sets per emotion, got {config['controls']}.")
     ratio = config.get("ratio")
@@ -275,63 +290,15 @@ def load_find_stats(neurons_path: Any, sel: Any, source: str) -> Any:
 
 
 def write_mask_outputs(run: Any, res: Any) -> None:
+    from emocircuits.neurons import FLOOR_ACC
+
     run.write_table("mask_effects", res.effects, "accuracy per (masked emotion x true label): normal, masked, "
-                    "control, deltas, bootstrap 95% CI of the masked-minus-control difference")
+                    "control (mean of k_controls random sets), deltas, bootstrap 95% CI of the masked-minus-control "
+                    "difference (examples and control sets resampled), rank_p among the controls, floor "
+                    f"(clean accuracy < {FLOOR_ACC})")
     run.write_table("mask_errors", res.errors, "where failed cases go under masking: counts per predicted label")
     run.write_table("mask_predictions", res.predictions, "per-example predictions: normal and per masked emotion")
     run.write_json("mask_sets", {e: s.pairs() for e, s in res.sets.items()}, "the neuron sets masked")
-
-
-# ----------------------------------------------------------------------------- demo
-
-
-DEMO_DEFAULTS = {"model": "default", "data": "builtin:dialogues", "train_per_label": 10, "test_per_label": 6,
-                 "template": DEFAULT_TEMPLATE, "activation": "gated", "tokens": "all", "top_rate": 0.01, "assign": "argmax",
-                 "controls": 1, "seed": 0, "dtype": "float32"}
-
-
-def run_demo(config: dict[str, Any], out: Path, quiet: bool = False) -> Any:
-    """Find neurons on a train subset, mask each emotion's set on the test split with controls, one run dir."""
-    import time
-
-    from emocircuits import neurons
-    from emocircuits.data import load_data
-    from emocircuits.models import load_model
-    from emocircuits.runs import RunDir
-
-    t0 = time.perf_counter()
-    bridge, spec = load_model(config["model"], dtype=config["dtype"], progress=not quiet)
-    t_load = time.perf_counter() - t0
-    train = load_data(config["data"], split="train", limit_per_label=config["train_per_label"], seed=config["seed"])
-    test = load_data(config["data"], split="test", limit_per_label=config["test_per_label"], seed=config["seed"])
-    with RunDir.create(out, command="demo", config=config, model_spec=spec, seed=config["seed"]) as run:
-        stats = neurons.collect(bridge, train, reading=config["activation"], tokens=config["tokens"],
-                                template=config["template"], progress=not quiet)
-        sel = stats.select(top_rate=config["top_rate"], assign=config["assign"])
-        write_find_outputs(run, stats, sel)
-        t_find = time.perf_counter()
-        res = neurons.mask(bridge, test, sel, controls=config["controls"], seed=config["seed"],
-                           template=config["template"], progress=not quiet)
-        write_mask_outputs(run, res)
-        run.write_json("token_views", demo_token_views(bridge, test, sel), "circuitsvis token views for the report")
-        timings = {"load_s": round(t_load, 1), "find_s": round(t_find - t0 - t_load, 1),
-                   "mask_s": round(time.perf_counter() - t_find, 1), "total_s": round(time.perf_counter() - t0, 1)}
-        run.update(timings=timings)
-    return sel, res, timings
-
-
-def demo_token_views(bridge: Any, test: Any, sel: Any) -> dict[str, Any]:
-    """Two token views for the demo report: the first test text coloured by its emotion's neuron set
-    (summed values), and two heads' attention on the start of the second."""
-    from emocircuits import tokenviews
-
-    n_layers = sel.n_layers
-    views = [tokenviews.attention_view(bridge, test[1].text[:300], [(n_layers // 2, 0), (n_layers - 1, 1)])]
-    with_neurons = [ex for ex in test if len(sel.sets.get(ex.label, ()))]
-    if with_neurons:  # a tiny model may select no neuron for some emotions
-        ex = with_neurons[0]
-        views.insert(0, tokenviews.neuron_set_view(bridge, ex.text, sel, ex.label))
-    return tokenviews.views_document(views)
 
 
 # ----------------------------------------------------------------------------- neurons sweep (legacy)
@@ -354,4 +321,3 @@ register_command("classify", lambda cfg, out: run_classify(dict(cfg), Path(out),
 register_command("neurons find", lambda cfg, out: run_find(dict(cfg), Path(out), quiet=True))
 register_command("neurons mask", lambda cfg, out: run_mask(dict(cfg), Path(out), quiet=True))
 register_command("neurons sweep", lambda cfg, out: rerun_neurons_sweep(dict(cfg), Path(out)))
-register_command("demo", lambda cfg, out: run_demo(dict(cfg), Path(out), quiet=True))

@@ -7,13 +7,28 @@ Statistics: over texts labelled with emotion e, count per neuron u the tokens wh
 * ``P̂[u, e] = P[u, e] / Σ_e' P[u, e']``  (0 where the sum is 0)
 * ``H[u] = −Σ_e P̂[u, e] log P̂[u, e]``   (0·log 0 = 0; a neuron that never fires gets H = +inf)
 
-Selection keeps the global ``top_rate`` share of all ``n_layers·d_mlp`` neurons with the lowest H.
-Ties are broken by (layer, index) ascending, so selections are deterministic. Assignment ``argmax``
-gives each kept neuron to ``argmax_e P̂[u, e]`` (ties: the emotion listed first); ``lape`` first sets
-H = +inf for neurons whose largest P is not above the ``filter_rate`` quantile of all P, then assigns a
-kept neuron to every emotion whose P is above the ``activation_bar`` quantile (multi-assignment).
+Which tokens count (``tokens``, the *span*): ``all`` prompt tokens (the default: every token of the
+model's input, as LAPE counts them, which keeps earlier runs comparable), ``text`` only the text's own
+tokens (the template around it adds the same counts to every emotion and pulls every P̂ towards
+uniform), or the ``last`` prompt token.
+
+Selection keeps the global ``top_rate`` share of all ``n_layers·d_mlp`` neurons with the lowest H; a neuron
+that never fires (H = +inf) is never a candidate. Ties are broken by (layer, index) ascending, so
+selections are deterministic; ``config["n_tied_at_cut"]`` counts the candidates whose H equals the last
+kept one's (``n_tied_kept`` of them kept). Assignment ``argmax`` gives each kept neuron to
+``argmax_e P̂[u, e]`` (ties: the emotion listed first); ``lape`` first sets H = +inf for neurons whose
+largest P is not above the ``filter_rate`` quantile of all P, then assigns a kept neuron to every emotion
+whose P is above the ``activation_bar`` quantile (multi-assignment).
 
 Overlap between emotion sets is reported two ways: Jaccard ``|A∩B| / |A∪B|`` and ``|A∩B| / min(|A|,|B|)``.
+Stability (:func:`selection_stability`): a bootstrap over texts re-selects on resampled counts and reports
+each emotion's Jaccard with the full-data set.
+
+Masking compares each masked set with ``controls`` random sets of the same per-layer sizes (default
+``DEFAULT_CONTROLS``): the CI of (masked − control) resamples examples *and* control sets, and ``rank_p``
+is the masked effect's rank among the K control effects, ``(1 + #{k: control_k ≤ masked}) / (K + 1)``
+(so never below ``1 / (K + 1)``). ``floor`` marks rows whose clean accuracy is below ``FLOOR_ACC``: a
+label the readout rarely gets right cannot show a drop.
 """
 
 from __future__ import annotations
@@ -37,7 +52,16 @@ from emocircuits.prompts import DEFAULT_TEMPLATE
 from emocircuits.runs import derive_seed
 from emocircuits.sites import LAYER_RANGES, READINGS, layer_range
 
-TOKEN_MODES = ("all", "last")
+TOKEN_MODES = ("all", "text", "last")
+DEFAULT_CONTROLS = 5
+"""Random control sets per masked set in ``mask``, ``sweep``, ``neurons mask|sweep`` and the sweep analysis."""
+FLOOR_ACC = 0.2
+"""Clean accuracy below which a label is flagged ``floor``: too rarely right to show a drop under masking."""
+STABILITY_RESAMPLES = 20
+"""Bootstrap resamples of :func:`selection_stability` that ``neurons find`` runs by default."""
+STABILITY_CHUNKS = 32
+"""Text chunks per emotion kept for the stability bootstrap (memory: emotions × chunks × n_layers × d_mlp × 4 B)."""
+_TEXT_MARKER = "EMOCIRCUITSTEXTMARKER"
 ASSIGN_MODES = ("argmax", "lape")
 RATIO_MODES = ("truncate", "reselect")
 
@@ -47,12 +71,20 @@ RATIO_MODES = ("truncate", "reselect")
 
 @dataclass
 class NeuronStats:
-    """Streamed activation counts. ``counts [n_layers, d_mlp, n_emotions]`` (int64), ``totals [n_emotions]``."""
+    """Streamed activation counts. ``counts [n_layers, d_mlp, n_emotions]`` (int64), ``totals [n_emotions]``.
+
+    With ``collect(chunks=G)`` also the same counts split into chunks of texts (each of one emotion), for
+    the stability bootstrap: ``chunk_counts [n_chunks, n_layers, d_mlp]`` (int32), ``chunk_totals
+    [n_chunks]``, ``chunk_labels [n_chunks]`` (emotion index); summed per emotion they equal ``counts``.
+    """
 
     counts: torch.Tensor
     totals: torch.Tensor
     labels: tuple[str, ...]
     config: dict[str, Any] = field(default_factory=dict)
+    chunk_counts: torch.Tensor | None = None
+    chunk_totals: torch.Tensor | None = None
+    chunk_labels: torch.Tensor | None = None
 
     def probabilities(self) -> torch.Tensor:
         """``P [n_layers, d_mlp, n_emotions]`` (float64): share of e's tokens on which u is active."""
@@ -87,16 +119,57 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return torch.where(p.sum(-1) > 0, h, torch.full_like(h, math.inf))
 
 
+def text_spans(readout: Any, examples: Sequence[Any], token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``[n, 2]`` token positions ``[start, end)`` of each example's own text inside its prompt ``token_ids[i]``.
+
+    The text is located in the rendered prompt by rendering the template around a marker, then mapped to
+    tokens through the fast tokenizer's character offsets (a BOS the runner prepends shifts every position).
+    A token that straddles the text's edge (a space merged with its first word) counts as the text's.
+    """
+    from emocircuits.readout import _texts
+
+    tok = readout.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise EmocircuitsError("tokens='text' needs a fast tokenizer (character offsets); use tokens='all' or 'last'.")
+    parts = readout.template.render(_TEXT_MARKER, readout.labels, tok).split(_TEXT_MARKER)
+    if len(parts) != 2:
+        raise EmocircuitsError(f"Template {readout.template.name!r} does not place the text exactly once; "
+                               "use tokens='all' or 'last' with it.")
+    head, tail = parts
+    spans = torch.zeros(len(examples), 2, dtype=torch.long)
+    for i, (prompt, text, ids) in enumerate(zip(readout.render(examples), _texts(examples), token_ids, strict=True)):
+        if prompt == head + text + tail:
+            c0 = len(head)
+        else:  # a chat template that trims the text: find it from the end (the text is the last user turn)
+            text = text.strip()
+            c0 = prompt.rfind(text)
+            if c0 < 0:
+                raise EmocircuitsError(f"Text {i} does not appear in its rendered prompt; use tokens='all' or 'last'.")
+        c1 = c0 + len(text)
+        enc = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        shift = len(ids) - len(enc["input_ids"])
+        if shift < 0 or list(ids[shift:]) != list(enc["input_ids"]):
+            raise EmocircuitsError(f"Text {i}'s prompt tokenises differently with offsets; use tokens='all' or 'last'.")
+        inside = [j for j, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < c1 and b > c0]
+        if inside:
+            spans[i] = torch.tensor([shift + inside[0], shift + inside[-1] + 1])
+    return spans
+
+
 def collect(model: Any, dataset: Sequence[Any], *, reading: str = "gated", tokens: str = "all",
             template: str = DEFAULT_TEMPLATE, labels: Sequence[str] | None = None, max_tokens: int = 4096,
-            share_prefix: bool = True, prepend_bos: bool | None = None, progress: bool = True) -> NeuronStats:
+            share_prefix: bool = True, prepend_bos: bool | None = None, chunks: int = 0,
+            progress: bool = True) -> NeuronStats:
     """One batched pass over labelled texts counting, per layer/neuron/emotion, tokens where the neuron is > 0.
 
     ``reading``: gated (mlp.hook_post), silu_only (act(gate)) or pre (gate pre-activation).
-    ``tokens``: ``all`` non-padding prompt tokens, or the ``last`` prompt token. Memory is
-    ``O(n_layers·d_mlp·n_emotions)`` whatever the dataset size; no activation is kept. With
-    ``share_prefix`` the template's shared prefix runs once and its counts are added once per text
-    (identical counts to running every prompt whole).
+    ``tokens`` (the span counted): ``all`` non-padding prompt tokens, ``text`` the text's own tokens
+    (:func:`text_spans`), or the ``last`` prompt token. Memory is ``O(n_layers·d_mlp·n_emotions)`` whatever
+    the dataset size; no activation is kept. With ``share_prefix`` the template's shared prefix runs once
+    and its counts are added once per text (identical counts to running every prompt whole).
+    ``chunks`` > 0 also keeps the counts of up to ``chunks`` chunks per emotion (text i of an emotion goes
+    to chunk ``i mod chunks``) for :func:`selection_stability`: ``4 · chunks · n_emotions · n_layers · d_mlp``
+    bytes more (SmolLM2-135M, 6 emotions, 32 chunks: 35 MB).
     """
     from emocircuits.readout import LabelReadout
 
@@ -104,6 +177,8 @@ def collect(model: Any, dataset: Sequence[Any], *, reading: str = "gated", token
         raise EmocircuitsError(f"Unknown reading {reading!r}; use one of {list(READINGS)}.")
     if tokens not in TOKEN_MODES:
         raise EmocircuitsError(f"Unknown token selection {tokens!r}; use one of {list(TOKEN_MODES)}.")
+    if chunks < 0:
+        raise EmocircuitsError(f"chunks must be 0 (none) or more chunks per emotion, got {chunks}.")
     spec = spec_of(model)
     labs = _labels_of(dataset, labels)
     y_all = _label_indices(dataset, labs)
@@ -111,26 +186,48 @@ def collect(model: Any, dataset: Sequence[Any], *, reading: str = "gated", token
                            prepend_bos=prepend_bos)
     runner = readout.runner
     token_ids = readout.encode(list(dataset))
-    counts = torch.zeros(spec.n_layers, len(labs), spec.d_mlp, dtype=torch.int64)
     lengths = torch.tensor([len(t) for t in token_ids], dtype=torch.long)
-    totals = torch.bincount(y_all, weights=lengths.double() if tokens == "all" else None, minlength=len(labs)).long()
+    if tokens == "text":
+        spans = text_spans(readout, list(dataset), token_ids)
+    else:
+        spans = torch.stack([lengths - 1 if tokens == "last" else torch.zeros_like(lengths), lengths], 1)
+    start, end = spans[:, 0], spans[:, 1]  # [n_texts]: each text's counted positions are [start, end)
+    counts = torch.zeros(spec.n_layers, len(labs), spec.d_mlp, dtype=torch.int64)
+    totals = torch.bincount(y_all, weights=(end - start).double(), minlength=len(labs)).long()
+    chunk_of, n_chunks, chunk_labels = _chunks(y_all, len(labs), chunks)
+    per_chunk = torch.zeros(spec.n_layers, n_chunks, spec.d_mlp, dtype=torch.int32) if chunks else None
 
-    pending: dict[int, torch.Tensor] = {}  # prefix counts, kept only if the pass's batches start after them
+    def add(layer: int, rows: torch.Tensor, per_row: torch.Tensor) -> None:  # per_row: [rows, d_mlp] int64
+        counts[layer].index_add_(0, y_all[rows], per_row)
+        if per_chunk is not None:
+            per_chunk[layer].index_add_(0, chunk_of[rows], per_row.to(torch.int32))
+
+    pending: dict[int, tuple] = {}  # prefix counts (rows, span of each row, counts per span), kept only if the
+    # pass's batches start after the prefix
 
     def count(layer: int, value: torch.Tensor) -> None:  # value: [batch, pos, d_mlp]
         info = current_batch()
         if info.shared:  # the shared prefix: one row standing for every text of the pass
-            if tokens == "all":
-                per_label = torch.bincount(y_all[info.rows], minlength=len(labs))  # [n_emotions]
-                pending[layer] = per_label[:, None] * (value[0] > 0).sum(0, dtype=torch.int64).cpu()[None, :]
+            n = value.shape[1]
+            cum = torch.cat([torch.zeros_like(value[0, :1], dtype=torch.int64),
+                             (value[0] > 0).cumsum(0, dtype=torch.int64)]).cpu()  # [n + 1, d_mlp]
+            s, e = start[info.rows].clamp(max=n), end[info.rows].clamp(max=n)
+            pairs, inverse = torch.unique(torch.stack([s, e], 1), dim=0, return_inverse=True)
+            contrib = cum[pairs[:, 1]] - cum[pairs[:, 0]]  # [unique spans, d_mlp]
+            pending[layer] = (info.rows, inverse, contrib)
             return
         prefix = pending.pop(layer, None)
         if prefix is not None and int(info.abs_pos[0, 0]) > 0:  # (a prefix pass the runner gave up is dropped)
-            counts[layer] += prefix
-        pos, seq = info.abs_pos, info.seq_len[:, None]
-        where = (pos < seq) if tokens == "all" else (pos == seq - 1)  # [batch, pos]
+            rows, inverse, contrib = prefix
+            for u, c in enumerate(contrib):  # rows sharing a span share its counts: bincount rows, not gather them
+                r = rows[inverse == u]
+                counts[layer] += torch.bincount(y_all[r], minlength=len(labs))[:, None] * c[None, :]
+                if per_chunk is not None:
+                    per_chunk[layer] += (torch.bincount(chunk_of[r], minlength=n_chunks)[:, None] * c[None, :]).int()
+        pos, r = info.abs_pos, info.rows
+        where = (pos >= start[r][:, None]) & (pos < end[r][:, None])  # [batch, pos]
         active = (value > 0) & where.to(value.device)[..., None]
-        counts[layer].index_add_(0, y_all[info.rows], active.sum(1, dtype=torch.int64).cpu())
+        add(layer, r, active.sum(1, dtype=torch.int64).cpu())
 
     site = READINGS[reading]
     batches = runner.batches(token_ids)
@@ -140,7 +237,25 @@ def collect(model: Any, dataset: Sequence[Any], *, reading: str = "gated", token
             pass
     config = {"reading": reading, "tokens": tokens, "template": template, "n_texts": len(token_ids),
               "prepend_bos": runner.prepend_bos, "model": spec.model_id, "weights_hash": spec.weights_hash}
-    return NeuronStats(counts.permute(0, 2, 1).contiguous(), totals, labs, config)
+    stats = NeuronStats(counts.permute(0, 2, 1).contiguous(), totals, labs, config)
+    if per_chunk is not None:
+        stats.chunk_counts = per_chunk.permute(1, 0, 2).contiguous()
+        stats.chunk_totals = torch.zeros(n_chunks, dtype=torch.int64).index_add_(0, chunk_of, end - start)
+        stats.chunk_labels = chunk_labels
+    return stats
+
+
+def _chunks(y: torch.Tensor, n_labels: int, chunks: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """``(chunk_of [n_texts], n_chunks, chunk_labels [n_chunks])``: text i of emotion e (in data order) goes to
+    e's chunk ``i mod min(chunks, n_e)``; chunks are numbered emotion by emotion."""
+    chunk_of = torch.zeros(len(y), dtype=torch.long)
+    chunk_labels: list[int] = []
+    for e in range(n_labels):
+        idx = (y == e).nonzero().flatten()
+        g = min(chunks, len(idx))
+        chunk_of[idx] = len(chunk_labels) + torch.arange(len(idx)) % max(g, 1)
+        chunk_labels += [e] * g
+    return chunk_of, len(chunk_labels), torch.tensor(chunk_labels, dtype=torch.long)
 
 
 def _labels_of(dataset: Sequence[Any], labels: Sequence[str] | None) -> tuple[str, ...]:
@@ -285,9 +400,61 @@ def select_neurons(p: torch.Tensor, labels: Sequence[str], *, top_rate: float = 
         sets[e] = NeuronSet.from_pairs([(int(i) // d_mlp, int(i) % d_mlp) for i in chosen])
         cand = finite[member[finite, j]][: max(ranked_factor * len(chosen), ranked_factor)]
         ranked[e] = [(int(i) // d_mlp, int(i) % d_mlp) for i in cand]
+    h_cut = float(h[kept[-1]]) if len(kept) else math.inf
     config = {"top_rate": top_rate, "assign": assign, "filter_rate": filter_rate, "activation_bar": activation_bar,
-              "n_selected": int(len(kept)), "n_never_active": int(torch.isinf(entropy(p)).sum())}
+              "n_selected": int(len(kept)), "n_never_active": int(torch.isinf(entropy(p)).sum()),
+              "cut_entropy": h_cut if len(kept) else None, "n_tied_at_cut": int((h[finite] == h_cut).sum()),
+              "n_tied_kept": int((h[kept] == h_cut).sum())}
     return Selection(sets, ranked, tuple(labels), n_layers, d_mlp, config)
+
+
+def tie_summary(selection: Selection) -> str:
+    """One line on the candidates whose entropy equals the last kept one's (kept in (layer, index) order)."""
+    c = selection.config
+    tied, kept = c.get("n_tied_at_cut", 0), c.get("n_tied_kept", 0)
+    if tied <= kept:
+        return "no tie at the cut" + (f" (entropy {c['cut_entropy']:.4g})" if c.get("cut_entropy") is not None else "")
+    return (f"{tied} candidates tie at the cut (entropy {c['cut_entropy']:.4g}); {kept} kept by (layer, index) order, "
+            f"{tied - kept} left out")
+
+
+def selection_stability(stats: NeuronStats, selection: Selection, *, n_resamples: int = STABILITY_RESAMPLES,
+                        seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Bootstrap over texts: how far each emotion's set would move on other data.
+
+    Each resample draws every emotion's text chunks (``stats.chunk_counts``, from ``collect(chunks=...)``)
+    with replacement, re-selects with ``selection``'s settings and takes the Jaccard of each emotion's set
+    with the full-data one (1 when both are empty). Columns ``emotion, n_neurons`` (full-data set size),
+    ``jaccard_mean, jaccard_low, jaccard_high`` (percentile interval at ``level``), ``n_resamples, n_chunks``.
+    """
+    if stats.chunk_counts is None or stats.chunk_totals is None or stats.chunk_labels is None:
+        raise EmocircuitsError("These statistics keep no per-chunk counts; collect them with chunks > 0 "
+                               "(e.g. chunks=32) to measure selection stability.")
+    if n_resamples < 1:
+        raise EmocircuitsError(f"n_resamples must be 1 or more bootstrap resamples, got {n_resamples}.")
+    c = selection.config
+    params = {k: c[k] for k in ("top_rate", "assign", "filter_rate", "activation_bar") if k in c}
+    rng = np.random.default_rng(derive_seed(seed, "stability"))
+    n_e = len(stats.labels)
+    members = [(stats.chunk_labels == e).nonzero().flatten() for e in range(n_e)]
+    scores = np.zeros((n_resamples, n_e))
+    for b in range(n_resamples):
+        counts = torch.zeros(stats.counts.shape, dtype=torch.int64)  # [n_layers, d_mlp, n_emotions]
+        totals = torch.zeros(n_e, dtype=torch.int64)
+        for e, idx in enumerate(members):
+            pick = idx[torch.from_numpy(rng.integers(0, len(idx), size=len(idx)))]
+            counts[..., e] = stats.chunk_counts[pick].sum(0, dtype=torch.int64)
+            totals[e] = stats.chunk_totals[pick].sum()
+        again = NeuronStats(counts, totals, stats.labels).select(**params)
+        for e, lab in enumerate(stats.labels):
+            a, r = selection.sets[lab], again.sets[lab]
+            shared = len(a.intersection(r))
+            union = len(a) + len(r) - shared
+            scores[b, e] = shared / union if union else 1.0
+    lo, hi = np.quantile(scores, [(1 - level) / 2, 1 - (1 - level) / 2], axis=0)
+    return pd.DataFrame({"emotion": list(stats.labels), "n_neurons": [len(selection.sets[e]) for e in stats.labels],
+                         "jaccard_mean": scores.mean(0), "jaccard_low": lo, "jaccard_high": hi,
+                         "n_resamples": n_resamples, "n_chunks": [len(m) for m in members]})
 
 
 # ============================================================================ conditions and controls
@@ -434,10 +601,11 @@ class MaskingEngine:
 
 def bootstrap_ci(normal: np.ndarray, masked: np.ndarray, control: np.ndarray | None, *, n_boot: int = 1000,
                  seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of ``(acc_masked − acc_normal) − (acc_control − acc_normal)`` over resampled examples.
+    """Percentile CI of ``(acc_masked − acc_normal) − (acc_control − acc_normal)``.
 
-    ``normal, masked [n]`` and ``control [K, n]`` are 0/1 correctness; without controls the CI is of the
-    masked effect alone.
+    ``normal, masked [n]`` and ``control [K, n]`` are 0/1 correctness. Each resample draws the examples
+    with replacement and, independently, K of the control sets with replacement (so the CI also counts
+    how much the controls disagree); without controls the CI is of the masked effect alone.
     """
     n = len(normal)
     if n == 0:
@@ -446,9 +614,19 @@ def bootstrap_ci(normal: np.ndarray, masked: np.ndarray, control: np.ndarray | N
     idx = rng.integers(0, n, size=(n_boot, n))
     eff = masked[idx].mean(1) - normal[idx].mean(1)
     if control is not None and len(control):
-        eff = eff - (control[:, idx].mean(2).mean(0) - normal[idx].mean(1))
+        k = len(control)
+        per_set = np.stack([c[idx].mean(1) for c in control], 1)  # [n_boot, K]: each control's accuracy
+        pick = rng.integers(0, k, size=(n_boot, k))
+        eff = eff - (np.take_along_axis(per_set, pick, 1).mean(1) - normal[idx].mean(1))
     lo, hi = np.quantile(eff, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def rank_p(masked_acc: float, control_accs: np.ndarray) -> float:
+    """Empirical p-value of a drop: ``(1 + #{k: control_k ≤ masked}) / (K + 1)`` over ``control_accs [K]``
+    (NaN without controls; never below ``1 / (K + 1)``)."""
+    k = len(control_accs)
+    return (1 + int((np.asarray(control_accs) <= masked_acc).sum())) / (k + 1) if k else math.nan
 
 
 @dataclass
@@ -464,11 +642,16 @@ class MaskResult:
 
 def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: Sequence[str] | None = None,
          layers: str = "all", ratio: float | None = None, ratio_mode: str = "truncate",
-         stats: NeuronStats | None = None, controls: int = 5, seed: int = 0, n_boot: int = 1000,
+         stats: NeuronStats | None = None, controls: int = DEFAULT_CONTROLS, seed: int = 0, n_boot: int = 1000,
          template: str = DEFAULT_TEMPLATE, engine: MaskingEngine | None = None, prepend_bos: bool | None = None,
          progress: bool = True) -> MaskResult:
     """RQ2: mask each emotion's neurons and measure accuracy per (masked emotion × true label),
-    against the clean run and against ``controls`` random sets of the same per-layer sizes."""
+    against the clean run and against ``controls`` random sets of the same per-layer sizes.
+
+    Effects columns: ``masked_emotion, true_label, n, n_neurons, acc_normal, acc_masked, acc_control``
+    (mean of the K controls), ``delta_masked, delta_control, diff, ci_low, ci_high`` (:func:`bootstrap_ci`),
+    ``k_controls, rank_p`` (:func:`rank_p`) and ``floor`` (``acc_normal < FLOOR_ACC``).
+    """
     if controls < 0:
         raise EmocircuitsError(f"controls must be 0 or more random sets per condition, got {controls}.")
     spec = spec_of(model)
@@ -501,14 +684,16 @@ def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: 
             if not m.any():
                 continue
             acc_n, acc_m = normal_ok[m].mean(), masked_ok[m].mean()
-            acc_c = control_ok[:, m].mean() if controls else math.nan
+            acc_ck = control_ok[:, m].mean(1)  # [K]
+            acc_c = acc_ck.mean() if controls else math.nan
             lo, hi = bootstrap_ci(normal_ok[m], masked_ok[m], control_ok[:, m] if controls else None,
                                   n_boot=n_boot, seed=_condition_seed(seed, c, "bootstrap", t))
             eff_rows.append({"masked_emotion": c.emotion, "true_label": t, "n": int(m.sum()),
                              "n_neurons": len(sets[c.emotion]), "acc_normal": acc_n, "acc_masked": acc_m,
                              "acc_control": acc_c, "delta_masked": acc_m - acc_n,
                              "delta_control": (acc_c - acc_n) if controls else math.nan,
-                             "diff": (acc_m - acc_c) if controls else acc_m - acc_n, "ci_low": lo, "ci_high": hi})
+                             "diff": (acc_m - acc_c) if controls else acc_m - acc_n, "ci_low": lo, "ci_high": hi,
+                             "k_controls": controls, "rank_p": rank_p(acc_m, acc_ck), "floor": bool(acc_n < FLOOR_ACC)})
         wrong = block[0] != y
         for t_i, p_i in zip(y[wrong], block[0][wrong], strict=True):
             err_rows.append((c.emotion, labels[t_i], labels[p_i]))
@@ -520,7 +705,8 @@ def mask(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: 
     return MaskResult(pd.DataFrame(eff_rows), errors, pd.DataFrame(pred_frame), sets, config)
 
 
-MASK_METRICS = ("acc_normal", "acc_masked", "acc_control", "delta_masked", "delta_control", "diff", "ci_low", "ci_high")
+MASK_METRICS = ("acc_normal", "acc_masked", "acc_control", "delta_masked", "delta_control", "diff", "ci_low", "ci_high",
+                "rank_p")
 """The metrics of a ``mask`` effects row; prefixed ``own_`` / ``all_`` they are the RQ3 results schema."""
 
 SWEEP_AXES = ("emotion", "layers", "ratio", "ratio_mode", "seed")
@@ -530,18 +716,21 @@ SWEEP_AXES = ("emotion", "layers", "ratio", "ratio_mode", "seed")
 def sweep_row(result: MaskResult, emotion: str, labels: Sequence[str], n_layers: int) -> dict[str, Any]:
     """The metric columns of one RQ3 row, from a ``mask`` result in which ``emotion`` was masked.
 
-    ``n_neurons, n_examples``, ``layer_first, layer_last`` (the span of the masked layer range),
+    ``n_neurons, n_examples, k_controls``, ``layer_first, layer_last`` (the span of the masked layer range),
     ``own_<metric>`` on the masked emotion's own texts and ``all_<metric>`` on every text (``MASK_METRICS``),
-    and ``acc_masked_<label>`` for each of ``labels`` (NaN for a label without texts).
+    ``own_floor, all_floor`` (clean accuracy below ``FLOOR_ACC``; None without own texts) and
+    ``acc_masked_<label>`` for each of ``labels`` (NaN for a label without texts).
     """
     eff = result.effects[result.effects.masked_emotion == emotion]
     overall = eff[eff.true_label == "all"].iloc[0]
     own = eff[eff.true_label == emotion]
     span = layer_range(n_layers, result.config["layers"])
     row: dict[str, Any] = {"n_neurons": int(overall.n_neurons), "n_examples": int(overall.n),
+                           "k_controls": int(overall.k_controls),
                            "layer_first": span[0] if span else None, "layer_last": span[-1] if span else None}
     row.update({f"own_{k}": float(own.iloc[0][k]) if len(own) else math.nan for k in MASK_METRICS})
     row.update({f"all_{k}": float(overall[k]) for k in MASK_METRICS})
+    row.update({"own_floor": bool(own.iloc[0]["floor"]) if len(own) else None, "all_floor": bool(overall["floor"])})
     per_label = eff.set_index("true_label")["acc_masked"]
     for lab in labels:
         row[f"acc_masked_{lab}"] = float(per_label.get(lab, math.nan))
@@ -550,7 +739,7 @@ def sweep_row(result: MaskResult, emotion: str, labels: Sequence[str], n_layers:
 
 def sweep(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: Sequence[str] | None = None,
           ratios: Sequence[float | None] = (0.01, 0.02, 0.03, 0.04, 0.05), layer_ranges: Sequence[str] = LAYER_RANGES,
-          ratio_mode: str = "truncate", stats: NeuronStats | None = None, controls: int = 2, seed: int = 0,
+          ratio_mode: str = "truncate", stats: NeuronStats | None = None, controls: int = DEFAULT_CONTROLS, seed: int = 0,
           n_boot: int = 1000, template: str = DEFAULT_TEMPLATE, engine: MaskingEngine | None = None,
           progress: bool = True) -> pd.DataFrame:
     """RQ3: mask each emotion's neurons at every (layer range, ratio), with controls and CIs.

@@ -299,7 +299,7 @@ def registered_commands() -> list[str]:
 
 
 RERUN_MODULES = ("emocircuits.jobs", "emocircuits.sweeps", "emocircuits.circuits", "emocircuits.inference",
-                 "emocircuits.judges", "emocircuits.circuit_build", "emocircuits.steering")
+                 "emocircuits.judges", "emocircuits.circuit_build", "emocircuits.steering", "emocircuits.tour")
 """Library modules that register re-runnable commands when imported (never the CLI)."""
 
 

@@ -188,3 +188,129 @@ def test_checkpointed_masked_passes_equal_full_passes(arch):
             assert fast.start_layer(neurons) == min(neurons.layers)
             torch.testing.assert_close(fast.scores(neurons), slow.scores(neurons), atol=1e-4, rtol=1e-4)
             assert not torch.allclose(fast.scores(neurons), fast.clean_scores)  # the mask does something
+
+
+# ---------------------------------------------------------------------------- span, ties, controls (issue #14)
+
+
+def test_text_spans_hand_cases(tiny_llama):
+    from emocircuits.neurons import text_spans
+
+    bridge, _ = tiny_llama
+    ex = [Example("0", "I am furious about it", "a"), Example("1", "I am so glad", "b")]
+    dec = bridge.tokenizer.decode
+    # raw template: the whole prompt is the text; a prepended BOS is not the text's
+    for bos, first in ((False, 0), (True, 1)):
+        ro = LabelReadout(bridge, LABELS, "raw", prepend_bos=bos)
+        ids = ro.encode(ex)
+        assert text_spans(ro, ex, ids).tolist() == [[first, len(ids[0])], [first, len(ids[1])]]
+    # a user template: the space before the text is merged into its first token and counts as the text's
+    ro = LabelReadout(bridge, LABELS, "Say: {text} now. Emotion:")
+    ids = ro.encode(ex)
+    (s, e), _ = text_spans(ro, ex, ids).tolist()
+    assert dec(ids[0][s:e]) == " I am furious about it" and dec(ids[0][:s]) == "Say:"
+    assert dec(ids[0][e:]) == " now. Emotion:"
+    # chat template: the text sits between the template's own tokens
+    ro = LabelReadout(bridge, LABELS, "chat_short")
+    ids = ro.encode(ex)
+    spans = text_spans(ro, ex, ids).tolist()
+    for (s, e), x, t in zip(spans, ex, ids, strict=True):
+        assert dec(t[s:e]) == x.text and dec(t[s - 1:s]) == "\n" and dec(t[e:e + 1]) == "\n"
+    assert spans[0][0] == spans[1][0] > 8  # the same template head before both texts
+
+
+def _prefix_texts():
+    """Texts whose first words are shared, so the shared prompt prefix reaches into the text spans."""
+    return [Example(str(i), t, lab) for i, (t, lab) in enumerate([
+        ("I am furious about the broken promise", "a"), ("I am gagging, that smell", "b"),
+        ("I am thrilled, a lovely surprise party", "c"), ("I am sure he lied to my face again", "a"),
+        ("I am done: rotten food everywhere, so gross", "b"), ("I am lucky, we won the lottery today", "c")])]
+
+
+@pytest.mark.parametrize("template", ["raw", "chat_short"])
+def test_text_span_counts_equal_full_cache_on_the_span(tiny_llama, template):
+    """tokens='text' counts exactly the text's own tokens, also when the shared prefix covers part of them."""
+    from emocircuits.neurons import text_spans
+    from emocircuits.runner import common_prefix
+
+    bridge, spec = tiny_llama
+    data = _prefix_texts()
+    ro = LabelReadout(bridge, LABELS, template)
+    ids = ro.encode(data)
+    spans = text_spans(ro, data, ids)
+    if template == "chat_short":
+        assert common_prefix(ids) > int(spans[:, 0].min())  # "I am" is inside the shared prefix
+    stats = collect(bridge, data, tokens="text", template=template, labels=LABELS, max_tokens=64, progress=False)
+    ref = torch.zeros(spec.n_layers, spec.d_mlp, len(LABELS), dtype=torch.int64)
+    tot = torch.zeros(len(LABELS), dtype=torch.int64)
+    for ex, t, (s, e) in zip(data, ids, spans.tolist(), strict=True):
+        with torch.inference_mode():
+            _, cache = bridge.run_with_cache(torch.tensor([t]))
+        j = LABELS.index(ex.label)
+        for layer in range(spec.n_layers):
+            ref[layer, :, j] += (cache[f"blocks.{layer}.mlp.hook_post"][0, s:e] > 0).sum(0)
+        tot[j] += e - s
+    assert torch.equal(stats.totals, tot) and torch.equal(stats.counts, ref)
+    allc = collect(bridge, data, tokens="all", template=template, labels=LABELS, max_tokens=64, progress=False)
+    assert (allc.counts >= stats.counts).all() and (allc.totals > stats.totals).all() == (template != "raw")
+
+
+def test_ties_at_the_cut_are_counted():
+    from emocircuits.neurons import tie_summary
+
+    one = select_neurons(_hand_p(), LABELS, top_rate=0.2)  # k = 1: n0 and n4 both have H = 0, n0 kept by position
+    assert one.config["n_tied_at_cut"] == 2 and one.config["n_tied_kept"] == 1 and one.config["cut_entropy"] == 0
+    assert one.sets["a"].pairs() == [[0, 0]] and len(one.sets["c"]) == 0
+    assert tie_summary(one).startswith("2 candidates tie at the cut") and "1 left out" in tie_summary(one)
+    two = select_neurons(_hand_p(), LABELS, top_rate=0.4)  # k = 2: both kept
+    assert (two.config["n_tied_at_cut"], two.config["n_tied_kept"]) == (2, 2)
+    assert tie_summary(two).startswith("no tie at the cut")
+    assert two.config["n_never_active"] == 1  # n2 (H = +inf) is never a candidate
+    everything = select_neurons(_hand_p(), LABELS, top_rate=1.0)
+    assert everything.config["n_selected"] == 4
+
+
+def test_bootstrap_ci_resamples_control_sets():
+    """Same mean control accuracy (0.8): identical controls vs controls that disagree (1.0 and 0.6)."""
+    normal = np.ones(100)
+    masked = np.r_[np.zeros(50), np.ones(50)]
+    c8 = np.r_[np.zeros(20), np.ones(80)]
+    agree = bootstrap_ci(normal, masked, np.stack([c8, c8]), seed=1)
+    # identical control sets: resampling them changes nothing, the CI is that of one control
+    assert agree == bootstrap_ci(normal, masked, c8[None], seed=1)
+    disagree = bootstrap_ci(normal, masked, np.stack([np.ones(100), np.r_[np.zeros(40), np.ones(60)]]), seed=1)
+    assert disagree[1] - disagree[0] > (agree[1] - agree[0]) + 0.05
+    assert disagree[0] < -0.3 < disagree[1] and agree[0] < -0.3 < agree[1]
+
+
+def test_rank_p_hand_computed():
+    from emocircuits.neurons import rank_p
+
+    assert rank_p(0.5, np.array([0.4, 0.5, 0.6, 0.7])) == (1 + 2) / 5  # ties count against the mask
+    assert rank_p(0.1, np.full(5, 0.5)) == 1 / 6  # the smallest p K = 5 controls can give
+    assert rank_p(0.9, np.full(5, 0.5)) == 1.0
+    assert math.isnan(rank_p(0.5, np.array([])))
+
+
+def test_mask_effects_have_rank_p_k_controls_and_floor(tiny_llama):
+    from emocircuits.neurons import DEFAULT_CONTROLS, FLOOR_ACC
+
+    bridge, spec = tiny_llama
+    data = _texts()
+    engine = MaskingEngine(bridge, data, labels=LABELS, template="raw", progress=False)
+    stats = NeuronStats(torch.randint(0, 5, (spec.n_layers, spec.d_mlp, 3), generator=torch.Generator().manual_seed(1)),
+                        torch.tensor([5, 5, 5]), LABELS)
+    sel = stats.select(top_rate=0.05)
+    eff = mask(bridge, data, sel, emotions=["a"], controls=3, seed=0, n_boot=50, engine=engine).effects
+    assert (eff.k_controls == 3).all()
+    assert set(eff.rank_p.round(6)) <= {round(j / 4, 6) for j in range(1, 5)}
+    assert (eff.floor == (eff.acc_normal < FLOOR_ACC)).all()
+    none = mask(bridge, data, sel, emotions=["a"], controls=0, n_boot=50, engine=engine).effects
+    assert none.rank_p.isna().all() and (none.k_controls == 0).all()
+    import inspect
+
+    from emocircuits.neurons import sweep
+
+    assert DEFAULT_CONTROLS == 5
+    for fn in (mask, sweep):
+        assert inspect.signature(fn).parameters["controls"].default == DEFAULT_CONTROLS

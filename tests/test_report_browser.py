@@ -2,7 +2,9 @@
 
 Asserts that the page logs no console error, that every expected plotly figure and CircuitsVis view
 rendered (drawn SVG / DOM content, not just an empty div), and that no request left ``file:``/``data:``
-/``blob:`` (the report must open offline). Saves screenshots to the test's temporary directory, and to
+/``blob:`` (the report must open offline). Two pages: runs of single commands, and the report the demo
+(``emocircuits demo``, here on the tiny model) writes into its run directory, whose three sections (one
+per paper) must each render with their reading and every figure. Saves screenshots to the test's temporary directory, and to
 ``$EMOCIRCUITS_SCREENSHOT`` when that is set (how ``docs/report.png`` is made).
 
 Without Chromium, chromedriver or Selenium the test is skipped and says which is missing.
@@ -124,6 +126,53 @@ def test_report_renders_offline_in_chromium(tmp_path, real_runs):
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+_SECTIONS = """
+const drawn = p => p.querySelector('svg.main-svg') && p._fullLayout;
+const filled = r => r.children.length > 0 && r.innerText.trim().length > 0;
+return [...document.querySelectorAll('section.ec-part')].map(s => {
+  const plots = [...s.querySelectorAll('.js-plotly-plot')], views = [...s.querySelectorAll('.ec-circuitsvis')];
+  const reading = s.querySelector('p.ec-reading');
+  return {key: s.dataset.section, title: s.querySelector('h2').innerText, plots: plots.length,
+          drawn: plots.filter(drawn).length, views: views.length, filled: views.filter(filled).length,
+          reading: reading ? reading.innerText.trim().length : 0, headlines: s.querySelectorAll('ul.ec-headlines li').length};
+});
+"""
+
+
+def test_demo_report_renders_every_section_offline(tmp_path, tour_run):
+    """The demo's own report.html: every section (neurons, circuits, inference) renders its reading and all its
+    figures, the page logs no console error and makes no network request."""
+    from emocircuits.viz.report import build_report
+
+    report_file = tour_run / "report.html"
+    built = build_report(tour_run, progress=False)
+    run = built.runs[0]
+    want = {s.key: (sum(i.kind == "figure" for i in run.items[s.start:s.end]),
+                    sum(i.kind == "token_view" for i in run.items[s.start:s.end])) for s in run.sections}
+    assert list(want) == ["neurons", "circuits", "inference"] and all(f > 0 for f, _ in want.values()), want
+    driver = _browser_or_skip()
+    try:
+        shots = [tmp_path / "demo_report.png"]
+        state = _open_and_check(driver, report_file, built.n_figures, built.n_token_views, shots)
+        sections = driver.execute_script(_SECTIONS)
+        console = driver.get_log("browser")
+        requests = _requests(driver)
+    finally:
+        driver.quit()
+    print(f"\ndemo report: {[(s['key'], s['drawn'], s['filled']) for s in sections]}; screenshot {shots[0]}")
+    assert [e for e in console if e["level"] == "SEVERE"] == [], console
+    assert state["drawn"] == state["plots"] == built.n_figures, state
+    assert state["filled"] == state["roots"] == built.n_token_views, state
+    assert [s["key"] for s in sections] == list(want)
+    for s in sections:
+        figures, views = want[s["key"]]
+        assert (s["plots"], s["drawn"], s["views"], s["filled"]) == (figures, figures, views, views), s
+        assert s["reading"] > 200 and s["headlines"] >= 1, s
+    off = [u for u in requests + state["resources"] if not u.startswith(LOCAL_SCHEMES)]
+    assert off == [], f"the demo report made network requests: {off}"
+    assert requests, "the performance log recorded no request at all (not even the file itself)"
+
+
 def test_browser_catches_a_broken_page(tmp_path):
     """The checks can fail: a page with a JS error, a remote script and a missing figure is caught."""
     bad = tmp_path / "bad.html"
@@ -151,3 +200,16 @@ def real_runs(tmp_path_factory):
     demo = make_real_demo_run(root / "demo")
     sweep = make_fake_runs(root / "fake")["sweep"]
     return demo, sweep
+
+
+@pytest.fixture(scope="module")
+def tour_run(tmp_path_factory, tiny_llama):
+    """The demo on the tiny model (minimal sizes), as `emocircuits demo` writes it."""
+    import torch
+    from test_tour import make_tour_run
+
+    _skip_without_browser()  # before spending time on the model run
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("browser_tour") / "demo"
+    make_tour_run(out, tiny_llama)
+    return out

@@ -52,6 +52,8 @@ def test_cells_equal_the_library_mask_call(masked):
             assert row[f"all_{k}"] == pytest.approx(overall[k], nan_ok=True)
             assert row[f"own_{k}"] == pytest.approx(own[k], nan_ok=True)
     assert (t["layer_first"] == 0).all() and (t["layer_last"] == 2).all()
+    assert (t["k_controls"] == 1).all() and t["own_rank_p"].isin([0.5, 1.0]).all()
+    assert (t["own_floor"] == (t["own_acc_normal"] < 0.2)).all() and (t["all_floor"] == (t["all_acc_normal"] < 0.2)).all()
     # a bigger ratio masks more neurons; reselect and truncate read "ratio" differently
     tr = t[t.ratio_mode == "truncate"].set_index("ratio")["n_neurons"]
     assert tr[0.1] > tr[0.05] > 0
@@ -122,3 +124,27 @@ def test_quick_example_on_the_embedded_model(tmp_path):
     assert (t["n_neurons"] > 0).all()
     assert t.set_index(["emotion", "layers"]).loc[("disgust", "all"), "n_neurons"] >= \
         t.set_index(["emotion", "layers"]).loc[("disgust", "middle"), "n_neurons"]
+
+
+def test_controls_default_to_five_everywhere(tmp_path):
+    """K >= 5 random control sets by default: library, sweep analysis, RQ3 config and both commands."""
+    import inspect
+
+    from typer.testing import CliRunner
+
+    from emocircuits.cli import app
+    from emocircuits.commands.neurons import mask_cmd, sweep_cmd
+    from emocircuits.neurons import DEFAULT_CONTROLS, Selection, mask, sweep
+    from emocircuits.sweeps.analyses.neuron_masking import MaskingState, NeuronMaskingParams, rq3_config
+
+    assert DEFAULT_CONTROLS == 5
+    assert NeuronMaskingParams().controls == DEFAULT_CONTROLS
+    assert MaskingState.__dataclass_fields__["controls"].default == DEFAULT_CONTROLS
+    for fn in (mask, sweep, rq3_config):
+        assert inspect.signature(fn).parameters["controls"].default == DEFAULT_CONTROLS
+    for cmd in (mask_cmd, sweep_cmd):
+        assert inspect.signature(cmd).parameters["controls"].default.default == DEFAULT_CONTROLS
+    sel = Selection({}, {}, ("fear", "joy"), 3, 96, {})
+    (tmp_path / "neurons.json").write_text(__import__("json").dumps(sel.to_json()))
+    assert rq3_config(neurons=str(tmp_path / "neurons.json")).params.controls == DEFAULT_CONTROLS
+    assert "--controls" in CliRunner().invoke(app, ["neurons", "mask", "--help"]).output

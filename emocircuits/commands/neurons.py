@@ -1,4 +1,4 @@
-"""`emocircuits neurons find|mask|sweep` and `emocircuits demo`: thin fronts over ``emocircuits.neurons``.
+"""`emocircuits neurons find|mask|sweep`: thin fronts over ``emocircuits.neurons``.
 
 Each command builds a plain config dict and calls a ``run_*`` function of :mod:`emocircuits.jobs`; the
 same function re-creates a run from its manifest (``emocircuits rerun``). ``neurons sweep`` builds a
@@ -15,7 +15,8 @@ import typer
 from emocircuits.commands.classify import parse_labels
 from emocircuits.commands.options import DropUnknown, Labels, PrependBos
 from emocircuits.errors import EmocircuitsError
-from emocircuits.jobs import DEMO_DEFAULTS, run_demo, run_find, run_mask
+from emocircuits.jobs import run_find, run_mask
+from emocircuits.neurons import DEFAULT_CONTROLS, FLOOR_ACC, STABILITY_RESAMPLES, tie_summary
 from emocircuits.prompts import DEFAULT_TEMPLATE
 
 neurons_app = typer.Typer(help="Emotion neurons (Lee et al. 2025): find, mask, sweep.", no_args_is_help=True)
@@ -26,7 +27,19 @@ DATA_HELP = "Data spec: builtin:dialogues, emoprism:PATH, envent:PATH, jsonl:PAT
 
 def _summarise_find(sel: Any) -> str:
     counts = ", ".join(f"{e} {len(s)}" for e, s in sel.sets.items())
-    return f"neurons per emotion: {counts}"
+    return f"neurons per emotion: {counts}\n{tie_summary(sel)}"
+
+
+def _summarise_stability(out: Path) -> str | None:
+    """One line from the run's stability.parquet (None when the run has none)."""
+    import pandas as pd
+
+    file = out / "stability.parquet"
+    if not file.exists():
+        return None
+    t = pd.read_parquet(file)
+    parts = ", ".join(f"{r.emotion} {r.jaccard_mean:.2f} [{r.jaccard_low:.2f},{r.jaccard_high:.2f}]" for r in t.itertuples())
+    return f"selection stability (Jaccard with the full-data set, {int(t.n_resamples.iloc[0])} resamples): {parts}"
 
 
 # ----------------------------------------------------------------------------- find
@@ -41,11 +54,15 @@ def find_cmd(
     limit_per_label: int | None = typer.Option(None, "--limit-per-label", help="At most N texts per emotion (seeded)."),
     template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template the texts are wrapped in."),
     activation: str = typer.Option("gated", "--activation", help="gated (mlp.hook_post) | silu_only | pre."),
-    tokens: str = typer.Option("all", "--tokens", help="all non-padding prompt tokens | last."),
+    tokens: str = typer.Option("all", "--tokens", "--span", help="Tokens counted: all prompt tokens (default, "
+                               "as LAPE; comparable with earlier runs) | text (the text's own tokens, not the "
+                               "template every emotion shares) | last."),
     top_rate: float = typer.Option(0.01, "--top-rate", help="Share of all neurons kept (lowest entropy)."),
     assign: str = typer.Option("argmax", "--assign", help="argmax | lape (multi-assignment)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16."),
-    seed: int = typer.Option(0, "--seed", help="Seed for --limit-per-label sampling."),
+    stability: int = typer.Option(STABILITY_RESAMPLES, "--stability", help="Bootstrap resamples over texts for "
+                                  "stability.parquet (per-emotion Jaccard with the full-data selection); 0 skips."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --limit-per-label sampling and the stability bootstrap."),
     out: Path = typer.Option(..., "--out", help="Run directory to write."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     labels: Labels = None,
@@ -55,25 +72,37 @@ def find_cmd(
     """Collect per-emotion activation statistics and select the lowest-entropy neurons (RQ1)."""
     config = {"model": model, "data": data, "split": split, "limit_per_label": limit_per_label, "template": template,
               "activation": activation, "tokens": tokens, "top_rate": top_rate, "assign": assign, "dtype": dtype,
-              "seed": seed, "labels": parse_labels(labels), "drop_unknown": drop_unknown, "prepend_bos": prepend_bos}
+              "seed": seed, "labels": parse_labels(labels), "drop_unknown": drop_unknown, "prepend_bos": prepend_bos,
+              "stability": stability}
     _, sel = run_find(config, out, quiet)
-    typer.echo(f"{_summarise_find(sel)} -> {out}/neurons.json")
+    typer.echo(f"{_summarise_find(sel)}\n-> {out}/neurons.json")
+    line = _summarise_stability(out)
+    if line:
+        typer.echo(line)
 
 
 # ----------------------------------------------------------------------------- mask
 
 
 def effects_table(effects: Any) -> str:
-    """The RQ2 table as text: own-label accuracy normal / masked / control with the CI."""
+    """The RQ2 table as text: own-label accuracy normal / masked / control with the CI, the rank p-value among
+    the K controls, and ``floor`` where the clean accuracy is too low to show a drop."""
     own = effects[effects.masked_emotion == effects.true_label]
     allr = effects[effects.true_label == "all"].set_index("masked_emotion")
+    k = int(effects["k_controls"].iloc[0]) if "k_controls" in effects and len(effects) else 0
     lines = [f"{'masked':<10} {'n_neur':>6} {'own acc: normal':>15} {'masked':>7} {'control':>8} "
-             f"{'diff [95% CI]':>22} {'all-label acc: masked':>22}"]
+             f"{'diff [95% CI]':>22} {f'p (K={k})':>8} {'all-label acc: masked':>22}"]
     for _, r in own.iterrows():
         a = allr.loc[r.masked_emotion]
         lines.append(f"{r.masked_emotion:<10} {int(r.n_neurons):>6} {r.acc_normal:>15.3f} {r.acc_masked:>7.3f} "
                      f"{r.acc_control:>8.3f} {r['diff']:>+7.3f} [{r.ci_low:+.3f},{r.ci_high:+.3f}] "
-                     f"{a.acc_masked:>10.3f} (normal {a.acc_normal:.3f})")
+                     f"{r.get('rank_p', float('nan')):>8.3f} {a.acc_masked:>10.3f} (normal {a.acc_normal:.3f})"
+                     + ("  floor" if r.get("floor", False) else ""))
+    if k:
+        lines.append(f"p: rank of the masked accuracy among {k} random control sets, (1 + #controls at or below) "
+                     f"/ (K + 1); it cannot go below {1 / (k + 1):.3f}.")
+    if own.get("floor", own.acc_normal < 0).any():
+        lines.append(f"floor: clean accuracy on that label is below {FLOOR_ACC}; masking cannot show a drop there.")
     return "\n".join(lines)
 
 
@@ -89,7 +118,8 @@ def mask_cmd(
     layers: str = typer.Option("all", "--layers", help="all | bottom | middle | top | A-B (inclusive)."),
     ratio: float | None = typer.Option(None, "--ratio", help="Masking ratio, e.g. 0.03 (default: the selected set)."),
     ratio_mode: str = typer.Option("truncate", "--ratio-mode", help="truncate (prefix of ranked list) | reselect."),
-    controls: int = typer.Option(5, "--controls", help="Random neuron sets per masked set (same per-layer counts)."),
+    controls: int = typer.Option(DEFAULT_CONTROLS, "--controls", help="Random neuron sets per masked set (same "
+                                 "per-layer counts); the CI resamples them and p ranks the masked effect among them."),
     emotions: list[str] = typer.Option(None, "--emotion", help="Mask only these emotions (repeatable)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16."),
     seed: int = typer.Option(0, "--seed", help="Seed for controls, bootstrap and sampling."),
@@ -125,7 +155,7 @@ def sweep_cmd(
     ratios: str = typer.Option("0.01,0.02,0.03,0.04,0.05", "--ratios", help="Comma-separated masking ratios."),
     layer_ranges: str = typer.Option("bottom,middle,top,all", "--layer-ranges", help="Comma-separated layer ranges."),
     ratio_mode: str = typer.Option("truncate", "--ratio-mode", help="truncate | reselect."),
-    controls: int = typer.Option(2, "--controls", help="Random sets per condition."),
+    controls: int = typer.Option(DEFAULT_CONTROLS, "--controls", help="Random sets per condition (CI and rank p)."),
     emotions: list[str] = typer.Option(None, "--emotion", help="Sweep only these emotions (repeatable)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -148,7 +178,8 @@ def sweep_cmd(
                      layer_ranges=[s.strip() for s in layer_ranges.split(",") if s.strip()], dtype=dtype,
                      emotions=list(emotions or []) or None)
     result = run_sweep(cfg, out, resume=resume, executor=executor, workers=workers, progress=not quiet)
-    cols = ["emotion", "ratio", "layers", "n_neurons", "own_acc_normal", "own_acc_masked", "own_acc_control", "own_diff"]
+    cols = ["emotion", "ratio", "layers", "n_neurons", "own_acc_normal", "own_acc_masked", "own_acc_control", "own_diff",
+            "own_rank_p", "own_floor"]
     ok = result.table[result.table["status"] == "ok"]
     if not ok.empty:
         typer.echo(ok[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -157,34 +188,6 @@ def sweep_cmd(
         typer.echo(failed, err=True)
 
 
-# ----------------------------------------------------------------------------- demo
-
-def demo_cmd(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory to write."),
-    model: str = typer.Option(DEMO_DEFAULTS["model"], "--model", help=MODEL_HELP),
-    train_per_label: int = typer.Option(DEMO_DEFAULTS["train_per_label"], "--train-per-label",
-                                        help="Train dialogues per emotion for neuron finding."),
-    test_per_label: int = typer.Option(DEMO_DEFAULTS["test_per_label"], "--test-per-label",
-                                       help="Test dialogues per emotion for masking."),
-    controls: int = typer.Option(DEMO_DEFAULTS["controls"], "--controls", help="Random control sets per emotion."),
-    dtype: str = typer.Option(DEMO_DEFAULTS["dtype"], "--dtype", help="float32 | bfloat16."),
-    seed: int = typer.Option(DEMO_DEFAULTS["seed"], "--seed", help="Seed."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """The main job: find emotion neurons on the embedded model, mask them with controls, print the RQ2 table."""
-    config = {**DEMO_DEFAULTS, "model": model, "train_per_label": train_per_label, "test_per_label": test_per_label,
-              "controls": controls, "dtype": dtype, "seed": seed}
-    sel, res, timings = run_demo(config, out, quiet)
-    typer.echo("\nEmotion neurons per layer (rows: emotion; columns: layers 0..L-1)")
-    table = sel.layer_table().pivot(index="emotion", columns="layer", values="count")
-    for e, row in table.iterrows():
-        typer.echo(f"{e:<10} total {int(row.sum()):>4} | " + " ".join(f"{int(v):>2}" for v in row.values))
-    typer.echo("\nMasking (RQ2): own-label accuracy, masked vs random controls, bootstrap 95% CI of the difference")
-    typer.echo(effects_table(res.effects))
-    typer.echo(f"\ntimings {timings}\nrun directory: {out}  (make an HTML report: emocircuits report {out} -o report.html)")
-
-
 def register(app: typer.Typer) -> None:
-    """Add ``neurons find|mask|sweep`` and ``demo`` to ``app`` (re-running is registered by emocircuits.jobs)."""
+    """Add ``neurons find|mask|sweep`` to ``app`` (re-running is registered by emocircuits.jobs)."""
     app.add_typer(neurons_app, name="neurons")
-    app.command("demo")(demo_cmd)

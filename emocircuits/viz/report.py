@@ -22,6 +22,8 @@ accuracy.parquet …         circuits: judged accuracy, direction cosines, valen
                            neuron scores, dose-response, sublayer influence, the circuit view, the steering
                            comparison and example replies (:data:`FIGURE_RULES`)
 probes.parquet …           inference: probes, knockout, patching, attribution, promotion, appraisal Sankey
+tour.json                  the demo (``emocircuits.tour``): one section per paper, each with its reading,
+                           headline numbers and the figures of the run directories it lists
 =========================  ==========================================================
 """
 
@@ -50,6 +52,7 @@ from emocircuits.viz.tokens import TokenView, circuitsvis_js
 #: Class of the wrapper around each plotly figure (plotly itself adds ``js-plotly-plot`` to the graph div).
 FIGURE_CLASS = "ec-figure"
 TOKEN_VIEWS_FILE = "token_views.json"
+TOUR_FILE = "tour.json"
 
 _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
                   "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -66,6 +69,19 @@ class Item:
 
 
 @dataclass
+class Section:
+    """A titled part of a run's report (the demo has one per paper): a reading, headline lines, and the
+    run's ``items[start:end]``."""
+
+    key: str
+    title: str
+    reading: str
+    headlines: list[str]
+    start: int
+    end: int
+
+
+@dataclass
 class RunReport:
     """What the report shows for one run directory."""
 
@@ -73,6 +89,7 @@ class RunReport:
     manifest: dict[str, Any]
     items: list[Item] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (figure, reason)
+    sections: list[Section] = field(default_factory=list)  # empty: the items form one list
 
     @property
     def n_figures(self) -> int:
@@ -147,6 +164,35 @@ def _labels_in(files: _Files) -> set[str]:
                 if c in df.columns:
                     labels |= {str(x) for x in df[c].dropna().unique()}
     return labels - {F.POOLED}
+
+
+def _tour_parts(files: _Files) -> list[tuple[dict[str, Any], list[_Files]]]:
+    """The parts of a demo run (``tour.json``) with the run directories each lists (``"."``: the demo's own)."""
+    doc = files.json(TOUR_FILE)
+    parts = doc.get("parts") if isinstance(doc, dict) else None
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+        raise EmocircuitsError(f"{str(files.path / TOUR_FILE)!r} has no list of parts; the run directory is damaged.")
+    return [(p, [files if rel == "." else _Files(files.path / rel) for rel in p.get("runs", [])]) for p in parts]
+
+
+def _tour_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) -> RunReport:
+    """A demo run: one :class:`Section` per part, holding the items of the run directories the part lists."""
+    run = RunReport(files.path, manifest)
+    for part, subs in _tour_parts(files):
+        title = str(part.get("title", part.get("key", "")))
+        start = len(run.items)
+        for sub in subs:
+            try:
+                sub_manifest = manifest if sub is files else read_manifest(sub.path)
+            except EmocircuitsError as exc:
+                run.skipped.append((f"{title}: {sub.path.name}", str(exc)))
+                continue
+            got = _run_items(sub, sub_manifest, colors)
+            run.items += got.items
+            run.skipped += [(f"{title}: {t}", r) for t, r in got.skipped]
+        run.sections.append(Section(str(part.get("key", len(run.sections))), title, str(part.get("reading", "")),
+                                    [str(line) for line in part.get("headlines", [])], start, len(run.items)))
+    return run
 
 
 def _model_dims(manifest: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -227,6 +273,25 @@ class FigureRule:
     def applies(self, files: _Files, manifest: dict[str, Any]) -> bool:
         kinds = {manifest.get("command"), (manifest.get("sweep") or {}).get("analysis")}
         return all(files.has(name) for name in self.needs) and (not self.when or bool(kinds & set(self.when)))
+
+
+def _stability_table(f: _Files) -> str:
+    df = f.table("stability.parquet")
+    need = ["emotion", "n_neurons", "jaccard_mean", "jaccard_low", "jaccard_high", "n_resamples"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise EmocircuitsError(f"stability.parquet lacks columns {missing}; write it with `emocircuits neurons find`.")
+    rows = "".join(f"<tr><td>{_e(r.emotion)}</td><td>{int(r.n_neurons)}</td><td>{r.jaccard_mean:.2f}</td>"
+                   f"<td>[{r.jaccard_low:.2f}, {r.jaccard_high:.2f}]</td><td>{int(r.n_resamples)}</td></tr>"
+                   for r in df.itertuples())
+    return ("<table class='ec-table'><thead><tr><th>emotion</th><th>neurons</th><th>mean Jaccard</th>"
+            f"<th>95% interval</th><th>resamples</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _neuron_rules() -> list[FigureRule]:
+    return [FigureRule(("stability.parquet",), "Selection stability", _stability_table,
+                       "Jaccard of each emotion's selection on bootstrap resamples of its texts against the "
+                       "full-data selection (1 = the same neurons every time).")]
 
 
 def _circuit_rules() -> list[FigureRule]:
@@ -364,6 +429,9 @@ pre { background:var(--bg); border:1px solid var(--line); border-radius:6px; pad
 .ec-token-view { margin: 8px 0 18px; }
 .ec-cv-title { font-weight:600; font-size:14px; } .ec-cv-caption { color:var(--muted); font-size:12px; margin-bottom:6px; }
 .skipped { color:#7d4e00; font-size:13px; } .skipped li { margin:2px 0; }
+section.ec-part { border-top:3px solid var(--line); margin-top:22px; padding-top:6px; }
+p.ec-reading { font-size:14px; line-height:1.5; max-width:980px; }
+ul.ec-headlines { font-size:12px; color:var(--muted); margin:0 0 10px; padding-left:18px; }
 nav.toc { font-size:13px; } nav.toc a { color:var(--accent); text-decoration:none; margin-right:14px; }
 footer { color:var(--muted); font-size:12px; text-align:center; padding:18px; }
 """
@@ -413,24 +481,24 @@ def _run_html(k: int, run: RunReport, progress: bool) -> str:
              f"{_e(run.path.name)}</h2>"]
     if m.get("error"):
         parts.append(f"<p class='skipped'>The run failed: {_e(m['error'])}</p>")
-    toc = "".join(f"<a href='#run-{k}-item-{i}'>{_e(item.title)}</a>" for i, item in enumerate(run.items))
+    toc = "".join(f"<a href='#run-{k}-{_e(s.key)}'>{_e(s.title)}</a>" for s in run.sections) if run.sections else \
+        "".join(f"<a href='#run-{k}-item-{i}'>{_e(item.title)}</a>" for i, item in enumerate(run.items))
     if toc:
         parts.append(f"<nav class='toc'>{toc}</nav>")
     details = {"path": str(run.path), "config": m.get("config"), "model": m.get("model"), "versions": m.get("versions"),
                "files": sorted((m.get("files") or {}).keys())}
     parts.append("<details><summary>Manifest: config, model, versions, files</summary><pre>"
                  f"{_e(json.dumps(details, indent=2, default=str))}</pre></details>")
-    for i, item in enumerate(tqdm(run.items, desc=f"report: run {k}", unit="item", disable=not progress, leave=False)):
-        anchor = f"run-{k}-item-{i}"
-        if item.kind == "figure":
-            body = pio.to_html(item.value, full_html=False, include_plotlyjs=False, config=_PLOTLY_CONFIG,
-                               div_id=f"{anchor}-plot", default_width="100%")
-            parts.append(f"<div id='{anchor}' class='{FIGURE_CLASS}' data-title='{_e(item.title)}'>{body}"
-                         f"<p class='cap fig-cap'><b>{_e(item.title)}.</b> {_e(item.caption)}</p></div>")
-        elif item.kind == "token_view":
-            parts.append(f"<div id='{anchor}'>{item.value.to_html(include_js=False)}</div>")
-        else:
-            parts.append(f"<h3 id='{anchor}'>{_e(item.title)}</h3><p class='cap'>{_e(item.caption)}</p>{item.value}")
+    items = [_item_html(f"run-{k}-item-{i}", item) for i, item in
+             enumerate(tqdm(run.items, desc=f"report: run {k}", unit="item", disable=not progress, leave=False))]
+    if run.sections:
+        for s in run.sections:
+            lines = "".join(f"<li><code>{_e(line.strip())}</code></li>" for line in s.headlines)
+            parts.append(f"<section class='ec-part' id='run-{k}-{_e(s.key)}' data-section='{_e(s.key)}'>"
+                         f"<h2>{_e(s.title)}</h2><p class='ec-reading'>{_e(s.reading)}</p>"
+                         f"<ul class='ec-headlines'>{lines}</ul>{''.join(items[s.start:s.end])}</section>")
+    else:
+        parts += items
     if run.skipped:
         lis = "".join(f"<li><b>{_e(t)}</b> — {_e(r)}</li>" for t, r in run.skipped)
         parts.append(f"<h3>Not shown</h3><ul class='skipped'>{lis}</ul>")
@@ -438,6 +506,17 @@ def _run_html(k: int, run: RunReport, progress: bool) -> str:
         parts.append("<p class='cap'>This run wrote no file the report knows how to draw.</p>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _item_html(anchor: str, item: Item) -> str:
+    if item.kind == "figure":
+        body = pio.to_html(item.value, full_html=False, include_plotlyjs=False, config=_PLOTLY_CONFIG,
+                           div_id=f"{anchor}-plot", default_width="100%")
+        return (f"<div id='{anchor}' class='{FIGURE_CLASS}' data-title='{_e(item.title)}'>{body}"
+                f"<p class='cap fig-cap'><b>{_e(item.title)}.</b> {_e(item.caption)}</p></div>")
+    if item.kind == "token_view":
+        return f"<div id='{anchor}'>{item.value.to_html(include_js=False)}</div>"
+    return f"<h3 id='{anchor}'>{_e(item.title)}</h3><p class='cap'>{_e(item.caption)}</p>{item.value}"
 
 
 def build_report(run_dirs: Sequence[str | Path] | str | Path, *, title: str | None = None,
@@ -458,9 +537,10 @@ def build_report(run_dirs: Sequence[str | Path] | str | Path, *, title: str | No
         loaded.append((_Files(path), manifest))
     labels: set[str] = set()
     for files, _ in loaded:
-        labels |= _labels_in(files)
+        for part_files in ([f for _, subs in _tour_parts(files) for f in subs] if files.has(TOUR_FILE) else [files]):
+            labels |= _labels_in(part_files)
     colors = color_map(labels)
-    runs = [_run_items(files, manifest, colors)
+    runs = [(_tour_items if files.has(TOUR_FILE) else _run_items)(files, manifest, colors)
             for files, manifest in tqdm(loaded, desc="report: reading runs", unit="run", disable=not progress)]
     return Report(runs, _page(runs, title or "emocircuits report", colors, progress))
 
@@ -517,5 +597,5 @@ def write_report(run_dirs: Sequence[str | Path] | str | Path, out: str | Path, *
     return report
 
 
-FIGURE_RULES: tuple[FigureRule, ...] = (*_circuit_rules(), *_inference_rules())
+FIGURE_RULES: tuple[FigureRule, ...] = (*_neuron_rules(), *_circuit_rules(), *_inference_rules())
 """Figures of the circuits and inference runs, by the files they need (neuron figures are drawn above)."""

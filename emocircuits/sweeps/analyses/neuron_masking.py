@@ -44,7 +44,7 @@ class FindParams:
     split: str = "train"
     limit_per_label: int = 0
     reading: str = "gated"
-    tokens: str = "all"
+    tokens: str = "all"  # all | text | last (see emocircuits.neurons)
     top_rate: float = 0.01
     assign: str = "argmax"
 
