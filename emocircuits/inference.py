@@ -366,6 +366,12 @@ def probe(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, layers: Sequenc
     n_train, n_test, selectivity``.
     """
     sites = _check_sites(sites, PROBE_SITES)
+    n_test = int(round(len(prep) * test_size))
+    if folds < 2 or len(prep) < max(2 * folds, 10) or n_test < 2 or len(set(prep.true.tolist())) < 2:
+        raise EmocircuitsError(
+            f"Probes need at least {max(2 * folds, 10)} examples of two or more emotions for {folds}-fold CV and a "
+            f"{test_size:.0%} test split (and folds >= 2); {len(prep)} are left — use more examples "
+            "(--limit-per-label) or keep wrong predictions too (--all-examples).")
     acts = capture_sites(prep.model, prep.token_ids, sites, layers)
     ya, names = appraisal_matrix(prep.examples, appraisals)
     spec = spec_of(prep.model)

@@ -59,6 +59,17 @@ def test_prepare_calibrates_with_a_train_prior(tiny_llama, events):
     assert (cal.pred == (torch.log_softmax(raw.scores, -1) - prior).argmax(-1).numpy()).all()
 
 
+def test_probe_on_too_few_examples_is_one_sentence(prep):
+    import dataclasses
+
+    few = dataclasses.replace(prep, examples=prep.examples[:6], token_ids=prep.token_ids[:6], scores=prep.scores[:6],
+                              pred=prep.pred[:6], true=prep.true[:6])
+    with pytest.raises(EmocircuitsError, match="6 are left"):
+        inf.probe(few, sites=["resid.post"], layers=[0])
+    with pytest.raises(EmocircuitsError, match="folds >= 2"):
+        inf.probe(prep, sites=["resid.post"], layers=[0], folds=1)
+
+
 def test_probe_recovers_separable_labels():
     rng = np.random.default_rng(0)
     n, d = 120, 16
