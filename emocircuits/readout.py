@@ -344,8 +344,10 @@ def reference_prior_examples(labels: Sequence[str], per_label: int = PRIOR_PER_L
     ref = load_data(REFERENCE_PRIOR_DATA, split="train")
     if not set(labels) <= set(ref.labels):
         return None
-    return load_data(REFERENCE_PRIOR_DATA, split="train", labels=list(labels), drop_unknown=True).limit_per_label(
-        per_label, seed=0)
+    with warnings.catch_warnings():  # the rows of other labels are dropped on purpose
+        warnings.simplefilter("ignore")
+        subset = load_data(REFERENCE_PRIOR_DATA, split="train", labels=list(labels), drop_unknown=True)
+    return subset.limit_per_label(per_label, seed=0)
 
 
 def prior_examples_for(dataset: Any, labels: Sequence[str]) -> tuple[Dataset | None, str | None]:
