@@ -80,6 +80,12 @@ def check_tour_config(config: dict[str, Any]) -> dict[str, Any]:
         raise EmocircuitsError(f"--top-rate {cfg['top_rate']} is out of range; use a share in (0, 1], e.g. 0.01.")
     if not cfg["steer_emotions"]:
         raise EmocircuitsError("--steer-emotion is empty; name at least one emotion to steer toward, e.g. anger.")
+    from emocircuits.data import EKMAN6
+
+    for key in ("mask_emotions", "steer_emotions"):
+        bad = [e for e in cfg[key] if e not in EKMAN6]
+        if bad:
+            raise EmocircuitsError(f"--{key[:-1].replace('_', '-')} {bad[0]!r} is not one of {', '.join(EKMAN6)}.")
     return cfg
 
 
