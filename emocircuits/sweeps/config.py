@@ -152,6 +152,14 @@ def as_dict(obj: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
+def at_least(section: str, params: Any, minimums: dict[str, int]) -> None:
+    """Raise one sentence unless every ``params.<name>`` is an integer >= ``minimums[name]``."""
+    for name, low in minimums.items():
+        value = getattr(params, name)
+        if value < low:
+            raise EmocircuitsError(f"Key '{section}.{name}' has value {value}; allowed: integers >= {low}.")
+
+
 def choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
     """Raise one sentence unless ``value`` is one of ``allowed``."""
     if value not in allowed:

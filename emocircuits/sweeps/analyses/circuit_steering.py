@@ -25,7 +25,7 @@ from typing import Any
 
 from emocircuits.errors import EmocircuitsError
 from emocircuits.sweeps.base import Analysis
-from emocircuits.sweeps.config import choice
+from emocircuits.sweeps.config import at_least, choice
 
 ALL = "all"
 
@@ -89,10 +89,7 @@ class CircuitSteering(Analysis):
             raise EmocircuitsError("Key 'analysis.circuits' is empty; name the run directory of "
                                    "`emocircuits circuits assemble`.")
         manifest, _ = _runs(p.circuits)
-        for key, value, low in (("limit", p.limit, 1), ("n_random", p.n_random, 1),
-                                ("max_new_tokens", p.max_new_tokens, 1), ("n_boot", p.n_boot, 1)):
-            if value < low:
-                raise EmocircuitsError(f"Key 'analysis.{key}' has value {value}; allowed: integers >= {low}.")
+        at_least("analysis", p, {"limit": 1, "n_random": 1, "max_new_tokens": 1, "n_boot": 1})
         if not p.judges:
             raise EmocircuitsError("Key 'analysis.judges' is empty; name at least one judge, e.g. [\"lexicon\"].")
         for j in p.judges:

@@ -30,7 +30,7 @@ from typing import Any
 from emocircuits.circuits import KINDS, PROMPT_USES
 from emocircuits.errors import EmocircuitsError
 from emocircuits.sweeps.base import Analysis
-from emocircuits.sweeps.config import choice
+from emocircuits.sweeps.config import at_least, choice
 
 
 @dataclass(frozen=True)
@@ -92,18 +92,13 @@ class ComponentValidation(Analysis):
                                    "`emocircuits circuits components`.")
         source = _directions_run(p.components)
         _from_run(source, "prompts.parquet", "circuits directions")
-        for key, value, low in (("top_k", p.top_k, 0), ("controls", p.controls, 1), ("max_prompts", p.max_prompts, 0),
-                                ("n_boot", p.n_boot, 1)):
-            if value < low:
-                raise EmocircuitsError(f"Key 'analysis.{key}' has value {value}; allowed: integers >= {low}.")
+        at_least("analysis", p, {"top_k": 0, "controls": 1, "max_prompts": 0, "n_boot": 1, "judge_prompts": 1,
+                                 "max_new_tokens": 1})
         choice("analysis.use", p.use, PROMPT_USES)
         if p.judge:
             from emocircuits.judges import check_judge_name
 
             check_judge_name(p.judge)
-        for key, value in (("judge_prompts", p.judge_prompts), ("max_new_tokens", p.max_new_tokens)):
-            if value < 1:
-                raise EmocircuitsError(f"Key 'analysis.{key}' has value {value}; allowed: integers >= 1.")
         emotions = sorted(path.stem for path in (source / "directions").glob("*.json"))
         for e in cfg.grid.get("emotion", []):
             choice("grid.emotion", e, emotions)

@@ -56,7 +56,7 @@ import numpy as np
 
 from emocircuits.errors import EmocircuitsError
 from emocircuits.sweeps.base import Analysis, TemplateCell
-from emocircuits.sweeps.config import choice
+from emocircuits.sweeps.config import at_least, choice
 
 READOUTS = ("accuracy", "projection")
 ACCURACY_KEYS = ("clean_acc", "acc", "delta", "ci_low", "ci_high", "changed", "changed_ci_low", "changed_ci_high",
@@ -127,10 +127,7 @@ class InterventionAnalysis(Analysis):
         p: InterventionParams = cfg.params
         choice("analysis.readout", p.readout, READOUTS)
         choice("analysis.scoring", p.scoring, SCORINGS)
-        if p.n_boot < 1:
-            raise EmocircuitsError(f"Key 'analysis.n_boot' has value {p.n_boot}; allowed: integers >= 1.")
-        if p.max_tokens < 1:
-            raise EmocircuitsError(f"Key 'analysis.max_tokens' has value {p.max_tokens}; allowed: integers >= 1.")
+        at_least("analysis", p, {"n_boot": 1, "max_tokens": 1})
         if not p.intervention:
             raise EmocircuitsError("Missing table [analysis.intervention]: the intervention template each cell fills "
                                    "(e.g. type = \"ScaleHeads\", heads = \"{layers}:all\", factor = \"{factor}\").")

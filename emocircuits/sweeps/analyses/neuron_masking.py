@@ -32,7 +32,7 @@ import numpy as np
 from emocircuits.errors import EmocircuitsError
 from emocircuits.neurons import DEFAULT_CONTROLS
 from emocircuits.sweeps.base import Analysis
-from emocircuits.sweeps.config import choice
+from emocircuits.sweeps.config import at_least, choice
 
 ARTIFACT = "neurons"
 
@@ -105,10 +105,7 @@ class NeuronMasking(Analysis):
         p: NeuronMaskingParams = cfg.params
         choice("analysis.scoring", p.scoring, SCORINGS)
         parse_artifacts({"find": _find_artifact(p)[ARTIFACT]}, "analysis")  # the find settings, as an artifact
-        if p.controls < 0:
-            raise EmocircuitsError(f"Key 'analysis.controls' has value {p.controls}; allowed: integers >= 0.")
-        if p.n_boot < 1:
-            raise EmocircuitsError(f"Key 'analysis.n_boot' has value {p.n_boot}; allowed: integers >= 1.")
+        at_least("analysis", p, {"controls": 0, "n_boot": 1})
         labels = tuple(cfg.data.labels) or EKMAN6
         if p.neurons:
             from emocircuits.neurons import Selection
