@@ -178,21 +178,6 @@ def _readout(model: Any, readout: str) -> tuple[str, int | None]:
     return ("final.norm", None) if readout == "final.norm" else ("resid.post", spec_of(model).n_layers - 1)
 
 
-def _forward_read(runner: Any, x: Tensor, readout: tuple[str, int | None], **kwargs: Any) -> Tensor:
-    """Run ``x`` and return the readout site ``[b, n, d_model]`` (the forward stops there)."""
-    from emocircuits.interventions import observe
-    from emocircuits.runner import FINAL
-
-    if readout == FINAL:
-        h = runner._forward(x, FINAL, **kwargs)
-        assert h is not None
-        return h
-    got: dict[str, Tensor] = {}
-    with observe(runner.model, readout[0], [readout[1]], lambda _l, h: got.__setitem__("h", h)):
-        runner._forward(x, readout, **kwargs)
-    return got["h"]
-
-
 def injection_scores_fast(model: Any, token_ids: Sequence[Sequence[int]], plan: Sequence[Injection], *,
                           readout: str = "final.norm", max_rows: int = 64,
                           progress: bool = False) -> tuple[Tensor, Tensor]:
@@ -204,9 +189,9 @@ def injection_scores_fast(model: Any, token_ids: Sequence[Sequence[int]], plan: 
     from tqdm.auto import tqdm
     from transformers import DynamicCache
 
-    from emocircuits.interventions import AddPerExample, BatchInfo, Compose, batch_context
+    from emocircuits.interventions import AddPerExample, BatchInfo, Compose
     from emocircuits.models import spec_of
-    from emocircuits.runner import Runner
+    from emocircuits.runner import Runner, check_cache
 
     if max_rows < 2:
         raise EmocircuitsError(f"max_rows must be at least 2 (got {max_rows}).")
@@ -226,9 +211,9 @@ def injection_scores_fast(model: Any, token_ids: Sequence[Sequence[int]], plan: 
                 cache = DynamicCache()
                 info = BatchInfo(torch.arange(p - 1)[None, :], torch.tensor([p]), torch.tensor([p]),
                                  torch.tensor([0]), torch.tensor([0]))
-                with batch_context(info):
-                    runner._forward(torch.tensor([list(ids[:-1])], device=dev), ("resid.post", spec.n_layers - 1),
-                                    past_key_values=cache, use_cache=True)
+                runner.forward(torch.tensor([list(ids[:-1])], device=dev), ("resid.post", spec.n_layers - 1),
+                               info=info, past_key_values=cache, use_cache=True)
+                check_cache(cache, p - 1)
             clean = None
             for start in range(0, len(rows_all), max_rows):
                 chunk = rows_all[start:start + max_rows]
@@ -249,8 +234,8 @@ def injection_scores_fast(model: Any, token_ids: Sequence[Sequence[int]], plan: 
                 x = torch.tensor([[ids[-1]]] * n, device=dev)
                 info = BatchInfo(torch.tensor([[p - 1]]), torch.full((n,), p), torch.full((n,), p), torch.arange(n),
                                  torch.zeros(n, dtype=torch.long))
-                with Compose(tuple(parts)).apply(model), batch_context(info):
-                    h = _forward_read(runner, x, site, **kwargs)[:, -1].float().cpu()  # [n, d]
+                with Compose(tuple(parts)).apply(model):
+                    h = runner.forward(x, site, info=info, **kwargs)[:, -1].float().cpu()  # [n, d]
                 if clean is None:
                     clean = h[0]
                 idx = [r for r in chunk if r is not None]

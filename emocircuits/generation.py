@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions import BatchInfo, PrefixUnsafe, batch_context
-from emocircuits.runner import FINAL, Batch, Runner
+from emocircuits.interventions import BatchInfo, PrefixUnsafe
+from emocircuits.runner import FINAL, Batch, Runner, check_cache
 
 Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
 
@@ -169,8 +169,8 @@ def _decode_batch(runner: Runner, batch: Batch, offset: int, prefix: Any, new: l
         cache = DynamicCache()
     lengths = batch.lengths
     info = BatchInfo(torch.arange(offset, p)[None, :], lengths, lengths, rows, batch.keys, generating=True)
-    with batch_context(info):
-        h = runner._forward(batch.input_ids[:, offset:].to(dev), FINAL, past_key_values=cache, use_cache=True)
+    h = runner.forward(batch.input_ids[:, offset:].to(dev), FINAL, info=info, past_key_values=cache, use_cache=True)
+    check_cache(cache, p)
     logits = runner.logits(h[torch.arange(b), lengths - 1 - offset])  # [b, vocab]
     gens = [torch.Generator().manual_seed((s["seed"] * 1_000_003 + int(k)) & 0x7FFF_FFFF_FFFF_FFFF) for k in batch.keys]
     seqs = [batch.input_ids[j, : int(lengths[j])].tolist() for j in range(b)]
@@ -198,9 +198,8 @@ def _decode_batch(runner: Runner, batch: Batch, offset: int, prefix: Any, new: l
         attn = torch.cat([attn, torch.ones(b, 1, dtype=attn.dtype)], dim=1)
         pos = (lengths + t)[:, None]
         info = BatchInfo(pos, lengths, lengths + t + 1, rows, batch.keys, generating=True)
-        with batch_context(info):
-            h = runner._forward(torch.tensor(nxt, device=dev)[:, None], FINAL, past_key_values=cache, use_cache=True,
-                                attention_mask=attn.to(dev), position_ids=pos.to(dev))
+        h = runner.forward(torch.tensor(nxt, device=dev)[:, None], FINAL, info=info, past_key_values=cache,
+                           use_cache=True, attention_mask=attn.to(dev), position_ids=pos.to(dev))
         logits = runner.logits(h[:, -1])
 
 

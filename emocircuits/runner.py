@@ -113,6 +113,23 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
+def check_cache(cache: Any, n_tokens: int) -> None:
+    """Raise unless ``cache`` holds keys/values for ``n_tokens`` positions after a cached forward.
+
+    Some transformers / transformer-lens pairs accept a cache and never fill it; every cached forward
+    would then silently attend to nothing before its own tokens.
+    """
+    got = cache.get_seq_length()
+    if got != n_tokens:
+        from importlib.metadata import version
+
+        raise EmocircuitsError(
+            f"The model's key/value cache holds {got} positions after a forward over {n_tokens} tokens: "
+            f"transformers {version('transformers')} and transformer-lens {version('transformer-lens')} "
+            "do not work together; install the versions pyproject.toml allows (pip install -e .)."
+        )
+
+
 class Runner:
     """Batches prompts for one model and runs them under whatever interventions are applied.
 
@@ -228,23 +245,29 @@ class Runner:
 
         cache = DynamicCache()
         ids = batches[0].input_ids[:1, :offset].to(self.device())
-        with batch_context(self.prefix_info(batches, offset, generating)):
-            self._forward(ids, stop, past_key_values=cache, use_cache=True)
+        self.forward(ids, stop, info=self.prefix_info(batches, offset, generating), past_key_values=cache, use_cache=True)
+        check_cache(cache, offset)
         return cache
 
-    def _forward(self, x: Tensor, stop: Stop | None, **kwargs: Any) -> Tensor | None:
-        """Run the model on ``x`` up to ``stop`` (None: the whole model, logits returned)."""
-        if stop is None:
-            return self.model(x, **kwargs)
-        if stop == FINAL:
+    def forward(self, x: Tensor, stop: Stop | None, *, info: BatchInfo | None = None, **kwargs: Any) -> Tensor:
+        """One raw forward of ``x [b, n]`` (token ids, or a residual with ``start_at_layer``) up to ``stop``.
+
+        Returns the output of the ``stop`` site ``[b, n, ...]`` (``FINAL``: the final-norm hidden states;
+        None: the full model's logits). ``info``: the batch context interventions see (absolute positions,
+        lengths, rows); without one the caller must have set it. ``kwargs`` go to the model
+        (``past_key_values``, ``attention_mask``, ``position_ids``...). For passes over whole prompts use
+        :meth:`run`; this is for callers that manage a key/value cache themselves (generation, last-token
+        re-runs).
+        """
+        with batch_context(info) if info is not None else contextlib.nullcontext():
+            if stop is None:
+                return self.model(x, **kwargs)
             got: dict[str, Tensor] = {}
-            with observe(self.model, "final.norm", [None], lambda _l, h: got.__setitem__("h", h)):
-                run_until(self.model, x, "final.norm", None, **kwargs)
-            if "h" not in got:
-                raise EmocircuitsError("The model never reached its final norm; is it a TransformerBridge causal LM?")
-            return got["h"]
-        run_until(self.model, x, stop[0], stop[1], **kwargs)
-        return None
+            with observe(self.model, stop[0], [stop[1]], lambda _l, h: got.__setitem__("h", h)):
+                run_until(self.model, x, stop[0], stop[1], **kwargs)
+        if "h" not in got:
+            raise EmocircuitsError(f"The model never reached {stop[0]}; is it a TransformerBridge causal LM?")
+        return got["h"]
 
     def run(self, batches: Sequence[Batch], *, stop: Stop | None = FINAL, start_at_layer: int = 0,
             resid: Sequence[Tensor] | None = None, progress: str | None = None) -> Iterator[Step]:
@@ -290,8 +313,7 @@ class Runner:
                         )
                     x = r.to(dev)
                     kwargs["start_at_layer"] = start_at_layer
-                with batch_context(self.batch_info(batch, offset)):
-                    hidden = self._forward(x, stop, **kwargs)
+                hidden = self.forward(x, stop, info=self.batch_info(batch, offset), **kwargs)
                 bar.update(len(batch))
                 yield Step(batch, offset, hidden if stop == FINAL else None)
             bar.close()
