@@ -475,11 +475,11 @@ class AttributionResult:
     pairs: np.ndarray
     seconds: float
 
-    def windows(self, span: int) -> pd.DataFrame:
-        """Estimates summed over sliding windows: ``site, start, end, estimate``."""
+    def windows(self, span: int, stride: int = 1) -> pd.DataFrame:
+        """Estimates summed over sliding windows (every ``stride`` layers): ``site, start, end, estimate``."""
         rows = []
         for site, per in self.per_pair.items():
-            for w in windows(per.shape[1], span):
+            for w in windows(per.shape[1], span, stride):
                 rows.append({"site": site, "start": w[0], "end": w[-1], "estimate": float(per[:, list(w)].sum(1).mean())})
         return pd.DataFrame(rows)
 
@@ -725,7 +725,7 @@ def validate(cmd: str, cfg: dict[str, Any]) -> None:
 
     if cmd not in COMMANDS:
         raise EmocircuitsError(f"Unknown inference command {cmd!r}; use one of {', '.join(COMMANDS)}.")
-    for key in ("span", "n_pairs", "folds"):
+    for key in ("span", "stride", "n_pairs", "folds"):
         if key in cfg and int(cfg[key]) < 1:
             raise EmocircuitsError(f"--{key.replace('_', '-')} must be at least 1 (got {cfg[key]}).")
     if "sites" in cfg:
@@ -763,7 +763,7 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
     bridge, spec = model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
     layers = layer_range(spec.n_layers, config["layers"]) if config.get("layers") else None
     if "span" in config:
-        inf.windows(spec.n_layers, int(config["span"]))
+        inf.windows(spec.n_layers, int(config["span"]), int(config.get("stride", 1)))
     with RunDir.create(out, command=f"inference {cmd}", config=config, model_spec=spec, seed=config["seed"]) as run:
         calibration = config.get("calibration", "none")  # runs made before the option read uncalibrated
         prep = inf.prepare(bridge, data, template=config["template"], only_correct=not config["all_examples"],
@@ -784,28 +784,30 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
             run.update(directions=names)
         elif cmd == "knockout":
             t = inf.knockout(prep, sites=_sites(config["sites"], inf.KNOCKOUT_SITES), span=int(config["span"]),
-                             mode=config["mode"], seed=seed)
+                             stride=int(config.get("stride", 1)), mode=config["mode"], seed=seed)
             run.write_table("knockout", t, "site, mode, start, end, unchanged, ci_low, ci_high, accuracy, n")
             summary["most_disruptive"] = t.loc[t.groupby("site")["unchanged"].idxmin()].to_dict("records")
         elif cmd in ("patch", "attribute"):
             sites = _sites(config["sites"], inf.PROBE_SITES)
+            stride = int(config.get("stride", 1))
             pairs = inf.make_pairs(prep.pred, int(config["n_pairs"]), seed)
             att = inf.attribute(prep, sites=sites, pairs=pairs) if cmd == "attribute" else None
             if att is not None:
                 run.write_table("attribution_layers", att.layers, "site, layer, estimate (mean grad x delta)")
                 run.write_table("attribution_heads", att.heads, "layer, head, estimate")
-                run.write_table("attribution_windows", att.windows(int(config["span"])), "site, start, end, estimate")
+                run.write_table("attribution_windows", att.windows(int(config["span"]), stride),
+                                "site, start, end, estimate")
                 summary["attribution_seconds"] = att.seconds
             if cmd == "patch" or config.get("compare"):
                 import time
 
                 t0 = time.perf_counter()
-                real = inf.patch(prep, sites=sites, span=int(config["span"]), pairs=pairs, seed=seed)
+                real = inf.patch(prep, sites=sites, span=int(config["span"]), stride=stride, pairs=pairs, seed=seed)
                 summary["patch_seconds"] = time.perf_counter() - t0
                 run.write_table("patching", real, "site, start, end, flip/stay/other shares with _low/_high CIs, "
                                 "logit_diff_change, n_pairs")
                 if att is not None:
-                    cmp_ = inf.compare_attribution(att.windows(int(config["span"])), real)
+                    cmp_ = inf.compare_attribution(att.windows(int(config["span"]), stride), real)
                     run.write_table("attribution_vs_patching", cmp_, "site, spearman, pvalue, n_windows")
                     summary["spearman"] = cmp_.to_dict("records")
         else:

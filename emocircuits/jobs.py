@@ -122,7 +122,7 @@ def run_find(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     from emocircuits.runs import RunDir
 
     _check_choice("activation", config["activation"], ("gated", "silu_only", "pre"))
-    _check_choice("tokens", config["tokens"], neurons.TOKEN_MODES)
+    _check_choice("span", config["tokens"], neurons.TOKEN_MODES)
     _check_choice("assign", config["assign"], neurons.ASSIGN_MODES)
     if not 0 < float(config["top_rate"]) <= 1:
         raise EmocircuitsError(f"--top-rate {config['top_rate']} is out of range; use a share in (0, 1], e.g. 0.01.")

@@ -247,7 +247,7 @@ CLI_ROWS: list[Row] = [
     R("demo-size-0", "demo --events-per-label 0 --quiet --out {out}", "--events-per-label must be at least 1",
       no_model=True),
     R("classify-bad-calibration", CLASSIFY + " --calibration wrong", "Unknown calibration 'wrong'", no_model=True),
-    R("find-bad-span", FIND + " --span words", "is not valid; use one of all, text, last", no_model=True),
+    R("find-bad-span", FIND + " --span words", "--span 'words' is not valid; use one of all, text, last", no_model=True),
 ]
 
 

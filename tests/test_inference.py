@@ -296,6 +296,7 @@ def test_cli_help_and_errors_before_model_loads():
     for cmd, extra, msg in [("knockout", {"sites": "attn.out", "span": 3, "mode": "blur"}, "--mode"),
                             ("knockout", {"sites": "resid.post", "span": 3, "mode": "zero"}, "--sites"),
                             ("patch", {"sites": "attn.out", "span": 0, "n_pairs": 3}, "--span"),
+                            ("patch", {"sites": "attn.out", "span": 2, "stride": 0, "n_pairs": 3}, "--stride"),
                             ("promote", {"layers": None, "betas": "1,x", "n_random": 2, "rms_scaled": False}, "--betas"),
                             ("appraisal", {"layers": "9-2", "settings": "anger", "beta": 1.0, "n_random": 1}, "layers"),
                             ("appraisal", {"layers": None, "settings": "joyful", "beta": 1.0, "n_random": 1}, "joyful")]:
@@ -320,6 +321,9 @@ def test_run_inference_writes_run_dir(tmp_path, tiny_llama):
     man = json.loads((tmp_path / "att" / "manifest.json").read_text())
     assert man["status"] == "complete" and "attribution_vs_patching.parquet" in man["files"]
     assert set(pd.read_parquet(tmp_path / "att" / "patching.parquet").columns) >= {"flip", "stay", "other"}
+    cfg_k = {**cfg, "sites": "attn.out", "span": 1, "stride": 2, "mode": "zero"}
+    run_inference("knockout", cfg_k, tmp_path / "ko", quiet=True, model_pair=tiny_llama)
+    assert pd.read_parquet(tmp_path / "ko" / "knockout.parquet")["start"].tolist() == [0, 2]  # stride 2 of 3 layers
     cfg_p = {**cfg, "sites": "resid.post", "layers": "1-2", "folds": 2}
     run_inference("probe", cfg_p, tmp_path / "probe", quiet=True, model_pair=tiny_llama)
     assert (tmp_path / "probe" / "directions" / "emotion_anger.json").exists() or \

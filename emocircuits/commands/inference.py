@@ -43,6 +43,9 @@ CAL = typer.Option(str(DEFAULT_CALIBRATION), "--calibration", help="prior (label
 ALL = typer.Option(False, "--all-examples", help="Keep wrongly predicted examples too (default: only correct ones).")
 SEED = typer.Option(0, "--seed", help="Seed (sampling, pairs, noise, random controls).")
 DT = typer.Option("float32", "--dtype", help="float32 | bfloat16.")
+SPAN = typer.Option(3, "--span", help="Layers per sliding window.")
+STRIDE = typer.Option(1, "--stride", help="Start a window every N layers (the last window still ends at the "
+                      "last layer).")
 OUT = typer.Option(..., "--out", help="Run directory to write.")
 Q = typer.Option(False, "--quiet", help="No progress bars.")
 
@@ -63,37 +66,38 @@ def probe_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label
 def knockout_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
                  template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
                  sites: str = typer.Option("attn.out,mlp.out", "--sites", help="attn.out and/or mlp.out."),
-                 span: int = typer.Option(3, "--span", help="Layers per sliding window."),
+                 span: int = SPAN, stride: int = STRIDE,
                  mode: str = typer.Option("zero", "--mode", help="zero | noise (norm-matched)."),
                  out: Path = OUT, quiet: bool = Q) -> None:
     """Knock out a site's last-token output over sliding layer windows; share of predictions unchanged."""
     _go("knockout", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-                     "sites": sites, "span": span, "mode": mode}, out, quiet)
+                     "sites": sites, "span": span, "stride": stride, "mode": mode}, out, quiet)
 
 
 @inference_app.command("patch")
 def patch_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
               template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
               sites: str = typer.Option("attn.out,mlp.out,resid.post", "--sites", help="Comma list of sites."),
-              span: int = typer.Option(3, "--span", help="Layers per sliding window."),
+              span: int = SPAN, stride: int = STRIDE,
               n_pairs: int = typer.Option(50, "--n-pairs", help="Random (source, target) pairs with different labels."),
               out: Path = OUT, quiet: bool = Q) -> None:
     """Patch sources' last-token activations into targets over layer windows: flip / stay / other shares."""
     _go("patch", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-                  "sites": sites, "span": span, "n_pairs": n_pairs}, out, quiet)
+                  "sites": sites, "span": span, "stride": stride, "n_pairs": n_pairs}, out, quiet)
 
 
 @inference_app.command("attribute")
 def attribute_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
                   template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
                   sites: str = typer.Option("attn.out,mlp.out,resid.post", "--sites", help="Comma list of sites."),
-                  span: int = typer.Option(3, "--span", help="Window for summed estimates."),
+                  span: int = typer.Option(3, "--span", help="Window for summed estimates."), stride: int = STRIDE,
                   n_pairs: int = typer.Option(50, "--n-pairs", help="Random (source, target) pairs."),
                   compare: bool = typer.Option(False, "--compare", help="Also run real patching; Spearman per site."),
                   out: Path = OUT, quiet: bool = Q) -> None:
     """Attribution patching: gradient x activation difference for every layer, site and head, in one backward."""
     _go("attribute", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-                      "sites": sites, "span": span, "n_pairs": n_pairs, "compare": compare}, out, quiet)
+                      "sites": sites, "span": span, "stride": stride, "n_pairs": n_pairs,
+                      "compare": compare}, out, quiet)
 
 
 @inference_app.command("promote")

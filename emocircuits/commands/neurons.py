@@ -54,7 +54,7 @@ def find_cmd(
     limit_per_label: int | None = typer.Option(None, "--limit-per-label", help="At most N texts per emotion (seeded)."),
     template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template the texts are wrapped in."),
     activation: str = typer.Option("gated", "--activation", help="gated (mlp.hook_post) | silu_only | pre."),
-    tokens: str = typer.Option("all", "--tokens", "--span", help="Tokens counted: all prompt tokens (default, "
+    tokens: str = typer.Option("all", "--span", "--tokens", help="Tokens counted: all prompt tokens (default, "
                                "as LAPE; comparable with earlier runs) | text (the text's own tokens, not the "
                                "template every emotion shares) | last."),
     top_rate: float = typer.Option(0.01, "--top-rate", help="Share of all neurons kept (lowest entropy)."),
