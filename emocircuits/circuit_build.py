@@ -689,11 +689,12 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     """Sublayer influence from a directions run's prompts and directions. Config: ``from`` (directions run),
     ``model``/``dtype`` (default: that run's), ``alphas``, ``emotions`` (empty = all), ``readout``,
     ``sigma_from``, ``ref_fraction``, ``max_prompts``, ``method``."""
-    from emocircuits.circuits import _from_run, _load, read_directions
-    from emocircuits.runs import RunDir
+    from emocircuits.circuits import read_directions
+    from emocircuits.models import load_for_config
+    from emocircuits.runs import RunDir, finished_run
 
     src = Path(config["from"])
-    manifest = _from_run(src, "prompts.parquet", "circuits directions")
+    manifest = finished_run(src, "prompts.parquet", "circuits directions")
     alphas = parse_floats(config.get("alphas", list(ALPHAS)))
     if config.get("readout", "final.norm") not in READOUTS:
         raise EmocircuitsError(f"--readout {config['readout']!r} is not valid; use one of {', '.join(READOUTS)}.")
@@ -709,7 +710,7 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     bad = [e for e in emotions if e not in directions]
     if bad:
         raise EmocircuitsError(f"--emotion {bad[0]!r} has no direction in {str(src)!r}; it has {', '.join(directions)}.")
-    bridge, spec = _load(config, quiet, model_pair)
+    bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits influence", config=config, model_spec=spec,
                        seed=config.get("seed")) as run:
         res = sublayer_influence(bridge, prompts, directions, alphas=alphas, emotions=emotions,
@@ -736,14 +737,14 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
     ``neuron_share``, ``min_neurons``, ``min_heads``, ``cap_ratio``, ``groups`` (Δμ groups: all | accepted)."""
     import pandas as pd
 
-    from emocircuits.circuits import _from_run, _load
-    from emocircuits.runs import RunDir
+    from emocircuits.models import load_for_config
+    from emocircuits.runs import RunDir, finished_run
 
     inf_dir, comp_dir = Path(config["influence"]), Path(config["components"])
-    inf_manifest = _from_run(inf_dir, "influence.parquet", "circuits influence")
-    comp_manifest = _from_run(comp_dir, "neuron_scores.parquet", "circuits components")
+    inf_manifest = finished_run(inf_dir, "influence.parquet", "circuits influence")
+    comp_manifest = finished_run(comp_dir, "neuron_scores.parquet", "circuits components")
     dir_path = Path(comp_manifest["config"]["from"])
-    _from_run(dir_path, "prompts.parquet", "circuits directions")
+    finished_run(dir_path, "prompts.parquet", "circuits directions")
     for key, low in (("min_neurons", 0), ("min_heads", 0), ("k_total", 1)):
         if config.get(key) is not None and config[key] < low:
             raise EmocircuitsError(f"--{key.replace('_', '-')} must be at least {low} (got {config[key]}).")
@@ -759,7 +760,7 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
     ns, hs = pd.read_parquet(comp_dir / "neuron_scores.parquet"), pd.read_parquet(comp_dir / "head_scores.parquet")
     prompts = pd.read_parquet(dir_path / "prompts.parquet")
     emotions = [e for e in dict.fromkeys(table["emotion"]) if e in set(ns["emotion"])]
-    bridge, spec = _load(config, quiet, model_pair)
+    bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits assemble", config=config, model_spec=spec,
                        seed=config.get("seed")) as run:
         shifts = shift_vectors(bridge, prompts, groups=config.get("groups", "all"))

@@ -48,6 +48,8 @@ from torch import Tensor
 from emocircuits.components import Direction, HeadSet, NeuronSet
 from emocircuits.data import EKMAN6
 from emocircuits.errors import EmocircuitsError
+from emocircuits.models import load_for_config
+from emocircuits.runs import finished_run
 
 SYSTEM_TEMPLATE = "Always reply in {emotion}. Keep the reply to at most two sentences."
 USER_TEMPLATE = "{scenario}\n{event}"
@@ -814,7 +816,7 @@ def emotion_prompts(model: Any, prompts: pd.DataFrame, direction: Direction, emo
 def read_components(src: Path, top_k: int | None = None) -> tuple[dict[str, NeuronSet], dict[str, HeadSet]]:
     """The neuron and head sets of a ``circuits components`` run: the saved ones, or the top ``top_k`` re-picked
     from its score tables."""
-    manifest = _from_run(Path(src), "neuron_scores.parquet", "circuits components")
+    manifest = finished_run(Path(src), "neuron_scores.parquet", "circuits components")
     if top_k is not None:
         return top_sets(pd.read_parquet(Path(src) / "neuron_scores.parquet"),
                         pd.read_parquet(Path(src) / "head_scores.parquet"), top_k)
@@ -858,21 +860,6 @@ def parse_scales(text: str) -> list[float]:
         raise EmocircuitsError(f"--scales {text!r} must list at least one factor, each >= 0.")
     return vals
 
-def _from_run(path: Path, need: str, command: str) -> dict[str, Any]:
-    """The manifest of an earlier run that must hold file ``need`` (written by ``command``)."""
-    from emocircuits.runs import read_manifest
-
-    manifest = read_manifest(path)
-    if manifest.get("command") != command or not (Path(path) / need).exists():
-        raise EmocircuitsError(f"{str(path)!r} is not a finished `emocircuits {command}` run (no {need}); "
-                               f"pass the --out directory of `emocircuits {command}`.")
-    return manifest
-
-def _load(config: dict[str, Any], quiet: bool, model_pair: Any) -> Any:
-    from emocircuits.models import load_model
-
-    return model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
-
 def run_elicit(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:
     """Generate and judge the emotion-instructed replies; write replies, verdicts and accuracy into ``out``."""
     from emocircuits.data import load_data
@@ -889,7 +876,7 @@ def run_elicit(config: dict[str, Any], out: Path, quiet: bool = False, model_pai
                                f"{', '.join(ACCEPT_MODES)} or one of the --judge names.")
     split = None if config["split"] in (None, "all") else config["split"]
     data = load_data(config["data"], split=split)
-    bridge, spec = _load(config, quiet, model_pair)
+    bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits elicit", config=config, model_spec=spec, seed=config["seed"]) as run:
         el = elicit(bridge, data, emotions=config["emotions"], limit=config["limit"],
                              judges=config["judges"], accept=config["accept"],
@@ -910,14 +897,14 @@ def run_directions(config: dict[str, Any], out: Path, quiet: bool = False, model
     from emocircuits.runs import RunDir
 
     src = Path(config["from"])
-    manifest = _from_run(src, "replies.parquet", "circuits elicit")
+    manifest = finished_run(src, "replies.parquet", "circuits elicit")
     _check_choice("groups", config["groups"], GROUP_MODES)
     _check_min("n-boot", config["n_boot"], 0)
     _check_min("shuffles", config["shuffles"], 0)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     replies = pd.read_parquet(src / "replies.parquet")
-    bridge, spec = _load(config, quiet, model_pair)
+    bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits directions", config=config, model_spec=spec,
                        seed=config["seed"]) as run:
         dr = emotion_directions(bridge, replies, groups=config["groups"], n_boot=config["n_boot"],
@@ -946,13 +933,13 @@ def run_components(config: dict[str, Any], out: Path, quiet: bool = False, model
     from emocircuits.runs import RunDir
 
     src = Path(config["from"])
-    manifest = _from_run(src, "prompts.parquet", "circuits directions")
+    manifest = finished_run(src, "prompts.parquet", "circuits directions")
     _check_min("top-k", config["top_k"], 1)
     _check_min("top-k-heads", config["top_k_heads"], 1)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     prompts, directions = read_directions(src)
-    bridge, spec = _load(config, quiet, model_pair)
+    bridge, spec = load_for_config(config, quiet, model_pair)
     for d in directions.values():
         d.validate(spec)
     with RunDir.create(out, command="circuits components", config=config, model_spec=spec,

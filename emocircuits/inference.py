@@ -753,14 +753,14 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
     """Run one inference analysis from its config and write the run directory ``out``; returns the summary."""
     import emocircuits.inference as inf
     from emocircuits.data import load_data
-    from emocircuits.models import load_model
+    from emocircuits.models import load_for_config
     from emocircuits.runs import RunDir
     from emocircuits.sites import layer_range
 
     validate(cmd, config)
     split = None if config["split"] in (None, "all") else config["split"]
     data = load_data(config["data"], split=split, limit_per_label=config["limit_per_label"], seed=config["seed"])
-    bridge, spec = model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
+    bridge, spec = load_for_config(config, quiet, model_pair)
     layers = layer_range(spec.n_layers, config["layers"]) if config.get("layers") else None
     if "span" in config:
         inf.windows(spec.n_layers, int(config["span"]), int(config.get("stride", 1)))

@@ -118,7 +118,7 @@ def run_find(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     ``config["stability"]``: bootstrap resamples for ``stability.parquet`` (default ``STABILITY_RESAMPLES``,
     0 = none); ``config["tokens"]``: the span counted, all | text | last."""
     from emocircuits import neurons
-    from emocircuits.models import load_model
+    from emocircuits.models import load_for_config
     from emocircuits.runs import RunDir
 
     _check_choice("activation", config["activation"], ("gated", "silu_only", "pre"))
@@ -131,7 +131,7 @@ def run_find(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
         raise EmocircuitsError(f"--stability must be 0 (skip) or more bootstrap resamples, got {n_resamples}.")
     _check_common(config, out, "neurons find")
     data = load_job_data(config, "train", quiet=quiet)
-    bridge, spec = model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
+    bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="neurons find", config=config, model_spec=spec, seed=config["seed"]) as run:
         stats = neurons.collect(bridge, data, reading=config["activation"], tokens=config["tokens"],
                                 template=config["template"], prepend_bos=config.get("prepend_bos"),
@@ -185,7 +185,7 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
              selection: Any = None) -> Any:
     """Mask each emotion's neurons on a dataset with random controls; write the mask tables into ``out``."""
     from emocircuits import neurons
-    from emocircuits.models import load_model
+    from emocircuits.models import load_for_config
     from emocircuits.runs import RunDir
     from emocircuits.sites import layer_range
 
@@ -216,7 +216,7 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     data = load_job_data(config, "test", labels=sel.labels, quiet=quiet)
     given = config.get("model")
     config["model"] = given or rec_spec or "default"
-    bridge, spec = model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
+    bridge, spec = load_for_config(config, quiet, model_pair)
     if rec_hash and spec.weights_hash != rec_hash and not config.get("allow_other_model"):
         raise EmocircuitsError(
             f"{source} was found on {rec_id} but --model {config['model']} is {spec.model_id} (other weights); "

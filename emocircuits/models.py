@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,11 @@ def load_model(
                           prepend_bos=native_bos)
     return bridge, model_spec
 
+
+
+def load_for_config(config: Mapping[str, Any], quiet: bool = False, model_pair: Any = None) -> tuple[Any, ModelSpec]:
+    """``model_pair`` when given, else the model a job config names (``config["model"]``, ``config["dtype"]``)."""
+    return model_pair or load_model(config["model"], dtype=config.get("dtype", "float32"), progress=not quiet)
 
 def native_prepends_bos(tokenizer: Any) -> bool:
     """Whether the tokenizer, as its model ships it, puts a BOS token before plain text."""

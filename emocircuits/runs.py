@@ -242,6 +242,15 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- resuming and re-running runs
 
 
+def finished_run(path: Path | str, need: str, command: str) -> dict[str, Any]:
+    """The manifest of an earlier run of ``emocircuits <command>`` that holds file ``need``; one sentence if not."""
+    manifest = read_manifest(path)
+    if manifest.get("command") != command or not (Path(path) / need).exists():
+        raise EmocircuitsError(f"{str(path)!r} is not a finished `emocircuits {command}` run (no {need}); "
+                               f"pass the --out directory of `emocircuits {command}`.")
+    return manifest
+
+
 @contextmanager
 def open_run(path: Path | str, *, command: str, config: Mapping[str, Any], model_spec: Any = None,
              seed: int | None = None, resume: bool = False) -> Iterator[RunDir]:

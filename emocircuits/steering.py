@@ -378,16 +378,17 @@ def steer_from_runs(text: str, emotion: str, method: str = "prompt", *, scale: f
     ``circuits assemble`` run (its directions run gives the residual direction); what ``emocircuits steer`` runs.
     ``prompt`` needs no run; ``circuit``, ``random`` and ``residual`` do."""
     from emocircuits.circuit_build import read_circuits
-    from emocircuits.circuits import _from_run, read_directions
+    from emocircuits.circuits import read_directions
     from emocircuits.data import EKMAN6
     from emocircuits.models import load_model
+    from emocircuits.runs import finished_run
 
     if method not in METHODS or method == "none":
         raise EmocircuitsError(f"--method {method!r} is not valid; use circuit, residual, prompt or random.")
     circuit = direction = None
     manifest: dict[str, Any] = {}
     if circuits is not None:
-        manifest = _from_run(Path(circuits), "allocation.parquet", "circuits assemble")
+        manifest = finished_run(Path(circuits), "allocation.parquet", "circuits assemble")
         found = read_circuits(circuits)
         if emotion not in found:
             raise EmocircuitsError(f"--emotion {emotion!r} has no circuit in {str(circuits)!r}; it has "
@@ -417,14 +418,15 @@ def run_steer(config: dict[str, Any], out: Any, quiet: bool = False, model_pair:
     from pathlib import Path
 
     from emocircuits.circuit_build import read_circuits
-    from emocircuits.circuits import _from_run, _load, elicitation_items, read_directions
+    from emocircuits.circuits import elicitation_items, read_directions
     from emocircuits.data import load_data
     from emocircuits.judges import check_judge_name
-    from emocircuits.runs import RunDir
+    from emocircuits.models import load_for_config
+    from emocircuits.runs import RunDir, finished_run
     from emocircuits.sites import check_layer_range, layer_range
 
     src = Path(config["from"])
-    manifest = _from_run(src, "allocation.parquet", "circuits assemble")
+    manifest = finished_run(src, "allocation.parquet", "circuits assemble")
     methods = [m.strip() for m in str(config.get("methods", ",".join(METHODS))).split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -448,7 +450,7 @@ def run_steer(config: dict[str, Any], out: Any, quiet: bool = False, model_pair:
     split = None if config.get("split") in (None, "all") else config["split"]
     items = elicitation_items(load_data(config.get("data", "builtin:sev"), split=split), emotions=emotions,
                               limit=config.get("limit"))
-    bridge, spec = _load(config, quiet, model_pair)
+    bridge, spec = load_for_config(config, quiet, model_pair)
     band = layer_range(spec.n_layers, config["band"]) if config.get("band") else None
     with RunDir.create(out, command="circuits steer", config=config, model_spec=spec, seed=config.get("seed", 0)) as run:
         res = steer_compare(bridge, items, emotions=emotions, methods=methods, circuits=circuits,

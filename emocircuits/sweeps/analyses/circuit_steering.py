@@ -67,9 +67,9 @@ class SteeringState:
 
 
 def _runs(circuits: str) -> tuple[dict[str, Any], Path]:
-    from emocircuits.circuits import _from_run
+    from emocircuits.runs import finished_run
 
-    manifest = _from_run(Path(circuits), "allocation.parquet", "circuits assemble")
+    manifest = finished_run(Path(circuits), "allocation.parquet", "circuits assemble")
     return manifest, Path(manifest["summary"]["directions"])
 
 

@@ -71,9 +71,9 @@ class ValidationState:
 
 
 def _directions_run(components: str) -> Path:
-    from emocircuits.circuits import _from_run
+    from emocircuits.runs import finished_run
 
-    manifest = _from_run(Path(components), "neuron_scores.parquet", "circuits components")
+    manifest = finished_run(Path(components), "neuron_scores.parquet", "circuits components")
     return Path(manifest["config"]["from"])
 
 
@@ -84,14 +84,14 @@ class ComponentValidation(Analysis):
     default_cells_per_task = 1
 
     def validate(self, cfg: Any) -> None:
-        from emocircuits.circuits import _from_run
+        from emocircuits.runs import finished_run
 
         p: ComponentValidationParams = cfg.params
         if not p.components:
             raise EmocircuitsError("Key 'analysis.components' is empty; name the run directory of "
                                    "`emocircuits circuits components`.")
         source = _directions_run(p.components)
-        _from_run(source, "prompts.parquet", "circuits directions")
+        finished_run(source, "prompts.parquet", "circuits directions")
         at_least("analysis", p, {"top_k": 0, "controls": 1, "max_prompts": 0, "n_boot": 1, "judge_prompts": 1,
                                  "max_new_tokens": 1})
         choice("analysis.use", p.use, PROMPT_USES)
@@ -160,10 +160,10 @@ def validation_config(*, components: str, model: str | None = None, dtype: str |
                       seed: int = 0, judge: str = "", judge_prompts: int = 6, max_new_tokens: int = 30) -> Any:
     """The ``component_validation`` sweep config (emotion × kind × scale), validated: what
     ``emocircuits circuits validate`` runs. ``model``/``dtype``: default, those of the components run."""
-    from emocircuits.circuits import _from_run
+    from emocircuits.runs import finished_run
     from emocircuits.sweeps.config import from_dict
 
-    made = _from_run(Path(components), "neuron_scores.parquet", "circuits components")["config"]
+    made = finished_run(Path(components), "neuron_scores.parquet", "circuits components")["config"]
     model, dtype = model or made.get("model", "default"), dtype or made.get("dtype", "float32")
     if emotions is None:
         emotions = sorted(path.stem for path in (_directions_run(components) / "directions").glob("*.json"))
