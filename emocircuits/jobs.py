@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.errors import EmocircuitsError
-from emocircuits.prompts import get_template
+from emocircuits.prompts import ensemble_members, get_template
 from emocircuits.readout import CALIBRATIONS
 from emocircuits.runs import register_command
 
@@ -90,6 +90,8 @@ def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict
     if config.get("calibrate", False) not in CALIBRATIONS:
         raise EmocircuitsError(f"Unknown calibration {config['calibrate']!r}; use prior, content_free or batch.")
     _check_common(config, out, "classify")
+    for t in ensemble_members(config["template"]):  # every template is checked before the model loads
+        get_template(t, system=config.get("system"))
     dataset = load_job_data(config, "test", quiet=quiet)
     present = sorted({ex.label for ex in dataset})
     if config.get("calibrate") == "batch" and len(present) < 2:
@@ -98,10 +100,9 @@ def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict
             "(it would force one prediction of each label); use --calibration content_free or --no-calibrate."
         )
     bridge, spec = load_model(config["model"], progress=not quiet)
-    template = get_template(config["template"], system=config.get("system"))
-    result = classify(bridge, dataset, template=template, scoring=config["scoring"],
-                      calibrate=config.get("calibrate", False), prepend_bos=config.get("prepend_bos"),
-                      progress=not quiet)
+    result = classify(bridge, dataset, template=config["template"], system=config.get("system"),
+                      scoring=config["scoring"], calibrate=config.get("calibrate", False),
+                      prepend_bos=config.get("prepend_bos"), progress=not quiet)
     metrics = {**result.metrics, "labels": list(dataset.labels), "config": config, "data_info": dataset.info}
     with RunDir.create(out, command="classify", config=config, model_spec=spec, seed=config["seed"]) as run:
         run.write_table("predictions", result.predictions, "one row per example: id, true, predicted, scores")

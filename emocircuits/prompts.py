@@ -22,8 +22,11 @@ __all__ = [
     "DEFAULT_CALIBRATION",
     "DEFAULT_TEMPLATE",
     "FEWSHOT_DEMOS",
+    "DEFAULT_CLASSIFY_TEMPLATE",
+    "ENSEMBLE_SEP",
     "PromptTemplate",
     "TEMPLATES",
+    "ensemble_members",
     "get_template",
     "label_token_ids",
     "template_names",
@@ -226,6 +229,37 @@ prior fitted on the data's train split (content_free, with a warning, when there
 ``DEFAULT_TEMPLATE`` by ``scripts/readout_study.py``. Analyses that mask or steer pass no calibration."""
 
 
+DEFAULT_CLASSIFY_TEMPLATE = "chat_short+chat_fewshot"
+"""The default of :func:`emocircuits.readout.classify` and ``emocircuits classify``: a prompt ensemble (the mean of the
+calibrated label log-probs under ``chat_short`` and ``chat_fewshot``, each with its own prior). In the readout
+study it beat either template alone on all three sets (docs/readout_study.md). Analyses that intervene per example
+(masking, steering, patching) read one prompt per example and use :data:`DEFAULT_TEMPLATE`."""
+
+ENSEMBLE_SEP = "+"
+
+
+def ensemble_members(spec: str | PromptTemplate | Sequence[str | PromptTemplate]) -> list[str | PromptTemplate]:
+    """The templates of a readout spec: ``"chat_short+chat_fewshot"`` (built-in names joined by ``+``) gives two;
+    a single name, a user string with ``{text}`` or a :class:`PromptTemplate` gives itself; a list is itself."""
+    if isinstance(spec, PromptTemplate):
+        return [spec]
+    if not isinstance(spec, str):
+        members = list(spec)
+        if not members:
+            raise EmocircuitsError("A template ensemble needs at least one template.")
+        return members
+    if "{text}" in spec or ENSEMBLE_SEP not in spec:
+        return [spec]
+    names = [n.strip() for n in spec.split(ENSEMBLE_SEP)]
+    bad = [n for n in names if n not in TEMPLATES]
+    if bad or len(set(names)) != len(names):
+        raise EmocircuitsError(
+            f"Template ensemble {spec!r} must join distinct built-in names with '+' ({', '.join(TEMPLATES)}); "
+            f"{'unknown: ' + ', '.join(map(repr, bad)) if bad else 'a name repeats'}."
+        )
+    return list(names)
+
+
 def get_template(name_or_userstring: str | PromptTemplate, system: str | None = None) -> PromptTemplate:
     """A built-in template by name, or a user template from a string containing ``{text}``.
 
@@ -245,6 +279,11 @@ def get_template(name_or_userstring: str | PromptTemplate, system: str | None = 
                 return PromptTemplate("user-chat", kind="chat", user=s.removeprefix("chat:"), system=system,
                                       label_space=False, add_special_tokens=False)
             return PromptTemplate("user", kind="plain", user=s, label_space=s.rstrip(" ").endswith(":"))
+        elif ENSEMBLE_SEP in s and all(n.strip() in TEMPLATES for n in s.split(ENSEMBLE_SEP)):
+            raise EmocircuitsError(
+                f"{s!r} is a template ensemble, which only classification reads (classify / emocircuits classify); "
+                f"this analysis reads one prompt per example: pass one template, e.g. {DEFAULT_TEMPLATE}."
+            )
         else:
             raise EmocircuitsError(
                 f"Unknown template {s!r}; use one of {', '.join(TEMPLATES)} or a string containing {{text}}."

@@ -22,8 +22,10 @@ from emocircuits.data import Dataset, Example
 from emocircuits.errors import EmocircuitsError
 from emocircuits.prompts import (
     DEFAULT_CALIBRATION,
+    DEFAULT_CLASSIFY_TEMPLATE,
     DEFAULT_TEMPLATE,
     PromptTemplate,
+    ensemble_members,
     get_template,
     label_token_ids,
 )
@@ -36,6 +38,7 @@ __all__ = [
     "generate_labels",
     "metrics_from_predictions",
     "parse_label",
+    "prediction_frame",
     "prior_examples_for",
     "reference_prior_examples",
     "train_split_of",
@@ -259,25 +262,34 @@ class LabelReadout:
             return logp - self.prior_logp[None, :]
         return scores
 
+    def predict_scores(self, examples: Sequence[Example] | Sequence[str], progress: bool = True) -> Tensor:
+        """Calibrated label scores ``[n, n_labels]`` of ``examples`` in input order (log-probs minus the prior)."""
+        examples = list(examples)
+        if not examples:
+            raise EmocircuitsError("No texts to classify; the dataset is empty.")
+        scores = self.scores_of(self.encode(examples), f"readout {self.template.name}" if progress else None)
+        return self.calibrated(scores, examples)
+
     def predict(self, examples: Sequence[Example] | Sequence[str], progress: bool = True) -> pd.DataFrame:
         """One row per example: ``id, true, predicted, score_<label>...`` in input order.
 
         ``true`` is None for plain strings. Scores are log-probs (calibrated: minus the label prior).
         """
         examples = list(examples)
-        if not examples:
-            raise EmocircuitsError("No texts to classify; the dataset is empty.")
-        scores = self.scores_of(self.encode(examples), f"readout {self.template.name}" if progress else None)
-        scores = self.calibrated(scores, examples)
-        pred = scores.argmax(-1).tolist()
-        frame: dict[str, Any] = {
-            "id": [ex.id if isinstance(ex, Example) else str(i) for i, ex in enumerate(examples)],
-            "true": [ex.label if isinstance(ex, Example) else None for ex in examples],
-            "predicted": [self.labels[i] for i in pred],
-        }
-        for j, lab in enumerate(self.labels):
-            frame[f"score_{lab}"] = scores[:, j].numpy()
-        return pd.DataFrame(frame)
+        return prediction_frame(examples, self.labels, self.predict_scores(examples, progress))
+
+
+def prediction_frame(examples: Sequence[Example] | Sequence[str], labels: Sequence[str], scores: Tensor) -> pd.DataFrame:
+    """``id, true, predicted, score_<label>...`` from label scores ``[n, n_labels]`` (argmax = predicted)."""
+    pred = scores.argmax(-1).tolist()
+    frame: dict[str, Any] = {
+        "id": [ex.id if isinstance(ex, Example) else str(i) for i, ex in enumerate(examples)],
+        "true": [ex.label if isinstance(ex, Example) else None for ex in examples],
+        "predicted": [labels[i] for i in pred],
+    }
+    for j, lab in enumerate(labels):
+        frame[f"score_{lab}"] = scores[:, j].numpy()
+    return pd.DataFrame(frame)
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -365,33 +377,42 @@ def classify(
     model: Any,
     dataset: Dataset | Sequence[Example] | Sequence[str],
     *,
-    template: str | PromptTemplate = DEFAULT_TEMPLATE,
+    template: str | PromptTemplate | Sequence[str | PromptTemplate] = DEFAULT_CLASSIFY_TEMPLATE,
     scoring: str = "first_token",
     calibrate: bool | str = DEFAULT_CALIBRATION,
     prior: Tensor | Sequence[float] | None = None,
     prior_examples: Sequence[Example] | Sequence[str] | None = None,
     progress: bool = True,
     labels: Sequence[str] | None = None,
+    system: str | None = None,
     share_prefix: bool = True,
     prepend_bos: bool | None = None,
 ) -> ClassifyResult:
-    """Classify labelled examples (or plain strings) with a :class:`LabelReadout`.
+    """Classify labelled examples (or plain strings) with a :class:`LabelReadout` per template.
 
-    Plain strings have no true label: their metrics hold only ``n`` and the predicted-label counts.
+    ``template``: one template, or an ensemble (``"chat_short+chat_fewshot"``, the default, or a list): each
+    member scores every text under its own calibration and the prediction is the argmax of the mean of the
+    members' calibrated label log-probs (renormalised over the labels). ``system`` replaces each chat member's
+    system prompt. Plain strings have no true label: their metrics hold only ``n`` and the predicted-label counts.
     Labels default to the dataset's scheme, or the Ekman six for plain strings.
 
-    ``calibrate="prior"`` takes its label prior from ``prior`` (a stored ``[n_labels]`` log prior), else
-    fits it on ``prior_examples``, else on a seeded sample (:data:`PRIOR_PER_LABEL` per label) of the
-    train split when ``dataset`` is the test split of data with its own split, else on the train split of
+    ``calibrate="prior"`` takes its label prior from ``prior`` (a stored ``[n_labels]`` log prior; one template
+    only), else fits it on ``prior_examples``, else on a seeded sample (:data:`PRIOR_PER_LABEL` per label) of
+    the train split when ``dataset`` is the test split of data with its own split, else on the train split of
     :data:`REFERENCE_PRIOR_DATA` when the labels are among its labels (data without a split of its own, plain
-    strings); with none of these it falls back to ``"content_free"`` with a one-line warning. ``metrics["calibration"]`` records the
-    method used, the prior subtracted (label -> log-prob) and what it was fitted on.
+    strings); with none of these it falls back to ``"content_free"`` with a one-line warning.
+    ``metrics["calibration"]`` records the method used, what the prior was fitted on and, per template, the
+    prior subtracted (label -> log-prob).
     """
     from emocircuits.data import EKMAN6
 
     items = list(dataset)
     labelled = bool(items) and all(isinstance(ex, Example) for ex in items)
     labs = tuple(labels or getattr(dataset, "labels", ()) or (sorted({ex.label for ex in items}) if labelled else EKMAN6))
+    members = [get_template(t, system=system) for t in ensemble_members(template)]
+    if prior is not None and len(members) > 1:
+        raise EmocircuitsError("A stored prior belongs to one template; pass one template with prior=, or "
+                               "prior_examples= to fit one prior per template of the ensemble.")
     source = "given" if prior is not None else None
     if calibrate == "prior" and prior is None:
         if prior_examples is None:
@@ -403,16 +424,27 @@ def classify(
                           f"labels are not all in {REFERENCE_PRIOR_DATA}; using content_free calibration instead.",
                           stacklevel=2)
             calibrate = "content_free"
-    ro = LabelReadout(model, labs, template, scoring, calibrate, prior=prior if calibrate == "prior" else None,
-                      share_prefix=share_prefix, prepend_bos=prepend_bos)
-    if calibrate == "prior" and prior is None:
-        ro.fit_prior(prior_examples, progress=progress)
-        source = f"{source} (n={len(prior_examples)})"
-    df = ro.predict(items, progress=progress)
-    cal: dict[str, Any] = {"method": ro.calibrate or "none"}
-    if ro.prior_logp is not None:
-        cal["prior_logp"] = {lab: float(v) for lab, v in zip(labs, ro.prior_logp.tolist(), strict=True)}
-        cal["fitted_on"] = source or {"batch": "the predicted examples", "content_free": "content-free inputs"}[ro.calibrate]
+    total: Tensor | None = None
+    priors: dict[str, dict[str, float]] = {}
+    method: str = "none"
+    for t in members:
+        ro = LabelReadout(model, labs, t, scoring, calibrate, prior=prior if calibrate == "prior" else None,
+                          share_prefix=share_prefix, prepend_bos=prepend_bos)
+        if calibrate == "prior" and prior is None:
+            ro.fit_prior(prior_examples, progress=progress)
+        logp = torch.log_softmax(ro.predict_scores(items, progress=progress), dim=-1)  # [n, n_labels]
+        total = logp if total is None else total + logp
+        method = ro.calibrate or "none"
+        if ro.prior_logp is not None:
+            priors[t.name] = {lab: float(v) for lab, v in zip(labs, ro.prior_logp.tolist(), strict=True)}
+    assert total is not None
+    df = prediction_frame(items, labs, total / len(members))
+    cal: dict[str, Any] = {"method": method, "templates": [t.name for t in members]}
+    if priors:
+        if calibrate == "prior" and prior is None:
+            source = f"{source} (n={len(prior_examples)})"
+        cal["prior_logp"] = priors if len(members) > 1 else next(iter(priors.values()))
+        cal["fitted_on"] = source or {"batch": "the predicted examples", "content_free": "content-free inputs"}[method]
     if labelled:
         return ClassifyResult(df, {**metrics_from_predictions(df, labs), "calibration": cal})
     return ClassifyResult(df, {"n": len(df), "predicted_counts": df["predicted"].value_counts().to_dict(),

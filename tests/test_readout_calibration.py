@@ -95,3 +95,44 @@ def test_prior_from_train_split_and_fallbacks(tiny_llama):
         LabelReadout(bridge, EKMAN6, calibrate="prior").predict(["x"], progress=False)
     with pytest.raises(EmocircuitsError, match="one log-prob per label"):
         LabelReadout(bridge, EKMAN6, calibrate="prior", prior=[0.0, 1.0])
+
+
+# ------------------------------------------------------------------------------ template ensembles
+def test_ensemble_is_the_mean_of_each_templates_calibrated_logprobs(tiny_llama, split):
+    """Hand reference: each member calibrated with its own prior (fitted on the same train texts), renormalised
+    over the labels, averaged; the prediction is the argmax of the mean."""
+    bridge, _ = tiny_llama
+    train, test = split
+    res = classify(bridge, test, template="chat_short+chat_fewshot", calibrate="prior", prior_examples=train,
+                   progress=False)
+    parts = []
+    for name in ("chat_short", "chat_fewshot"):
+        ro = LabelReadout(bridge, EKMAN6, name, calibrate="prior")
+        prior = ro.fit_prior(train)
+        assert res.metrics["calibration"]["prior_logp"][name] == pytest.approx(dict(zip(EKMAN6, prior.tolist(),
+                                                                                         strict=True)))
+        parts.append(torch.log_softmax(ro.predict_scores(test, progress=False), -1))
+    mean = (parts[0] + parts[1]) / 2
+    torch.testing.assert_close(torch.tensor(res.predictions[COLS].values, dtype=torch.float32), mean, atol=1e-4, rtol=0)
+    assert res.predictions["predicted"].tolist() == [EKMAN6[i] for i in mean.argmax(-1).tolist()]
+    assert res.metrics["calibration"]["templates"] == ["chat_short", "chat_fewshot"]
+    # a one-member ensemble is that template
+    one = classify(bridge, test, template=["chat_short"], calibrate="prior", prior_examples=train, progress=False)
+    single = classify(bridge, test, template="chat_short", calibrate="prior", prior_examples=train, progress=False)
+    assert one.predictions["predicted"].tolist() == single.predictions["predicted"].tolist()
+
+
+def test_ensemble_specs_and_their_errors(tiny_llama, split):
+    from emocircuits.prompts import ensemble_members, get_template
+
+    assert ensemble_members("chat_short+fewshot") == ["chat_short", "fewshot"]
+    assert ensemble_members("Text: {text} + more") == ["Text: {text} + more"]  # a user string is one template
+    with pytest.raises(EmocircuitsError, match="unknown: 'chat_shrt'"):
+        ensemble_members("chat_shrt+fewshot")
+    with pytest.raises(EmocircuitsError, match="a name repeats"):
+        ensemble_members("fewshot+fewshot")
+    with pytest.raises(EmocircuitsError, match="only classification reads"):
+        get_template("chat_short+fewshot")
+    bridge, _ = tiny_llama
+    with pytest.raises(EmocircuitsError, match="A stored prior belongs to one template"):
+        classify(bridge, split[1], template="chat_short+fewshot", calibrate="prior", prior=[0.0] * 6, progress=False)

@@ -12,7 +12,7 @@ import typer
 
 from emocircuits.commands.options import DropUnknown, Labels, PrependBos
 from emocircuits.errors import EmocircuitsError
-from emocircuits.prompts import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE, template_names
+from emocircuits.prompts import DEFAULT_CALIBRATION, DEFAULT_CLASSIFY_TEMPLATE, template_names
 
 
 def parse_labels(labels: str | None) -> list[str] | None:
@@ -41,8 +41,9 @@ def classify_cmd(
         None, "--limit-per-label", help="Keep at most N examples per label (seeded, stratified)."
     ),
     template: str = typer.Option(
-        DEFAULT_TEMPLATE, "--template",
-        help=f"{DEFAULT_TEMPLATE} (default), {', '.join(n for n in template_names() if n != DEFAULT_TEMPLATE)}, "
+        DEFAULT_CLASSIFY_TEMPLATE, "--template",
+        help=f"{DEFAULT_CLASSIFY_TEMPLATE} (default: an ensemble, the mean of both templates' calibrated label "
+        f"log-probs), one of {', '.join(template_names())}, names joined by + (an ensemble), "
         "or a string containing {text} (prefix chat: for a chat user turn).",
     ),
     system: str | None = typer.Option(
