@@ -19,6 +19,7 @@ from emocircuits.data import Example
 from emocircuits.generation import generate
 from emocircuits.interventions import (
     AddDirection,
+    AddPerExample,
     AddToHeads,
     AddToNeurons,
     Noise,
@@ -71,6 +72,9 @@ def _factories(spec):
         "Noise": lambda pos, rows: Noise("attn.out", layers=(1,), positions=pos, seed=5),
         "PatchFrom": lambda pos, rows: PatchFrom("resid.post", {1: patch_source(rows, pos)}, positions=pos),
         "AddToNeurons": lambda pos, rows: AddToNeurons(NeuronSet({1: (2, 8)}), {1: _vec(2, 4)}, scale=3.0, positions=pos),
+        "AddPerExample": lambda pos, rows: AddPerExample(
+            "attn.out", {1: torch.randn(len(TEXTS), d, generator=torch.Generator().manual_seed(7))[list(rows)]},
+            positions=pos),
         "AddToHeads": lambda pos, rows: AddToHeads(HeadSet(((2, 1),)), {2: _vec(spec.d_head, 6)[None, :]}, scale=2.0,
                                                    positions=pos),
     }
@@ -87,12 +91,14 @@ def test_classify_and_generation_batched_equal_single(arch, share_prefix, name):
     make = _factories(spec)[name]
     for pos in POSITIONS:
         with make(pos, range(len(TEXTS))).apply(model):
-            batched = classify(model, TEXTS, labels=LABELS, calibrate=False, share_prefix=share_prefix, progress=False).predictions
+            batched = classify(model, TEXTS, labels=LABELS, template="chat_short", calibrate=False,
+                               share_prefix=share_prefix, progress=False).predictions
             gen = generate(model, TEXTS, system="Reply briefly.", max_new_tokens=4, share_prefix=share_prefix)
         scores = batched[[f"score_{lab}" for lab in LABELS]].to_numpy()
         for i, text in enumerate(TEXTS):
             with make(pos, [i]).apply(model):
-                one = classify(model, [text], labels=LABELS, calibrate=False, share_prefix=share_prefix, progress=False).predictions
+                one = classify(model, [text], labels=LABELS, template="chat_short", calibrate=False,
+                               share_prefix=share_prefix, progress=False).predictions
                 one_gen = generate(model, [text], system="Reply briefly.", max_new_tokens=4)
             got = torch.tensor(scores[i])
             want = torch.tensor(one[[f"score_{lab}" for lab in LABELS]].to_numpy()[0])
@@ -159,9 +165,10 @@ def test_classify_batched_equals_single_on_embedded_model(smol):
     for iv in [AddDirection(v, layers=(10,), scale=8.0, positions="last"),
                ZeroNeurons(NeuronSet({5: tuple(range(100))}), positions=(-1,)),
                Noise("attn.out", layers=(12,), positions="last", seed=0)]:
-        with iv.apply(model):
-            batched = classify(model, TEXTS, labels=LABELS, calibrate=False, progress=False).predictions
-            singles = [classify(model, [t], labels=LABELS, calibrate=False, progress=False).predictions for t in TEXTS]
+        with iv.apply(model):  # the default readout: a two-template ensemble, each with a fitted prior
+            kw = {"labels": LABELS, "calibrate": "prior", "prior_examples": _examples(), "progress": False}
+            batched = classify(model, TEXTS, **kw).predictions
+            singles = [classify(model, [t], **kw).predictions for t in TEXTS]
         cols = [f"score_{lab}" for lab in LABELS]
         for i, one in enumerate(singles):
             torch.testing.assert_close(torch.tensor(batched[cols].to_numpy()[i]), torch.tensor(one[cols].to_numpy()[0]),
