@@ -37,8 +37,12 @@ def _check_choice(name: str, value: Any, allowed: tuple) -> None:
 
 
 def _check_common(config: dict[str, Any], out: Path, command: str) -> None:
-    """Checks every job makes before it reads data or loads a model: split, limit, dtype, --out."""
+    """Checks every job makes before it reads data or loads a model: split, limit, dtype, template, --out."""
     from emocircuits.runs import check_out_dir
+
+    for t in ensemble_members(config["template"]) if command == "classify" else [config.get("template")]:
+        if t is not None:  # classify reads an ensemble; every other job one prompt per example
+            get_template(t, system=config.get("system"))
 
     _check_choice("split", config.get("split"), (None, "all", "train", "test"))
     limit = config.get("limit_per_label")
@@ -90,8 +94,6 @@ def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict
     if config.get("calibrate", False) not in CALIBRATIONS:
         raise EmocircuitsError(f"Unknown calibration {config['calibrate']!r}; use prior, content_free or batch.")
     _check_common(config, out, "classify")
-    for t in ensemble_members(config["template"]):  # every template is checked before the model loads
-        get_template(t, system=config.get("system"))
     dataset = load_job_data(config, "test", quiet=quiet)
     present = sorted({ex.label for ex in dataset})
     if config.get("calibrate") == "batch" and len(present) < 2:

@@ -247,6 +247,8 @@ CLI_ROWS: list[Row] = [
     R("demo-size-0", "demo --events-per-label 0 --quiet --out {out}", "--events-per-label must be at least 1",
       no_model=True),
     R("classify-bad-calibration", CLASSIFY + " --calibration wrong", "Unknown calibration 'wrong'", no_model=True),
+    R("classify-bad-ensemble", CLASSIFY + " --template chat_short+chat_shrt", "unknown: 'chat_shrt'", no_model=True),
+    R("find-ensemble-template", FIND + " --template chat_short+fewshot", "only classification reads", no_model=True),
     R("find-bad-span", FIND + " --span words", "--span 'words' is not valid; use one of all, text, last", no_model=True),
 ]
 

@@ -57,6 +57,17 @@ def test_embedded_model_accuracy_chat_short(smol):
     assert res.metrics["n"] == 30 and res.metrics["accuracy"] >= 0.7
 
 
+@pytest.mark.slow
+def test_embedded_model_default_readout_on_event_text(smol):
+    """The default (calibrated two-template ensemble) on short event reports, prior from their train split."""
+    bridge, _ = smol
+    ds = load_data("builtin:events", split="test", limit_per_label=8, seed=0)
+    res = classify(bridge, ds, progress=False)
+    cal = res.metrics["calibration"]
+    assert cal["templates"] == ["chat_short", "chat_fewshot"] and set(cal["prior_logp"]) == set(cal["templates"])
+    assert res.metrics["n"] == 48 and res.metrics["accuracy"] >= 0.45  # full split: 0.604; chance 0.167
+
+
 def test_classify_cmd_system_prompt_and_prior(tmp_path):
     out = tmp_path / "run"
     classify_cmd(model="tiny-llama", data="builtin:events", split="test", limit_per_label=1,
