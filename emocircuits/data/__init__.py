@@ -342,9 +342,17 @@ def _dialogue_text(value: Any, row: _Row) -> str:
 
 
 # ------------------------------------------------------------------------------------------ loaders
-def _load_dialogue_records(
-    rows: list[_Row], mapper: _LabelMapper, *, id_prefix: str, text_field: str
+def _load_labelled(
+    rows: list[_Row],
+    mapper: _LabelMapper,
+    *,
+    id_prefix: str,
+    text_field: str,
+    group_field: str = "group",
+    dialogue: bool = False,
 ) -> list[tuple[Example, str | None]]:
+    """Rows with a text field and a ``label``: JSONL/CSV texts, or EmoPrism dialogues (``dialogue=True``:
+    the text may be a list of turns, the group is the ``topic``). Other fields go to ``meta``."""
     out = []
     for n, row in enumerate(rows):
         _require(row, text_field, "label")
@@ -352,42 +360,17 @@ def _load_dialogue_records(
         if lab is None:
             continue
         f = row.fields
-        meta = {k: v for k, v in f.items() if k not in (text_field, "label", "id", "split")}
+        meta = {k: v for k, v in f.items() if k not in (text_field, "label", "id", "split", group_field)}
+        grp = f.get(group_field)
+        text = _dialogue_text(f[text_field], row) if dialogue else str(f[text_field]).strip()
         out.append(
             (
                 Example(
-                    id=str(f.get("id", f"{id_prefix}-{n:06d}")),
-                    text=_dialogue_text(f[text_field], row),
+                    id=str(f.get("id") or f"{id_prefix}-{n:06d}"),
+                    text=text,
                     label=lab,
-                    group=str(f["topic"]) if f.get("topic") not in (None, "") else None,
+                    group=str(grp) if grp not in (None, "") else None,
                     meta=meta,
-                ),
-                f.get("split"),
-            )
-        )
-    return out
-
-
-def _load_generic(
-    rows: list[_Row], mapper: _LabelMapper, *, id_prefix: str, text_field: str
-) -> list[tuple[Example, str | None]]:
-    out = []
-    for n, row in enumerate(rows):
-        _require(row, text_field, "label")
-        lab = mapper(row.fields["label"], row)
-        if lab is None:
-            continue
-        f = row.fields
-        meta = {k: v for k, v in f.items() if k not in (text_field, "label", "id", "split", "group")}
-        grp = f.get("group")
-        out.append(
-            (
-                Example(
-                    str(f.get("id") or f"{id_prefix}-{n:06d}"),
-                    str(f[text_field]).strip(),
-                    lab,
-                    str(grp) if grp not in (None, "") else None,
-                    meta,
                 ),
                 f.get("split"),
             )
@@ -573,15 +556,16 @@ def load_data(
                 )
             pairs = _load_envent(rows, mapper, id_prefix="envent", text_field=tf)
         elif kind == "emoprism":
-            pairs = _load_dialogue_records(
-                _read_json_records(path), mapper, id_prefix="emoprism", text_field=text_field or "dialogue"
+            pairs = _load_labelled(
+                _read_json_records(path), mapper, id_prefix="emoprism", text_field=text_field or "dialogue",
+                group_field="topic", dialogue=True,
             )
         elif kind == "jsonl":
-            pairs = _load_generic(
+            pairs = _load_labelled(
                 _read_json_records(path), mapper, id_prefix="jsonl", text_field=text_field or "text"
             )
         else:  # csv
-            pairs = _load_generic(
+            pairs = _load_labelled(
                 _read_csv_records(path, "utf-8-sig"), mapper, id_prefix="csv", text_field=text_field or "text"
             )
         splits = _assign_splits(pairs, by_group=False, where=str(path))

@@ -574,15 +574,16 @@ def _csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode("cp1252")
 
 
-def keyword_baseline(records: Sequence[Mapping]) -> dict[str, float | int]:
-    """Keyword matcher scores on dialogue records: accuracy overall / explicit / implicit (no hit = wrong)."""
+def keyword_baseline(records: Sequence[Mapping], text_field: str = "dialogue") -> dict[str, float | int]:
+    """Keyword matcher scores on generated records (``dialogue`` or ``text`` field): accuracy overall /
+    explicit / implicit (no keyword hit = wrong) and the share of texts without a keyword."""
 
     def acc(rs: Sequence[Mapping]) -> float:
-        return sum(keyword_predict(r["dialogue"]) == r["label"] for r in rs) / max(1, len(rs))
+        return sum(keyword_predict(r[text_field]) == r["label"] for r in rs) / max(1, len(rs))
 
     exp = [r for r in records if r["explicit"]]
     imp = [r for r in records if not r["explicit"]]
-    no_hit = sum(keyword_predict(r["dialogue"]) is None for r in records)
+    no_hit = sum(keyword_predict(r[text_field]) is None for r in records)
     return {
         "n": len(records),
         "accuracy": round(acc(records), 4),
@@ -802,24 +803,6 @@ MIT. sha256 of `appraisal_events.csv`: `{data_sha}`.
 """
 
 
-def events_keyword_baseline(records: Sequence[Mapping]) -> dict[str, float | int]:
-    """Keyword matcher on ``events`` records: accuracy (no keyword = wrong), on explicit / implicit texts."""
-
-    def acc(rs: Sequence[Mapping]) -> float:
-        return sum(keyword_predict(r["text"]) == r["label"] for r in rs) / max(1, len(rs))
-
-    exp = [r for r in records if r["explicit"]]
-    imp = [r for r in records if not r["explicit"]]
-    no_hit = sum(keyword_predict(r["text"]) is None for r in records)
-    return {
-        "n": len(records),
-        "accuracy": round(acc(records), 4),
-        "accuracy_explicit": round(acc(exp), 4),
-        "accuracy_implicit": round(acc(imp), 4),
-        "share_no_keyword": round(no_hit / len(records), 4),
-    }
-
-
 def _events_card(recs: list[dict], data_sha: str) -> str:
     counts = Counter((r["label"], r["split"]) for r in recs)
     rows = [
@@ -836,8 +819,8 @@ def _events_card(recs: list[dict], data_sha: str) -> str:
     buckets = Counter(r["length_bucket"] for r in recs)
     words = [r["n_words"] for r in recs]
     n_no_kw = sum(not any(keyword_counts(r["text"]).values()) for r in recs)
-    kb_all = events_keyword_baseline(recs)
-    kb_test = events_keyword_baseline([r for r in recs if r["split"] == "test"])
+    kb_all = keyword_baseline(recs, "text")
+    kb_test = keyword_baseline([r for r in recs if r["split"] == "test"], "text")
     return f"""# Data card: `events` (built-in)
 
 Short first-person descriptions of events, in the style of crowd-written event reports (one or a few
