@@ -44,16 +44,23 @@ PAIRINGS = ("other_label", "same_label", "shuffle")
 
 
 @dataclass(frozen=True)
-class NeuronsArtifact:
-    """``kind = "neurons"``: emotion neurons found by LAPE statistics (emocircuits.neurons)."""
+class NeuronFind:
+    """How to find emotion neurons by LAPE statistics (emocircuits.neurons): also ``[analysis.find]`` of
+    ``neuron_masking``."""
 
-    kind: str = "neurons"
     split: str = "train"
     limit_per_label: int = 0
     reading: str = "gated"
-    tokens: str = "all"
+    tokens: str = "all"  # all | text | last (see emocircuits.neurons)
     top_rate: float = 0.01
     assign: str = "argmax"
+
+
+@dataclass(frozen=True)
+class NeuronsArtifact(NeuronFind):
+    """``kind = "neurons"``: emotion neurons found with :class:`NeuronFind`'s settings."""
+
+    kind: str = "neurons"
 
 
 @dataclass(frozen=True)

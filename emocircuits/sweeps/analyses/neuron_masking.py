@@ -31,22 +31,11 @@ import numpy as np
 
 from emocircuits.errors import EmocircuitsError
 from emocircuits.neurons import DEFAULT_CONTROLS
+from emocircuits.sweeps.artifacts import NeuronFind
 from emocircuits.sweeps.base import Analysis
 from emocircuits.sweeps.config import at_least, choice
 
 ARTIFACT = "neurons"
-
-
-@dataclass(frozen=True)
-class FindParams:
-    """``[analysis.find]``: how to find neurons when no neurons file is given (a ``neurons`` artifact)."""
-
-    split: str = "train"
-    limit_per_label: int = 0
-    reading: str = "gated"
-    tokens: str = "all"  # all | text | last (see emocircuits.neurons)
-    top_rate: float = 0.01
-    assign: str = "argmax"
 
 
 @dataclass(frozen=True)
@@ -59,7 +48,7 @@ class NeuronMaskingParams:
     n_boot: int = 1000
     scoring: str = "first_token"
     max_tokens: int = 4096
-    find: FindParams = field(default_factory=FindParams)
+    find: NeuronFind = field(default_factory=NeuronFind)
 
 
 @dataclass(frozen=True)
