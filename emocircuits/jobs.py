@@ -163,13 +163,13 @@ def write_find_outputs(run: Any, stats: Any, sel: Any, stability: Any = None) ->
             members.setdefault((layer, i), []).append(e)
     keys = sorted(members, key=lambda k: (h[k], k))
     rows = []
-    for rank, (layer, i) in enumerate(keys):
+    for rank, (layer, i) in enumerate(keys, start=1):
         row = {"layer": layer, "neuron": i, "entropy": float(h[layer, i]), "emotions": ",".join(members[(layer, i)]),
                "rank": rank}
         row.update({f"p_{e}": float(p[layer, i, j]) for j, e in enumerate(stats.labels)})
         rows.append(row)
     summary = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["layer", "neuron", "entropy", "emotions", "rank"])
-    run.write_table("neuron_summary", summary, "one row per selected neuron: layer, neuron, entropy, p_<emotion>")
+    run.write_table("neuron_summary", summary, "one row per selected neuron: layer, neuron, entropy, emotions, rank (1 = lowest entropy), p_<emotion>")
     run.write_table("layer_counts", sel.layer_table(), "emotion, layer, count")
     run.write_table("overlap", sel.overlap(), "a, b, n_a, n_b, n_shared, jaccard, overlap_min")
     summary = {"n_selected": {e: len(s) for e, s in sel.sets.items()}, "never_active_share": float(np.isinf(h).mean()),

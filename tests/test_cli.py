@@ -64,6 +64,9 @@ def test_find_then_mask_write_documented_schemas(tmp_path):
                                       "overlap.parquet", "neuron_summary.parquet"}
     counts = pd.read_parquet(find_dir / "layer_counts.parquet")
     assert list(counts.columns) == ["emotion", "layer", "count"]
+    summary = pd.read_parquet(find_dir / "neuron_summary.parquet")
+    assert list(summary["rank"]) == list(range(1, len(summary) + 1))  # 1 = lowest entropy
+    assert summary["entropy"].is_monotonic_increasing
 
     r = runner.invoke(app, ["neurons", "mask", "--model", "tiny-llama", "--neurons", str(find_dir / "neurons.json"),
                             "--limit-per-label", "2", "--controls", "2", "--out", str(mask_dir), "--quiet"])

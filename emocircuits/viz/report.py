@@ -392,7 +392,7 @@ def _summary_table(df: pd.DataFrame, top: int = 12) -> str:
         if not isinstance(emotions, str):
             emotions = ", ".join(map(str, list(emotions)))
         cells = [str(rec.get("rank", "")), f"L{int(rec['layer'])}.N{int(rec['neuron'])}", f"{rec['entropy']:.4f}",
-                 html.escape(emotions)] + [f"{float(rec[c]):.3f}" for c in p_cols]
+                 html.escape(emotions)] + [f"{float(rec[c]):.3g}" for c in p_cols]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{html.escape(h)}</th>" for h in
                    ["rank", "neuron", "entropy (nats)", "assigned to"] + [f"P({c[2:]})" for c in p_cols])
