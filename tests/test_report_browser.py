@@ -5,7 +5,8 @@ rendered (drawn SVG / DOM content, not just an empty div), and that no request l
 /``blob:`` (the report must open offline). Two pages: runs of single commands, and the report the demo
 (``emocircuits demo``, here on the tiny model) writes into its run directory, whose three sections (one
 per paper) must each render with their reading and every figure. Saves screenshots to the test's temporary directory, and to
-``$EMOCIRCUITS_SCREENSHOT`` when that is set (how ``docs/report.png`` is made).
+``$EMOCIRCUITS_SCREENSHOT`` when that is set (``docs/report.png`` comes from real runs instead:
+``scripts/report_screenshot.py``).
 
 Without Chromium, chromedriver or Selenium the test is skipped and says which is missing.
 """

@@ -160,6 +160,27 @@ def test_accuracy_change_heatmap(tables):
     assert fig.data[0].zmid == 0
 
 
+def test_masking_accuracy_names_the_number_of_controls_and_their_rank(tables):
+    effects = tables["mask_effects"].assign(k_controls=5, rank_p=1 / 6)
+    fig = masking_accuracy(effects)
+    names = {t.name for t in fig.data if t.showlegend}
+    assert "control (mean of 5 random sets, same layers and size)" in names
+    assert "rank p among the controls: 0.17" in fig.data[0].hovertext[0]
+
+
+def test_accuracy_change_heatmap_against_controls_stars_cis_that_exclude_zero(tables):
+    fig = accuracy_change_heatmap(tables["mask_effects"], value="diff")
+    z = np.array(fig.data[0].z, dtype=float)
+    assert np.allclose(np.diag(z[:, :6]), -49.0)  # 0.40 masked - 0.89 control
+    text = np.array(fig.data[0].text)
+    starred = np.char.endswith(text.astype(str), "*")
+    assert starred[:, :6].diagonal().all()  # CI [-54, -45] excludes 0
+    assert not starred[~np.eye(6, 7, dtype=bool)].any()  # off-diagonal CI [-6, +3] contains 0
+    assert "CI excludes 0" in fig.layout.title.text
+    with pytest.raises(EmocircuitsError, match="delta_masked"):
+        accuracy_change_heatmap(tables["mask_effects"], value="acc_masked")
+
+
 def test_misclassification_rows_sum_to_100(tables):
     fig = misclassification_heatmap(tables["mask_errors"])
     z = np.nan_to_num(np.array(fig.data[0].z, dtype=float))

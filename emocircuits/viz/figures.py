@@ -298,6 +298,9 @@ def masking_accuracy(effects: pd.DataFrame, *, colors: Colors = None, cols: int 
                         subplot_titles=[f"true label: {_colored_label(t, cmap)}" for t in truths])
     has_control = "acc_control" in df.columns and df["acc_control"].notna().any()
     has_ci = {"ci_low", "ci_high"} <= set(df.columns) and df["ci_low"].notna().any()
+    k_controls = int(df["k_controls"].max()) if "k_controls" in df.columns and df["k_controls"].notna().any() else 0
+    control_name = (f"control (mean of {k_controls} random sets, same layers and size)" if k_controls > 1
+                    else "control (random neurons, same layers and size)")
     for k, truth in enumerate(truths):
         r, c = k // cols + 1, k % cols + 1
         sub = df[df["true_label"] == truth].set_index("masked_emotion").reindex(masked)
@@ -319,6 +322,8 @@ def masking_accuracy(effects: pd.DataFrame, *, colors: Colors = None, cols: int 
             if acc_c is not None:
                 text += f"<br>accuracy control: {acc_c[e]:.2f}% (Δ {_fmt_pp(acc_c[e] - normal)})"
                 text += f"<br>masked − control: {_fmt_pp(diff[e])}{_fmt_ci(lo, hi)}"
+                if "rank_p" in sub.columns and np.isfinite(_f(sub.loc[e], "rank_p")):
+                    text += f"<br>rank p among the controls: {_f(sub.loc[e], 'rank_p'):.2f}"
             hover.append(text)
         error = None
         if has_ci:
@@ -335,7 +340,7 @@ def masking_accuracy(effects: pd.DataFrame, *, colors: Colors = None, cols: int 
         ), row=r, col=c)
         if acc_c is not None:
             fig.add_trace(go.Bar(
-                x=masked, y=acc_c, name="control (random neurons, same layers and size)", legendgroup="control",
+                x=masked, y=acc_c, name=control_name, legendgroup="control",
                 showlegend=k == 0, marker={"color": CONTROL_COLOR}, offsetgroup="control",
                 hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
             ), row=r, col=c)
@@ -368,31 +373,45 @@ def accuracy_change_heatmap(effects: pd.DataFrame, *, value: str = "delta_masked
                             title: str = "Accuracy change when an emotion's neurons are masked") -> go.Figure:
     """Every (masked emotion × true label) accuracy change at a glance, in percentage points.
 
-    ``value``: ``delta_masked`` (masked − normal) or ``diff`` (masked − control).
+    ``value``: ``delta_masked`` (masked − normal) or ``diff`` (masked − control). With ``diff`` and the
+    ``ci_low``/``ci_high`` columns, a cell whose 95% CI excludes 0 is starred and the hover shows the CI.
     """
+    if value not in ("delta_masked", "diff"):
+        raise EmocircuitsError(f"accuracy_change_heatmap: value {value!r} is not allowed; use 'delta_masked' "
+                               "(masked − normal) or 'diff' (masked − control).")
     df = _need(effects, ["masked_emotion", "true_label", value], "accuracy_change_heatmap")
     scale = _pct_scale(df[value])
     masked = order_labels(df["masked_emotion"])
     labels = [t for t in order_labels(df["true_label"].astype(str)) if t != POOLED]
     cmap = resolve_colors(masked + labels, colors)
     truths = labels + ([POOLED] if (df["true_label"].astype(str) == POOLED).any() else [])
-    grid = df.assign(true_label=df["true_label"].astype(str)).pivot_table(
-        index="masked_emotion", columns="true_label", values=value, aggfunc="mean")
-    z = grid.reindex(index=masked, columns=truths).to_numpy(dtype=float) * scale
+    df = df.assign(true_label=df["true_label"].astype(str))
+
+    def grid(column: str) -> np.ndarray:
+        table = df.pivot_table(index="masked_emotion", columns="true_label", values=column, aggfunc="mean")
+        return table.reindex(index=masked, columns=truths).to_numpy(dtype=float) * scale
+
+    z = grid(value)
+    with_ci = value == "diff" and {"ci_low", "ci_high"} <= set(df.columns)
+    low, high = (grid("ci_low"), grid("ci_high")) if with_ci else (np.full_like(z, np.nan), np.full_like(z, np.nan))
+    star = (low > 0) | (high < 0)
     bound = max(1.0, float(np.nanmax(np.abs(z)))) if np.isfinite(z).any() else 1.0
     what = "masked − normal" if value == "delta_masked" else "masked − control"
+    text = np.vectorize(lambda v, s: "" if np.isnan(v) else f"{v:+.1f}" + ("*" if s else ""))(z, star)
+    ci = np.vectorize(lambda a, b: "" if np.isnan(a) else f"<br>95% CI [{a:+.1f}, {b:+.1f}] pp")(low, high)
     fig = go.Figure(go.Heatmap(
         z=z, x=truths, y=masked, zmid=0, zmin=-bound, zmax=bound, colorscale="RdBu",
-        text=np.vectorize(lambda v: "" if np.isnan(v) else f"{v:+.1f}")(z), texttemplate="%{text}",
+        text=text, customdata=ci, texttemplate="%{text}",
         colorbar={"title": {"text": "Δ accuracy (pp)", "side": "right"}},
         hovertemplate=(f"masked <b>%{{y}}</b> neurons, true label <b>%{{x}}</b><br>{what}: "
-                       "%{z:+.2f} pp<extra></extra>"),
+                       "%{z:+.2f} pp%{customdata}<extra></extra>"),
     ))
     fig.update_xaxes(title_text="True label of the test texts", tickvals=truths,
                      ticktext=[_colored_label(t, cmap) if t != POOLED else "<i>all labels</i>" for t in truths])
     fig.update_yaxes(title_text="Masked neuron set (emotion)", tickvals=masked,
                      ticktext=[_colored_label(m, cmap) for m in masked], autorange="reversed")
-    _style(fig, title, f"Accuracy {what}, in percentage points (blue = higher, red = lower)", height=460)
+    note = "; * = 95% CI excludes 0" if with_ci else ""
+    _style(fig, title, f"Accuracy {what}, in percentage points (blue = higher, red = lower){note}", height=460)
     return fig
 
 

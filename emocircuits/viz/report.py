@@ -228,8 +228,13 @@ def _run_items(files: _Files, manifest: dict[str, Any], colors: dict[str, str]) 
         add("Accuracy under masking (Fig. 2)", lambda: F.masking_accuracy(effects, colors=colors),
             "Accuracy per true label with each emotion's neurons zeroed, against size-matched random neurons.",
             "mask_effects.parquet")
-        add("Accuracy change grid", lambda: F.accuracy_change_heatmap(effects, colors=colors),
-            "The same masking runs as one grid: accuracy change in percentage points.", "mask_effects.parquet")
+        controlled = "diff" in effects.columns and effects["diff"].notna().any()
+        add("Accuracy change grid",
+            lambda: F.accuracy_change_heatmap(effects, value="diff" if controlled else "delta_masked", colors=colors),
+            "The same masking runs as one grid: masked minus the mean of the random controls, in percentage "
+            "points; a star marks a 95% CI (examples and control sets resampled) that excludes 0."
+            if controlled else "The same masking runs as one grid: masked minus normal, in percentage points "
+            "(this run has no random controls).", "mask_effects.parquet")
     if files.has("mask_errors.parquet"):
         errors = files.table("mask_errors.parquet")
         add("Misclassifications under masking (Fig. 15)",
