@@ -73,6 +73,13 @@ def test_generic_jsonl_and_csv_meta():
     assert c[1].label == "disgust"
 
 
+def test_ids_kept_as_given_even_zero_else_numbered_by_row(tmp_path):
+    path = tmp_path / "ids.jsonl"
+    path.write_text('{"id": 0, "text": "a", "label": "anger"}\n{"text": "b", "label": "fear"}\n'
+                    '{"id": "", "text": "c", "label": "fear"}\n')
+    assert [e.id for e in load_data(f"jsonl:{path}")] == ["0", "jsonl-000001", "jsonl-000002"]
+
+
 def test_custom_label_scheme():
     ds = load_data(f"csv:{FIX / 'generic.csv'}", labels=["happiness", "disgust"])
     assert ds.labels == ("happiness", "disgust") and len(ds) == 2

@@ -366,7 +366,7 @@ def _load_labelled(
         out.append(
             (
                 Example(
-                    id=str(f.get("id") or f"{id_prefix}-{n:06d}"),
+                    id=str(f["id"]) if f.get("id") not in (None, "") else f"{id_prefix}-{n:06d}",
                     text=text,
                     label=lab,
                     group=str(grp) if grp not in (None, "") else None,
