@@ -3,7 +3,7 @@
 Both sides greedily generate ``--new-tokens`` tokens (the minimum is forced, so both produce exactly the
 same number of tokens) for ``--n`` SEV elicitation prompts (system "Always reply in {emotion}. ...",
 user "{scenario}\\n{event}", emotions cycling through the Ekman six) with
-:func:`emocircuits.generation.generate`: ``one_at_a_time`` calls it once per prompt, ``batched`` once for
+:func:`emocircuits.core.generation.generate`: ``one_at_a_time`` calls it once per prompt, ``batched`` once for
 all (token-budget batches, one shared-prefix pass, a key/value cache). ``same_tokens`` checks that both
 produced identical token ids.
 
@@ -19,8 +19,8 @@ import time
 import torch
 
 from emocircuits.data import EKMAN6, load_data
-from emocircuits.generation import generate
-from emocircuits.models import load_model
+from emocircuits.core.generation import generate
+from emocircuits.core.models import load_model
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ import time
 import torch
 
 from emocircuits.data import load_data
-from emocircuits.models import load_model
-from emocircuits.prompts import DEFAULT_TEMPLATE
-from emocircuits.readout import LabelReadout
+from emocircuits.core.models import load_model
+from emocircuits.core.prompts import DEFAULT_TEMPLATE
+from emocircuits.core.readout import LabelReadout
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Arm ``engine``: one ``python -m emocircuits.sweeps`` process runs 12 cells (6 em
 one model load, one tokenisation, one clean pass, then one masked pass per cell.
 Arm ``independent``: 12 separate ``emocircuits neurons mask`` processes, one per condition (each loads
 the model, tokenises and runs its own clean pass). When the ``neurons mask`` command is not available
-the arm runs the same library calls (``emocircuits.neurons.mask``) in a fresh process per condition.
+the arm runs the same library calls (``emocircuits.methods.neurons.mask``) in a fresh process per condition.
 Both arms use the same neurons.json (found once beforehand, not timed) and no random controls.
 
     python benchmarks/bench_sweep.py                        # 120 prompts (20 per label), embedded model
@@ -31,8 +31,8 @@ LAYERS = ("middle", "all")
 MASK_SNIPPET = """
 import sys
 from emocircuits.data import load_data
-from emocircuits.models import load_model
-from emocircuits.neurons import Selection, mask
+from emocircuits.core.models import load_model
+from emocircuits.methods.neurons import Selection, mask
 model, _ = load_model(sys.argv[1], progress=False)
 data = load_data("builtin:dialogues", split="test", limit_per_label=int(sys.argv[2]), seed=0)
 res = mask(model, data, Selection.load(sys.argv[3]), emotions=[sys.argv[4]], layers=sys.argv[5], controls=0,
@@ -63,9 +63,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from emocircuits.data import load_data
-    from emocircuits.models import load_model
-    from emocircuits.neurons import collect
-    from emocircuits.runs import write_json
+    from emocircuits.core.models import load_model
+    from emocircuits.methods.neurons.find import collect
+    from emocircuits.base.io import write_json
 
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     try:

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from emocircuits import neurons
+from emocircuits.methods import neurons
 from emocircuits.data import load_data
-from emocircuits.models import load_model
-from emocircuits.prompts import DEFAULT_TEMPLATE
+from emocircuits.core.models import load_model
+from emocircuits.core.prompts import DEFAULT_TEMPLATE
 
 DTYPES = ("float32", "bfloat16")
 

@@ -23,8 +23,8 @@ import time
 import numpy as np
 
 from emocircuits.data import load_data
-from emocircuits.judges import accuracy, get_judge, judge_dataset
-from emocircuits.models import load_model
+from emocircuits.judges.panel import accuracy, get_judge, judge_dataset
+from emocircuits.core.models import load_model
 
 
 def main() -> None:

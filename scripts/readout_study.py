@@ -6,7 +6,7 @@ through :meth:`LabelReadout.calibrated`, exactly as :func:`emocircuits.classify`
 
 Sets (fixed, seeded): ``builtin:events`` test split; ``builtin:appraisal_events`` test split; the
 implicit (no emotion keyword) dialogues of the ``builtin:dialogues`` test split (stratified, capped).
-"prior" is fitted on the same set's train split (:func:`emocircuits.readout.train_split_of`), never on
+"prior" is fitted on the same set's train split (:func:`emocircuits.core.readout.train_split_of`), never on
 the test texts; "prior@events" reuses the prior fitted on ``builtin:events`` train for every set (does a
 reference prior transfer to data without a train split?).
 
@@ -27,9 +27,9 @@ import torch
 
 from emocircuits.data import EKMAN6, Dataset, load_data
 from emocircuits.data.generate import keyword_predict
-from emocircuits.models import load_model
-from emocircuits.prompts import DEFAULT_CALIBRATION, DEFAULT_CLASSIFY_TEMPLATE, ensemble_members
-from emocircuits.readout import LabelReadout, metrics_from_predictions, train_split_of
+from emocircuits.core.models import load_model
+from emocircuits.core.prompts import DEFAULT_CALIBRATION, DEFAULT_CLASSIFY_TEMPLATE, ensemble_members
+from emocircuits.core.readout import LabelReadout, metrics_from_predictions, train_split_of
 
 TEMPLATES = ("chat_short", "fewshot", "chat_fewshot", "chat_fewshot2")
 ENSEMBLES = ("chat_short+chat_fewshot", "chat_short+fewshot", "chat_short+fewshot+chat_fewshot")

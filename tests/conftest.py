@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emocircuits.models import load_model, tiny_model
+from emocircuits.core.models import load_model, tiny_model
 
 _DEFAULT_THREADS = torch.get_num_threads()
 

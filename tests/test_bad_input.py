@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from emocircuits.cli import app
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.cli.app import app
 
 runner = CliRunner()
 EKMAN = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
@@ -254,7 +254,7 @@ CLI_ROWS: list[Row] = [
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:
-    """Run ``argv`` through the app as ``emocircuits.errors.run_cli`` does: (exit code, stdout, error line)."""
+    """Run ``argv`` through the app as ``emocircuits.base.errors.run_cli`` does: (exit code, stdout, error line)."""
     result = runner.invoke(app, argv)
     if isinstance(result.exception, EmocircuitsError):
         return 2, result.stdout, f"emocircuits: error: {result.exception}"
@@ -265,7 +265,7 @@ def invoke(argv: list[str]) -> tuple[int, str, str]:
 
 @pytest.fixture
 def no_model(monkeypatch):
-    import emocircuits.models as models
+    import emocircuits.core.models as models
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the bad input was refused")
@@ -376,37 +376,37 @@ def test_builtin_data_keeps_its_own_default_split():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from emocircuits.models import load_model
+    from emocircuits.core.models import load_model
 
     return load_model("tiny-llama")[0]
 
 
 def _api_positions_beyond_prompt(model, w):
-    from emocircuits.components import NeuronSet
-    from emocircuits.interventions import ZeroNeurons
-    from emocircuits.readout import classify
+    from emocircuits.core.interventions import ZeroNeurons
+    from emocircuits.core.readout import classify
+    from emocircuits.core.units import NeuronSet
 
     with ZeroNeurons(NeuronSet({0: (1,)}), positions=(500,)).apply(model):
         classify(model, ["hi there"], labels=list(EKMAN), progress=False)
 
 
 def _api_batch_calibration_one_label(model, w):
+    from emocircuits.core.readout import classify
     from emocircuits.data import load_data
-    from emocircuits.readout import classify
 
     classify(model, load_data(f"jsonl:{w['one']}"), calibrate="batch", progress=False)
 
 
 def _api_mask_layer_outside(model, w):
-    from emocircuits import neurons
     from emocircuits.data import load_data
+    from emocircuits.methods import neurons
 
     sel = neurons.Selection.load(w["layer999"])
     neurons.mask(model, load_data(f"jsonl:{w['six']}"), sel, controls=0, progress=False)
 
 
 def _api_condition_set_negative_layer(model, w):
-    from emocircuits import neurons
+    from emocircuits.methods import neurons
 
     sel = neurons.Selection.load(w["layer_neg"])
     neurons.condition_set(sel, neurons.Condition("anger", "bottom"))

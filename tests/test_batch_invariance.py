@@ -13,11 +13,8 @@ import functools
 import pytest
 import torch
 
-from emocircuits import neurons
-from emocircuits.components import HeadSet, NeuronSet
-from emocircuits.data import Example
-from emocircuits.generation import generate
-from emocircuits.interventions import (
+from emocircuits.core.generation import generate
+from emocircuits.core.interventions import (
     AddDirection,
     AddPerExample,
     AddToHeads,
@@ -30,8 +27,11 @@ from emocircuits.interventions import (
     ZeroHeads,
     ZeroNeurons,
 )
-from emocircuits.models import tiny_model
-from emocircuits.readout import LabelReadout, classify
+from emocircuits.core.models import tiny_model
+from emocircuits.core.readout import LabelReadout, classify
+from emocircuits.core.units import HeadSet, NeuronSet
+from emocircuits.data import Example
+from emocircuits.methods import neurons
 
 TEXTS = [
     "They cancelled the trip again without asking anyone, and I only found out from a stranger at the station.",

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.runner import check_cache
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.runner import check_cache
 
 
 def test_filled_cache_passes(tiny_llama):

@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from emocircuits import circuit_build as B
-from emocircuits import circuits as C
-from emocircuits.components import Circuit, Direction
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.components import Circuit, Direction
+from emocircuits.core.interventions import AddDirection, AddPerExample, batch_context, capture
+from emocircuits.core.runner import Runner
 from emocircuits.data import load_data
-from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions import AddDirection, AddPerExample, batch_context, capture
-from emocircuits.runner import Runner
+from emocircuits.methods import circuits as B
+from emocircuits.methods import circuits as C
+from emocircuits.runs.circuit_files import save_circuits
 
 
 def _random_directions(spec, emotions=("anger", "fear"), seed=1):
@@ -268,7 +269,7 @@ def test_assemble_circuits_on_tiny_model(tiny_llama, tmp_path):
         assert len(c.heads) == min(kh, spec.n_layers * spec.n_heads)  # 12 heads exist: all taken (backfill)
         with c.intervention("steer").apply(model):
             pass
-    files = B.save_circuits(asm.circuits, tmp_path)
+    files = save_circuits(asm.circuits, tmp_path)
     assert Circuit.load(files["fear"][: -len(".json")]) == asm.circuits["fear"]
 
 

@@ -11,13 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from emocircuits import circuits as C
-from emocircuits.components import Direction, HeadSet, NeuronSet
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.components import Direction
+from emocircuits.core.interventions import capture
+from emocircuits.core.runner import Runner
+from emocircuits.core.sites import weight
+from emocircuits.core.units import HeadSet, NeuronSet
 from emocircuits.data import EKMAN6, load_data
-from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions import capture
-from emocircuits.runner import Runner
-from emocircuits.sites import weight
+from emocircuits.methods import circuits as C
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +259,7 @@ def test_validate_dose_response(pipeline, tiny_llama):
 
 
 def test_cli_pipeline(tmp_path):
-    from emocircuits.cli import app
+    from emocircuits.cli.app import app
 
     r = CliRunner()
     el, di, co, va = (tmp_path / n for n in ("el", "di", "co", "va"))
@@ -371,7 +372,7 @@ def test_steer_command_bad_input_before_model_loads(args):
 
 
 def test_parse_scales():
-    from emocircuits.circuits import parse_scales
+    from emocircuits.jobs.circuits import parse_scales
 
     assert parse_scales("0, 0.5,2") == [0.0, 0.5, 2.0]
     for bad in ("a,b", "", "-1"):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from emocircuits.cli import app
+from emocircuits.cli.app import app
 
 runner = CliRunner()
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from emocircuits.components import Circuit, Direction, HeadSet, NeuronSet, SublayerSet, from_dict, load
-from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions import (
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.components import Circuit, Direction, from_dict, intervention, load
+from emocircuits.core.interventions import (
     AddDirection,
     AddToHeads,
     AddToNeurons,
@@ -24,7 +24,8 @@ from emocircuits.interventions import (
     active_hook_count,
     capture,
 )
-from emocircuits.sites import WEIGHTS, weight
+from emocircuits.core.sites import WEIGHTS, weight
+from emocircuits.core.units import HeadSet, NeuronSet, SublayerSet
 
 D_MODEL, D_HEAD = 64, 16  # the tiny models
 
@@ -241,14 +242,14 @@ def test_circuit_union_and_restrict():
 
 def test_intervention_types():
     n, h = NeuronSet({0: (1,)}), HeadSet(((0, 1),))
-    assert n.intervention("zero") == ZeroNeurons(n)
-    assert n.intervention("scale", factor=2.0, positions="last") == ScaleNeurons(n, 2.0, "last")
-    assert h.intervention("zero", rows=(0,)) == ZeroHeads(h, rows=(0,))
-    assert h.intervention("scale", factor=0.5) == ScaleHeads(h, 0.5)
+    assert intervention(n, "zero") == ZeroNeurons(n)
+    assert intervention(n, "scale", factor=2.0, positions="last") == ScaleNeurons(n, 2.0, "last")
+    assert intervention(h, "zero", rows=(0,)) == ZeroHeads(h, rows=(0,))
+    assert intervention(h, "scale", factor=0.5) == ScaleHeads(h, 0.5)
     s = SublayerSet([(0, "attn"), (2, "attn"), (1, "mlp")])
-    assert s.intervention("zero") == ScaleSite("attn.out", (0, 2), 0.0) + ScaleSite("mlp.out", (1,), 0.0)
-    assert SublayerSet([(1, "mlp")]).intervention("scale", factor=2.0) == ScaleSite("mlp.out", (1,), 2.0)
-    assert SublayerSet().intervention("zero") == Compose(())
+    assert intervention(s, "zero") == ScaleSite("attn.out", (0, 2), 0.0) + ScaleSite("mlp.out", (1,), 0.0)
+    assert intervention(SublayerSet([(1, "mlp")]), "scale", factor=2.0) == ScaleSite("mlp.out", (1,), 2.0)
+    assert intervention(SublayerSet(), "zero") == Compose(())
     d = _direction()
     add = d.intervention("add", site="resid.post", scale=4.0, positions="last", rms_scaled=True)
     assert isinstance(add, AddDirection) and add.layers == (0, 2) and add.rms_scaled and add.scale == 4.0
@@ -263,11 +264,11 @@ def test_intervention_types():
 
 def test_intervention_errors():
     with pytest.raises(EmocircuitsError, match=r"choose one of \['scale', 'zero'\]"):
-        NeuronSet().intervention("steer")
+        intervention(NeuronSet(), "steer")
     with pytest.raises(EmocircuitsError, match="needs factor="):
-        HeadSet().intervention("scale")
+        intervention(HeadSet(), "scale")
     with pytest.raises(EmocircuitsError, match=r"Unknown option\(s\) \['factor'\]"):
-        NeuronSet().intervention("zero", factor=2.0)
+        intervention(NeuronSet(), "zero", factor=2.0)
     with pytest.raises(EmocircuitsError, match="pass site="):
         _direction().intervention("add")
     with pytest.raises(EmocircuitsError, match="no shift vectors"):
@@ -356,11 +357,11 @@ def test_zero_and_scale_effects(tiny_gpt2, token_ids):
     bridge, _ = tiny_gpt2
     base = _forward(bridge, token_ids)
     for value in (NeuronSet({1: (0, 5)}), HeadSet(((0, 2),)), SublayerSet([(1, "attn"), (2, "mlp")]), _circuit()):
-        with value.intervention("scale", factor=1.0).apply(bridge):
+        with intervention(value, "scale", factor=1.0).apply(bridge):
             assert torch.allclose(_forward(bridge, token_ids), base, atol=1e-6)
-        with value.intervention("zero").apply(bridge):
+        with intervention(value, "zero").apply(bridge):
             assert not torch.allclose(_forward(bridge, token_ids), base)
-    with SublayerSet([(2, "mlp")]).intervention("zero").apply(bridge), \
+    with intervention(SublayerSet([(2, "mlp")]), "zero").apply(bridge), \
             capture(bridge, "mlp.out", [2], positions="all") as out:
         _forward(bridge, token_ids)
     assert torch.count_nonzero(out[2][0]) == 0

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.data import EKMAN6, Dataset, Example, load_data, stratified_split
-from emocircuits.errors import EmocircuitsError
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from emocircuits.components import NeuronSet
-from emocircuits.generation import generate
-from emocircuits.interventions import AddDirection, ZeroNeurons, capture
-from emocircuits.models import dequantised_dir, embedded_gguf_path, tiny_model
-from emocircuits.prompts import TEMPLATES
-from emocircuits.readout import LabelReadout
-from emocircuits.runner import Runner
+from emocircuits.core.generation import generate
+from emocircuits.core.interventions import AddDirection, ZeroNeurons, capture
+from emocircuits.core.models import dequantised_dir, embedded_gguf_path, tiny_model
+from emocircuits.core.prompts import TEMPLATES
+from emocircuits.core.readout import LabelReadout
+from emocircuits.core.runner import Runner
+from emocircuits.core.units import NeuronSet
 
 PROMPTS = [
     "Write one word.",
@@ -169,8 +169,8 @@ def test_embedded_model_native_tokenisation(smol):
 
 
 def test_prepend_bos_option_adds_exactly_one_counted_token_per_text(tiny_llama):
-    from emocircuits import neurons
     from emocircuits.data import Example
+    from emocircuits.methods import neurons
 
     model, _ = tiny_llama
     exs = [Example(id=str(i), text=t, label=lab) for i, (t, lab) in

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from emocircuits import inference as inf
-from emocircuits.appraisal_theory import THEORY, get_setting, theory_table
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.interventions import PatchFrom, ScaleSite
+from emocircuits.core.readout import LabelReadout
 from emocircuits.data import load_data
-from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions import PatchFrom, ScaleSite
-from emocircuits.readout import LabelReadout
+from emocircuits.methods import inference as inf
+from emocircuits.methods.inference.appraisal_theory import THEORY, get_setting, theory_table
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_prepare_counts_and_filter(tiny_llama, events):
 def test_prepare_calibrates_with_a_train_prior(tiny_llama, events):
     """Default readout: label log-probs minus a prior fitted on other (train/reference) examples; the prior is a
     constant per label, so predict() under no intervention reproduces the clean scores and raw differences."""
-    from emocircuits.readout import reference_prior_examples
+    from emocircuits.core.readout import reference_prior_examples
 
     model, _ = tiny_llama
     cal = inf.prepare(model, events, only_correct=False)
@@ -101,7 +101,7 @@ def test_probe_on_tiny_model_one_pass(prep):
 
 
 def test_capture_sites_matches_runner_capture(prep):
-    from emocircuits.runner import Runner
+    from emocircuits.core.runner import Runner
 
     got = inf.capture_sites(prep.model, prep.token_ids, ["mlp.out", "resid.post"], [0, 1])
     ref = Runner(prep.model).capture(prep.token_ids, "mlp.out", [0, 1])
@@ -283,13 +283,13 @@ def test_appraisal_sankey_links_follow_the_table():
 def test_cli_help_and_errors_before_model_loads():
     from typer.testing import CliRunner
 
-    from emocircuits.cli import app
+    from emocircuits.cli.app import app
 
     runner = CliRunner()
     for cmd in ("probe", "knockout", "patch", "attribute", "promote", "appraisal"):
         r = runner.invoke(app, ["inference", cmd, "--help"])
         assert r.exit_code == 0, r.output
-    from emocircuits.commands.inference import validate
+    from emocircuits.jobs.inference import validate
 
     base = {"model": "nope", "data": "builtin:appraisal_events", "split": "all", "limit_per_label": 1,
             "template": "fewshot", "all_examples": True, "seed": 0, "dtype": "float32"}
@@ -311,7 +311,7 @@ def test_run_inference_writes_run_dir(tmp_path, tiny_llama):
 
     import pandas as pd
 
-    from emocircuits.commands.inference import run_inference
+    from emocircuits.jobs.inference import run_inference
 
     cfg = {"model": "tiny", "data": "builtin:appraisal_events", "split": "all", "limit_per_label": 2,
            "template": "fewshot", "all_examples": True, "seed": 0, "dtype": "float32", "sites": "attn.out,mlp.out",

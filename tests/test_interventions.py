@@ -7,9 +7,8 @@ import contextlib
 import pytest
 import torch
 
-from emocircuits.components import HeadSet, NeuronSet
-from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions import (
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.interventions import (
     AddDirection,
     Intervention,
     Noise,
@@ -24,7 +23,8 @@ from emocircuits.interventions import (
     capture,
     observe,
 )
-from emocircuits.sites import hook_name
+from emocircuits.core.sites import hook_name
+from emocircuits.core.units import HeadSet, NeuronSet
 
 
 def _run(bridge, ids):

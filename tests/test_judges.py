@@ -12,19 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from emocircuits.cli import app
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.cli.app import app
 from emocircuits.data import EKMAN6, load_data
-from emocircuits.errors import EmocircuitsError
-from emocircuits.judges import (
-    NONE,
-    EmbeddingJudge,
-    Judge,
-    LLMJudge,
-    accuracy,
-    agreement,
-    get_judge,
-    judge_dataset,
-)
+from emocircuits.judges.embedding import EmbeddingJudge
+from emocircuits.judges.model_judges import LLMJudge
+from emocircuits.judges.panel import accuracy, agreement, get_judge, judge_dataset
+from emocircuits.judges.protocol import NONE, Judge
 
 # One clear text per Ekman label, in EKMAN6 order.
 CLEAR = [
@@ -283,7 +277,7 @@ def test_cli_judge_writes_run_dir(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["command"] == "judge" and manifest["status"] == "complete" and manifest["model"] is None
     assert set(manifest["files"]) == {"verdicts.parquet", "metrics.json"}
-    from emocircuits.runs import rerun
+    from emocircuits.sweeps.rerun import rerun
 
     rerun(out, tmp_path / "again")  # the run re-creates from its manifest alone
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "again" / "verdicts.parquet"), verdicts)

@@ -7,10 +7,9 @@ import time
 import pytest
 import torch
 
-from emocircuits.components import HeadSet
-from emocircuits.errors import EmocircuitsError
-from emocircuits.interventions import ZeroHeads, ZeroNeurons, active_hook_count
-from emocircuits.models import (
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.interventions import ZeroHeads, ZeroNeurons, active_hook_count
+from emocircuits.core.models import (
     dequantised_dir,
     embedded_gguf_path,
     load_model,
@@ -18,7 +17,8 @@ from emocircuits.models import (
     spec_of,
     tiny_model,
 )
-from emocircuits.sites import available_sites, hook_name, layer_range
+from emocircuits.core.sites import available_sites, hook_name, layer_range
+from emocircuits.core.units import HeadSet
 
 
 def test_unknown_specs_fail_fast_with_one_sentence(tmp_path):

@@ -6,9 +6,15 @@ import pandas as pd
 import pytest
 import torch
 
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.data import Example
-from emocircuits.errors import EmocircuitsError
-from emocircuits.neurons import NeuronStats, _chunks, collect, select_neurons, selection_stability
+from emocircuits.methods.neurons.find import (
+    NeuronStats,
+    _chunks,
+    collect,
+    select_neurons,
+    selection_stability,
+)
 
 LABELS = ("a", "b")
 
@@ -87,8 +93,8 @@ def test_stability_needs_chunk_counts():
 def test_find_writes_stability_and_prints_ties(tmp_path):
     from typer.testing import CliRunner
 
-    from emocircuits.cli import app
-    from emocircuits.runs import read_manifest
+    from emocircuits.cli.app import app
+    from emocircuits.runs.rundir import read_manifest
 
     runner = CliRunner()
     args = ["neurons", "find", "--model", "tiny-llama", "--limit-per-label", "2", "--top-rate", "0.05", "--quiet"]

@@ -8,24 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from emocircuits.components import NeuronSet
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.stats import bootstrap_ci
+from emocircuits.core.readout import LabelReadout
+from emocircuits.core.units import NeuronSet
 from emocircuits.data import Example
-from emocircuits.errors import EmocircuitsError
-from emocircuits.neurons import (
+from emocircuits.methods.neurons.find import (
     Condition,
-    MaskingEngine,
     NeuronStats,
     Selection,
-    bootstrap_ci,
     collect,
     condition_set,
     entropy,
-    mask,
     normalise,
     random_control,
     select_neurons,
 )
-from emocircuits.readout import LabelReadout
+from emocircuits.methods.neurons.masking import MaskingEngine, mask
 
 LABELS = ("a", "b", "c")
 
@@ -175,7 +174,7 @@ def test_engine_masks_exactly_chosen_neurons_and_mask_tables(tiny_llama):
 def test_checkpointed_masked_passes_equal_full_passes(arch):
     """Starting a masked pass from the clean residual at a checkpoint ≤ the mask's lowest layer gives
     the same scores as running every layer (with and without the shared-prefix cache)."""
-    from emocircuits.models import tiny_model
+    from emocircuits.core.models import tiny_model
 
     bridge, spec = tiny_model(arch, n_layers=4)
     data = _texts()
@@ -194,7 +193,7 @@ def test_checkpointed_masked_passes_equal_full_passes(arch):
 
 
 def test_text_spans_hand_cases(tiny_llama):
-    from emocircuits.neurons import text_spans
+    from emocircuits.methods.neurons.find import text_spans
 
     bridge, _ = tiny_llama
     ex = [Example("0", "I am furious about it", "a"), Example("1", "I am so glad", "b")]
@@ -230,8 +229,8 @@ def _prefix_texts():
 @pytest.mark.parametrize("template", ["raw", "chat_short"])
 def test_text_span_counts_equal_full_cache_on_the_span(tiny_llama, template):
     """tokens='text' counts exactly the text's own tokens, also when the shared prefix covers part of them."""
-    from emocircuits.neurons import text_spans
-    from emocircuits.runner import common_prefix
+    from emocircuits.core.runner import common_prefix
+    from emocircuits.methods.neurons.find import text_spans
 
     bridge, spec = tiny_llama
     data = _prefix_texts()
@@ -256,7 +255,7 @@ def test_text_span_counts_equal_full_cache_on_the_span(tiny_llama, template):
 
 
 def test_ties_at_the_cut_are_counted():
-    from emocircuits.neurons import tie_summary
+    from emocircuits.methods.neurons.find import tie_summary
 
     one = select_neurons(_hand_p(), LABELS, top_rate=0.2)  # k = 1: n0 and n4 both have H = 0, n0 kept by position
     assert one.config["n_tied_at_cut"] == 2 and one.config["n_tied_kept"] == 1 and one.config["cut_entropy"] == 0
@@ -284,7 +283,7 @@ def test_bootstrap_ci_resamples_control_sets():
 
 
 def test_rank_p_hand_computed():
-    from emocircuits.neurons import rank_p
+    from emocircuits.base.stats import rank_p
 
     assert rank_p(0.5, np.array([0.4, 0.5, 0.6, 0.7])) == (1 + 2) / 5  # ties count against the mask
     assert rank_p(0.1, np.full(5, 0.5)) == 1 / 6  # the smallest p K = 5 controls can give
@@ -293,7 +292,7 @@ def test_rank_p_hand_computed():
 
 
 def test_mask_effects_have_rank_p_k_controls_and_floor(tiny_llama):
-    from emocircuits.neurons import DEFAULT_CONTROLS, FLOOR_ACC
+    from emocircuits.methods.neurons.masking import DEFAULT_CONTROLS, FLOOR_ACC
 
     bridge, spec = tiny_llama
     data = _texts()
@@ -309,7 +308,7 @@ def test_mask_effects_have_rank_p_k_controls_and_floor(tiny_llama):
     assert none.rank_p.isna().all() and (none.k_controls == 0).all()
     import inspect
 
-    from emocircuits.neurons import sweep
+    from emocircuits.methods.neurons.masking import sweep
 
     assert DEFAULT_CONTROLS == 5
     for fn in (mask, sweep):

@@ -19,10 +19,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emocircuits import neurons
-from emocircuits.components import NeuronSet
+from emocircuits.core.readout import LabelReadout
+from emocircuits.core.units import NeuronSet
 from emocircuits.data import load_data
-from emocircuits.readout import LabelReadout
+from emocircuits.methods import neurons
 
 ATOL = 1e-4
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.prompts import TEMPLATES, get_template, label_token_ids
 from emocircuits.data import EKMAN6
-from emocircuits.errors import EmocircuitsError
-from emocircuits.prompts import TEMPLATES, get_template, label_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_chat_without_chat_template_falls_back(tiny_gpt2):
 
 
 def test_chat_fewshot_renders_demos_and_cue(tok):
-    from emocircuits.prompts import CHAT_DEMOS
+    from emocircuits.core.prompts import CHAT_DEMOS
 
     for name, demos in (("chat_fewshot", CHAT_DEMOS[:6]), ("chat_fewshot2", CHAT_DEMOS)):
         s = get_template(name).render("The cake burned.", EKMAN6, tok)
@@ -79,7 +79,7 @@ def test_chat_fewshot_renders_demos_and_cue(tok):
 
 
 def test_user_system_prompt_matches_apply_chat_template(tiny_llama, tok):
-    from emocircuits.readout import LabelReadout
+    from emocircuits.core.readout import LabelReadout
 
     system, user = "You rate feelings. Options: {labels}.", "What does this person feel?\n{text}"
     t = get_template(user, system=system)

@@ -6,9 +6,15 @@ import pandas as pd
 import pytest
 import torch
 
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.readout import (
+    LabelReadout,
+    classify,
+    generate_labels,
+    metrics_from_predictions,
+    parse_label,
+)
 from emocircuits.data import EKMAN6, Example, load_data
-from emocircuits.errors import EmocircuitsError
-from emocircuits.readout import LabelReadout, classify, generate_labels, metrics_from_predictions, parse_label
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.readout import LabelReadout, classify, reference_prior_examples, train_split_of
 from emocircuits.data import EKMAN6, load_data
-from emocircuits.errors import EmocircuitsError
-from emocircuits.readout import LabelReadout, classify, reference_prior_examples, train_split_of
 
 COLS = [f"score_{lab}" for lab in EKMAN6]
 
@@ -123,7 +123,7 @@ def test_ensemble_is_the_mean_of_each_templates_calibrated_logprobs(tiny_llama, 
 
 
 def test_ensemble_specs_and_their_errors(tiny_llama, split):
-    from emocircuits.prompts import ensemble_members, get_template
+    from emocircuits.core.prompts import ensemble_members, get_template
 
     assert ensemble_members("chat_short+fewshot") == ["chat_short", "fewshot"]
     assert ensemble_members("Text: {text} + more") == ["Text: {text} + more"]  # a user string is one template

@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from emocircuits.commands.classify import classify_cmd
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.cli.classify import classify_cmd
+from emocircuits.core.readout import classify
 from emocircuits.data import EKMAN6, load_data
-from emocircuits.errors import EmocircuitsError
-from emocircuits.readout import classify
 
 
 def test_classify_cmd_writes_metrics_and_predictions(tmp_path):

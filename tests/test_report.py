@@ -17,8 +17,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.runs import RunDir
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.runs.rundir import RunDir
 from emocircuits.viz import EMOTIONS, TokenView, build_report, write_report
 from emocircuits.viz.tokens import ROOT_CLASS
 
@@ -100,9 +100,9 @@ def make_fake_runs(root: Path) -> dict[str, Path]:
 
 def make_real_demo_run(path: Path) -> Path:
     """`neurons find` + `neurons mask` + token views on the tiny random Llama, written like `demo` does."""
-    from emocircuits import neurons, tokenviews
+    from emocircuits.core.models import tiny_model
     from emocircuits.data import load_data
-    from emocircuits.models import tiny_model
+    from emocircuits.methods import neurons, tokenviews
 
     model, spec = tiny_model("llama", seed=0)
     train = load_data("builtin:dialogues", split="train", limit_per_label=2)
@@ -211,7 +211,7 @@ def test_output_path_that_is_a_directory(fake_runs, tmp_path):
 
 
 def _app() -> typer.Typer:
-    from emocircuits.commands import report
+    from emocircuits.cli import report
 
     app = typer.Typer()
     report.register(app)

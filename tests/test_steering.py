@@ -9,15 +9,20 @@ import pandas as pd
 import pytest
 import torch
 
-from emocircuits import circuit_build as B
-from emocircuits import circuits as C
-from emocircuits import steering as S
-from emocircuits.components import Circuit, Direction, HeadSet, NeuronSet
-from emocircuits.data import load_data
-from emocircuits.errors import EmocircuitsError
-from emocircuits.generation import encode_prompts, generate
-from emocircuits.interventions import AddDirection, AddToHeads, AddToNeurons
-from emocircuits.runner import Runner
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.components import Circuit, Direction
+from emocircuits.core.generation import encode_prompts, generate
+from emocircuits.core.interventions import AddDirection, AddToHeads, AddToNeurons
+from emocircuits.core.runner import Runner
+from emocircuits.core.units import HeadSet, NeuronSet
+from emocircuits.data import EKMAN6, load_data
+from emocircuits.jobs.circuit_build import run_assemble, run_influence
+from emocircuits.jobs.circuits import run_components, run_directions, run_elicit
+from emocircuits.jobs.steer import run_steer
+from emocircuits.methods import circuits as B
+from emocircuits.methods import circuits as C
+from emocircuits.methods.circuits import steer as S
+from emocircuits.runs.circuit_files import read_circuits
 
 EMOS = ["anger", "fear"]
 
@@ -165,7 +170,7 @@ def test_steer_compare_tiny(tiny_llama, items):
     assert acc.loc[("lexicon", "random", "all", "all"), "n"] == 2 * 3 * n
     for m, d in r.groupby("method"):
         assert acc.loc[("lexicon", m, "all", "all"), "accuracy"] == pytest.approx(d.correct_lexicon.mean())
-    assert (r.pred_lexicon.isin(["none", *C.EKMAN6])).all()
+    assert (r.pred_lexicon.isin(["none", *EKMAN6])).all()
     assert set(res.quality.method) == set(S.METHODS)
     with pytest.raises(EmocircuitsError):
         S.steer_compare(model, items, emotions=EMOS, methods=("circuit",), circuits=None)
@@ -192,26 +197,27 @@ def test_steer_text(tiny_llama):
 
 
 def test_jobs_influence_assemble_steer_and_rerun(tiny_llama, tmp_path):
-    from emocircuits.runs import read_manifest, registered_commands, rerun
+    from emocircuits.runs.rundir import read_manifest
+    from emocircuits.sweeps.rerun import registered_commands, rerun
 
     model, spec = tiny_llama
     pair = (model, spec)
     el, di, co = tmp_path / "el", tmp_path / "di", tmp_path / "co"
-    C.run_elicit({"model": "tiny-llama", "data": "builtin:sev", "split": "all", "limit": 1, "judges": ["lexicon"],
+    run_elicit({"model": "tiny-llama", "data": "builtin:sev", "split": "all", "limit": 1, "judges": ["lexicon"],
                   "accept": "first", "emotions": EMOS, "max_new_tokens": 2, "dtype": "float32", "seed": 0}, el,
                  quiet=True, model_pair=pair)
-    C.run_directions({"from": str(el), "model": None, "groups": "all", "n_boot": 0, "shuffles": 0, "seed": 0}, di,
+    run_directions({"from": str(el), "model": None, "groups": "all", "n_boot": 0, "shuffles": 0, "seed": 0}, di,
                      quiet=True, model_pair=pair)
-    C.run_components({"from": str(di), "model": None, "top_k": 2, "top_k_heads": None}, co, quiet=True,
+    run_components({"from": str(di), "model": None, "top_k": 2, "top_k_heads": None}, co, quiet=True,
                      model_pair=pair)
-    inf = B.run_influence({"from": str(di), "alphas": "0.1,0.5", "max_prompts": 2}, tmp_path / "inf", quiet=True,
+    inf = run_influence({"from": str(di), "alphas": "0.1,0.5", "max_prompts": 2}, tmp_path / "inf", quiet=True,
                           model_pair=pair)
     assert (tmp_path / "inf" / "influence.parquet").exists() and len(inf.raw) == 2 * spec.n_layers * 2 * 2
-    asm = B.run_assemble({"influence": str(tmp_path / "inf"), "components": str(co), "k_total": 12}, tmp_path / "asm",
+    asm = run_assemble({"influence": str(tmp_path / "inf"), "components": str(co), "k_total": 12}, tmp_path / "asm",
                          quiet=True, model_pair=pair)
-    loaded = B.read_circuits(tmp_path / "asm")
+    loaded = read_circuits(tmp_path / "asm")
     assert loaded == asm.circuits and all(len(c.neurons) + len(c.heads) == 12 for c in loaded.values())
-    res = S.run_steer({"from": str(tmp_path / "asm"), "limit": 1, "methods": "circuit,none", "max_new_tokens": 2,
+    res = run_steer({"from": str(tmp_path / "asm"), "limit": 1, "methods": "circuit,none", "max_new_tokens": 2,
                        "judges": ["lexicon"]}, tmp_path / "st", quiet=True, model_pair=pair)
     assert set(res.replies.method) == {"circuit", "none"}
     assert read_manifest(tmp_path / "st")["status"] == "complete"
@@ -219,6 +225,6 @@ def test_jobs_influence_assemble_steer_and_rerun(tiny_llama, tmp_path):
     again = rerun(tmp_path / "asm", tmp_path / "asm2")  # the manifest alone re-creates the run (model by name)
     assert again.circuits == asm.circuits
     with pytest.raises(EmocircuitsError):
-        S.run_steer({"from": str(tmp_path / "asm"), "methods": "circuit,magic"}, tmp_path / "bad", model_pair=pair)
+        run_steer({"from": str(tmp_path / "asm"), "methods": "circuit,magic"}, tmp_path / "bad", model_pair=pair)
     with pytest.raises(EmocircuitsError):
-        B.run_influence({"from": str(co)}, tmp_path / "bad2", model_pair=pair)
+        run_influence({"from": str(co)}, tmp_path / "bad2", model_pair=pair)

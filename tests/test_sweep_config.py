@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.sweeps import cell_id, dumps_toml, expand, from_dict, load_config, plan_tasks
 from emocircuits.sweeps.analyses.neuron_masking import NeuronMaskingCell
 
@@ -28,7 +28,7 @@ def _with(**changes):
 @pytest.fixture(autouse=True)
 def _no_model_load(monkeypatch):
     """Validation must never load a model."""
-    import emocircuits.models as models
+    import emocircuits.core.models as models
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded during config validation")

@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 from test_sweep_helpers import write_config
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.runs import read_manifest, register_command, rerun
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.jobs.registry import JOBS
+from emocircuits.runs.rundir import read_manifest
 from emocircuits.sweeps import Analysis, expand, from_dict, load_config, plan_tasks, run_sweep
+from emocircuits.sweeps.rerun import rerun
+from emocircuits.sweeps.registry import register_analysis
 from emocircuits.sweeps.store import CellStore
 
 
@@ -113,11 +116,11 @@ def test_rerun_recreates_the_sweep_from_its_manifest(swept, tmp_path):
         rerun(res.out, res.out)
 
 
-def test_rerun_registry_dispatches_and_names_known_commands(tmp_path):
-    from emocircuits.runs import RunDir
+def test_rerun_registry_dispatches_and_names_known_commands(tmp_path, monkeypatch):
+    from emocircuits.runs.rundir import RunDir
 
     seen = {}
-    register_command("test-echo", lambda config, out: seen.update(config=config, out=out))
+    monkeypatch.setitem(JOBS, "test-echo", lambda config, out: seen.update(config=config, out=out))
     with RunDir.create(tmp_path / "a", command="test-echo", config={"x": 1}, seed=0):
         pass
     rerun(tmp_path / "a", tmp_path / "b")
@@ -151,6 +154,7 @@ class _EchoParams:
     scale: float = 1.0
 
 
+@register_analysis
 class _Echo(Analysis):
     name = "test_echo"
     Params = _EchoParams
@@ -208,7 +212,7 @@ def test_cells_the_model_rejects_fail_before_running_and_are_listed(tmp_path):
 def test_sweep_cli_prints_failed_cells_with_reasons(tmp_path):
     from typer.testing import CliRunner
 
-    from emocircuits.cli import app
+    from emocircuits.cli.app import app
 
     cfg = write_config(tmp_path, layers='["0", "7"]', factors="[0.0]")
     result = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "cli"), "--quiet"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.sweeps import from_dict, load_config, run_sweep
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].joinpath("examples", "sweeps").glob("*.toml"))
@@ -54,7 +54,7 @@ def _fake_circuit_runs(root: Path) -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_config_validates_without_a_model(path, monkeypatch, tmp_path):
-    import emocircuits.models as models
+    import emocircuits.core.models as models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("validation loaded a model"))
     if "runs/c" in path.read_text():  # it names the run directories of earlier circuits steps
@@ -125,7 +125,7 @@ def test_patching_the_last_layer_hands_over_the_partner_prediction(tmp_path):
     last = load_file(str(tmp_path / "patch" / "arrays" / f"{t.iloc[0]['cell_id']}.safetensors"))
     assert last["scores"].shape == (6, 6)
     # the final residual is the partner's, so the patched prediction is the partner's clean prediction
-    from emocircuits.heads import Evaluator
+    from emocircuits.methods.heads import Evaluator
     from emocircuits.sweeps.shared import cached_model
 
     model, _ = cached_model(from_dict(cfg).model)
@@ -155,7 +155,7 @@ def test_component_templates_and_knockout_windows(tmp_path):
 def test_heads_library_matches_a_sweep_cell(tmp_path):
     from test_sweep_helpers import write_config
 
-    from emocircuits import heads
+    from emocircuits.methods import heads
     from emocircuits.sweeps.shared import cached_model
 
     res = run_sweep(write_config(tmp_path, layers='["1-2"]', factors="[0.0]"), tmp_path / "h", progress=False)

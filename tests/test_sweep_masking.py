@@ -1,4 +1,4 @@
-"""The neuron_masking analysis: its cells reproduce emocircuits.neurons.mask, found neurons are reused."""
+"""The neuron_masking analysis: its cells reproduce emocircuits.methods.neurons.mask, found neurons are reused."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _found(out):
 
 
 def test_cells_equal_the_library_mask_call(masked):
-    from emocircuits.neurons import MASK_METRICS, mask
+    from emocircuits.methods.neurons.masking import MASK_METRICS, mask
     from emocircuits.sweeps.shared import cached_model
 
     t = masked.table
@@ -61,8 +61,8 @@ def test_cells_equal_the_library_mask_call(masked):
 
 
 def test_library_sweep_writes_the_engine_schema_and_numbers(masked):
-    """One RQ3 schema: emocircuits.neurons.sweep equals the neuron_masking cells, column for column."""
-    from emocircuits.neurons import sweep
+    """One RQ3 schema: emocircuits.methods.neurons.sweep equals the neuron_masking cells, column for column."""
+    from emocircuits.methods.neurons.masking import sweep
     from emocircuits.sweeps.shared import cached_model
     from emocircuits.sweeps.store import RESERVED
 
@@ -93,8 +93,8 @@ def test_resume_reuses_the_found_neurons(masked, tmp_path):
 def test_neurons_sweep_command_is_a_resumable_engine_sweep(masked, tmp_path):
     from typer.testing import CliRunner
 
-    from emocircuits.cli import app
-    from emocircuits.runs import read_manifest
+    from emocircuits.cli.app import app
+    from emocircuits.runs.rundir import read_manifest
 
     (folder,) = list((masked.out / "artifacts").glob("neurons-*"))
     out = tmp_path / "rq3"
@@ -132,9 +132,11 @@ def test_controls_default_to_five_everywhere(tmp_path):
 
     from typer.testing import CliRunner
 
-    from emocircuits.cli import app
-    from emocircuits.commands.neurons import mask_cmd, sweep_cmd
-    from emocircuits.neurons import DEFAULT_CONTROLS, Selection, mask, sweep
+    from emocircuits.cli.app import app
+    from emocircuits.cli.neurons import mask_cmd, sweep_cmd
+    from emocircuits.methods.neurons.find import Selection
+    from emocircuits.methods.neurons.masking import DEFAULT_CONTROLS, mask, sweep
+    from emocircuits.sweeps import from_dict
     from emocircuits.sweeps.analyses.neuron_masking import MaskingState, NeuronMaskingParams, rq3_config
 
     assert DEFAULT_CONTROLS == 5
@@ -146,5 +148,5 @@ def test_controls_default_to_five_everywhere(tmp_path):
         assert inspect.signature(cmd).parameters["controls"].default.default == DEFAULT_CONTROLS
     sel = Selection({}, {}, ("fear", "joy"), 3, 96, {})
     (tmp_path / "neurons.json").write_text(__import__("json").dumps(sel.to_json()))
-    assert rq3_config(neurons=str(tmp_path / "neurons.json")).params.controls == DEFAULT_CONTROLS
+    assert from_dict(rq3_config(neurons=str(tmp_path / "neurons.json"))).params.controls == DEFAULT_CONTROLS
     assert "--controls" in CliRunner().invoke(app, ["neurons", "mask", "--help"]).output

@@ -37,7 +37,7 @@ def test_ray_executor_equals_local(ray_local, tmp_path):
 
 
 def test_ray_prepare_errors_surface_as_one_sentence(ray_local, tmp_path):
-    from emocircuits.errors import EmocircuitsError
+    from emocircuits.base.errors import EmocircuitsError
 
     cfg = write_config(tmp_path)
     text = cfg.read_text().replace('spec = "tiny-llama"', 'spec = "/nonexistent/model.gguf"')

@@ -18,7 +18,7 @@ N_CELLS = 8
 
 
 def _start(cfg: Path, out: Path, resume: bool) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "emocircuits.sweeps", str(cfg), "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "emocircuits.cli", "sweep", str(cfg), "--out", str(out), "--quiet"]
     if resume:
         cmd.append("--resume")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -64,7 +64,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
     assert len(resumed) == N_CELLS and resumed["cell_id"].is_unique
     assert (resumed["status"] == "ok").all()
     pd.testing.assert_frame_equal(resumed, whole.table)  # cell for cell, bit for bit
-    from emocircuits.runs import read_manifest
+    from emocircuits.runs.rundir import read_manifest
 
     man = read_manifest(crashed)
     assert man["status"] == "complete" and len(man["resumed"]) == 2

@@ -1,4 +1,4 @@
-"""`emocircuits demo` (:func:`emocircuits.tour.run_tour`) on the tiny random Llama at minimal sizes: the run
+"""`emocircuits demo` (:func:`emocircuits.jobs.demo.run_tour`) on the tiny random Llama at minimal sizes: the run
 directory's layout, the printed headline lines, the report's three sections, re-running, bad settings."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.tour import PARTS, TOUR_DEFAULTS, check_tour_config, run_tour
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.jobs.demo import PARTS, TOUR_DEFAULTS, check_tour_config, run_tour
 
 #: Every step at its smallest useful size (the tiny model's replies are noise; the plumbing is what is tested).
 TINY = {"model": "tiny-llama", "template": "raw", "train_per_label": 2, "test_per_label": 2, "top_rate": 0.05,
@@ -104,7 +104,7 @@ def test_report_has_a_section_per_paper(tour):
 
 
 def test_rerun_is_registered(tour):
-    from emocircuits.runs import registered_commands
+    from emocircuits.sweeps.rerun import registered_commands
 
     assert "demo" in registered_commands()
 
@@ -126,8 +126,8 @@ def test_bad_settings_are_one_sentence(tmp_path):
 
 def test_cli_demo_prints_the_report_path(tmp_path, monkeypatch, tiny_llama):
     """`emocircuits demo` is the tour: its options reach the config, and it ends with the report's path."""
-    import emocircuits.commands.demo as demo_cmd
-    from emocircuits.cli import app
+    import emocircuits.cli.demo as demo_cmd
+    from emocircuits.cli.app import app
 
     seen = {}
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_report import fake_tables
 
-from emocircuits.components import NeuronSet
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.units import NeuronSet
 from emocircuits.viz import (
     EMOTION_COLORS,
     EMOTIONS,
@@ -221,8 +221,8 @@ def test_ratio_sweep_per_true_label_panels(tables):
 
 
 def test_sweeps_read_the_rq3_schema(tables):
-    """The RQ3 results schema (neuron_masking sweeps, emocircuits.neurons.sweep): own_* / all_* columns."""
-    from emocircuits.neurons import MASK_METRICS
+    """The RQ3 results schema (neuron_masking sweeps, emocircuits.methods.neurons.sweep): own_* / all_* columns."""
+    from emocircuits.methods.neurons.masking import MASK_METRICS
 
     df = tables["results"].dropna(subset=["acc_masked"])
     prefixed = df.rename(columns={m: f"own_{m}" for m in MASK_METRICS})
@@ -302,8 +302,8 @@ def test_script_close_in_props_cannot_break_out():
 
 
 def test_tokenviews_match_a_manual_capture(tiny_llama):
-    from emocircuits import tokenviews as tv
-    from emocircuits.interventions import capture
+    from emocircuits.core.interventions import capture
+    from emocircuits.methods import tokenviews as tv
 
     model, spec = tiny_llama
     text = "I cannot believe they cancelled the trip again"
@@ -320,7 +320,7 @@ def test_tokenviews_match_a_manual_capture(tiny_llama):
 
 
 def test_tokenviews_heads_and_top_examples(tiny_llama):
-    from emocircuits import tokenviews as tv
+    from emocircuits.methods import tokenviews as tv
 
     model, _ = tiny_llama
     tokens, pattern, names = tv.head_patterns(model, "the cat sat on the mat", [(2, 1), (0, 3)])

@@ -12,10 +12,12 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from emocircuits import circuit_build as B
-from emocircuits import steering as S
-from emocircuits.components import Circuit, HeadSet, NeuronSet
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.components import Circuit
+from emocircuits.core.units import HeadSet, NeuronSet
+from emocircuits.methods import circuits as B
+from emocircuits.methods.circuits import steer as S
+from emocircuits.runs.circuit_files import save_circuits
 from emocircuits.viz import circuit_view as V
 from emocircuits.viz.circuit_view import (
     circuit_view,
@@ -174,7 +176,7 @@ def test_circuit_view_on_assembled_circuits(tmp_path):
     shifts = B.Shifts(torch.randn(2, L, d_mlp, generator=g), torch.randn(2, L, H, dh, generator=g), emotions, 5)
     asm = B.assemble_circuits(_influence(emotions), ns, hs, shifts, n_layers=L, k_total=12, min_neurons=1,
                               min_heads=1)
-    files = B.save_circuits(asm.circuits, tmp_path)
+    files = save_circuits(asm.circuits, tmp_path)
     circuits = {e: Circuit.load(f[: -len(".json")]) for e, f in files.items()}
     fig = circuit_view(circuits, n_layers=L)
     assert len(fig.data) == 2 * len(emotions)

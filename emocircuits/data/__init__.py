@@ -36,7 +36,7 @@ from typing import Any, overload
 
 import pandas as pd
 
-from emocircuits.errors import EmocircuitsError, spell
+from emocircuits.base.errors import EmocircuitsError, spell
 
 EKMAN6: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
 VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")

@@ -10,11 +10,13 @@ analysis), :mod:`emocircuits.sweeps.artifacts` for what a sweep computes once, a
 :mod:`emocircuits.sweeps.store` for the directory layout.
 """
 
-from emocircuits.sweeps.base import Analysis, TemplateCell, analysis_names, cell_id, derive_seed, get_analysis
-from emocircuits.sweeps.config import SweepConfig, dumps_toml, expand, from_dict, load_config
+from emocircuits.sweeps.base import Analysis, TemplateCell, cell_id, derive_seed
+from emocircuits.sweeps.config import SweepConfig, dumps_toml
 from emocircuits.sweeps.engine import SweepResult, failed_cells_text, plan_tasks, run_sweep
+from emocircuits.sweeps.registry import analysis_names, expand, from_dict, get_analysis, load_config, register_analysis
+from emocircuits.sweeps.rerun import rerun
 
 __all__ = [
     "Analysis", "SweepConfig", "SweepResult", "TemplateCell", "analysis_names", "cell_id", "derive_seed", "dumps_toml",
-    "expand", "failed_cells_text", "from_dict", "get_analysis", "load_config", "plan_tasks", "run_sweep",
+    "expand", "failed_cells_text", "from_dict", "get_analysis", "load_config", "plan_tasks", "register_analysis", "rerun", "run_sweep",
 ]

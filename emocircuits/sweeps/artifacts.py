@@ -35,8 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.sweeps.config import SPLITS
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.io import write_json, write_tensors
+from emocircuits.base.seeds import derive_seed
+from emocircuits.core.components import Direction, from_dict
+from emocircuits.core.readout import LabelReadout
+from emocircuits.core.sites import READINGS, check_layer_range, layer_range, site_info
+from emocircuits.methods.neurons.find import ASSIGN_MODES, TOKEN_MODES, NeuronStats, Selection, collect
+from emocircuits.sweeps.config import SPLITS, choice, from_mapping
+from emocircuits.sweeps.shared import cached_model
 
 ARTIFACT_DIR = "artifacts"
 MARKER = "artifact.json"
@@ -45,13 +52,13 @@ PAIRINGS = ("other_label", "same_label", "shuffle")
 
 @dataclass(frozen=True)
 class NeuronFind:
-    """How to find emotion neurons by LAPE statistics (emocircuits.neurons): also ``[analysis.find]`` of
+    """How to find emotion neurons by LAPE statistics (emocircuits.methods.neurons): also ``[analysis.find]`` of
     ``neuron_masking``."""
 
     split: str = "train"
     limit_per_label: int = 0
     reading: str = "gated"
-    tokens: str = "all"  # all | text | last (see emocircuits.neurons)
+    tokens: str = "all"  # all | text | last (see emocircuits.methods.neurons)
     top_rate: float = 0.01
     assign: str = "argmax"
 
@@ -99,9 +106,6 @@ KINDS: dict[str, type] = {"neurons": NeuronsArtifact, "direction": DirectionArti
 
 def parse_artifacts(tables: Mapping[str, Any], where: str = "analysis.artifacts") -> dict[str, Any]:
     """``{name: spec dataclass}`` from the ``[analysis.artifacts]`` tables; one sentence on a bad key or value."""
-    from emocircuits.neurons import ASSIGN_MODES, TOKEN_MODES
-    from emocircuits.sites import READINGS, check_layer_range, site_info
-    from emocircuits.sweeps.config import choice, from_mapping
 
     out: dict[str, Any] = {}
     for name, table in tables.items():
@@ -200,7 +204,6 @@ def read_artifact_path(path: Path) -> dict[str, Any]:
 
 
 def _write_marker(folder: Path, name: str, spec: Any, files: list[str]) -> None:
-    from emocircuits.runs import write_json
 
     write_json(folder / MARKER, {"kind": spec.kind, "name": name, "spec": dataclasses.asdict(spec), "files": files})
 
@@ -211,7 +214,6 @@ def _split_data(cfg: Any, split: str, limit: int) -> Any:
 
 
 def _compute(name: str, spec: Any, cfg: Any, folder: Path, *, progress: bool) -> None:
-    from emocircuits.sweeps.shared import cached_model
 
     model, model_spec = cached_model(cfg.model, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
@@ -225,8 +227,6 @@ def _compute(name: str, spec: Any, cfg: Any, folder: Path, *, progress: bool) ->
 
 
 def _compute_neurons(spec: NeuronsArtifact, cfg: Any, model: Any, folder: Path, *, progress: bool) -> list[str]:
-    from emocircuits.neurons import collect
-    from emocircuits.runs import write_json, write_tensors
 
     train = _split_data(cfg, spec.split, spec.limit_per_label)
     stats = collect(model, train, reading=spec.reading, tokens=spec.tokens, template=cfg.data.template,
@@ -239,7 +239,6 @@ def _compute_neurons(spec: NeuronsArtifact, cfg: Any, model: Any, folder: Path, 
 
 
 def _encode(cfg: Any, model: Any, dataset: Any) -> tuple[Any, list[list[int]]]:
-    from emocircuits.readout import LabelReadout
 
     readout = LabelReadout(model, dataset.labels, cfg.data.template)
     return readout, readout.encode(list(dataset))
@@ -247,9 +246,6 @@ def _encode(cfg: Any, model: Any, dataset: Any) -> tuple[Any, list[list[int]]]:
 
 def _compute_directions(spec: DirectionArtifact, cfg: Any, model: Any, model_spec: Any, folder: Path) -> list[str]:
     import torch
-
-    from emocircuits.components import Direction
-    from emocircuits.sites import layer_range
 
     data = _split_data(cfg, spec.split, spec.limit_per_label)
     readout, ids = _encode(cfg, model, data)
@@ -291,9 +287,6 @@ def pair_indices(labels: list[int], how: str, seed: int) -> list[int]:
 def _compute_activations(name: str, spec: ActivationsArtifact, cfg: Any, model: Any, model_spec: Any,
                          folder: Path) -> list[str]:
     import torch
-
-    from emocircuits.runs import derive_seed, write_tensors
-    from emocircuits.sites import layer_range
 
     data = cfg.data.load(seed=cfg.seed)
     readout, ids = _encode(cfg, model, data)
@@ -363,7 +356,6 @@ def _load(raw: Mapping[str, Any]) -> Any:
     files = raw["files"]
     kind = raw["kind"]
     if kind == "neurons":
-        from emocircuits.neurons import NeuronStats, Selection
 
         sel = Selection.from_json(json.loads(files["neurons.json"]))
         stats = None
@@ -377,7 +369,6 @@ def _load(raw: Mapping[str, Any]) -> Any:
             stats = NeuronStats(t["counts"], t["totals"], labels, {})
         return sel, stats
     if kind == "direction":
-        from emocircuits.components import Direction
 
         out = {}
         for f in files:
@@ -390,7 +381,6 @@ def _load(raw: Mapping[str, Any]) -> Any:
         site = _safetensors_metadata(files["activations.safetensors"]).get("site", "resid.post")
         source = {int(k.removeprefix("layer.")): v for k, v in t.items() if k.startswith("layer.")}
         return Activations(site, source, t["pair"], t["source_label"])
-    from emocircuits.components import from_dict
 
     tensors = load_tensors(files["component.safetensors"]) if "component.safetensors" in files else {}
     return from_dict(json.loads(files["component.json"]), tensors)

@@ -27,16 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.runs import derive_seed
-
-_ANALYSES: dict[str, type[Analysis]] = {}
-_BUILTIN_MODULES = {
-    "intervention": "emocircuits.sweeps.analyses.intervention",
-    "neuron_masking": "emocircuits.sweeps.analyses.neuron_masking",
-    "component_validation": "emocircuits.sweeps.analyses.component_validation",
-    "circuit_steering": "emocircuits.sweeps.analyses.circuit_steering",
-}
+from emocircuits.base.seeds import derive_seed
 
 
 class TemplateCell(dict):
@@ -56,11 +47,6 @@ class Analysis:
     free_axes: ClassVar[bool] = False
     #: Cells per task when the config says 0.
     default_cells_per_task: ClassVar[int] = 1
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.name:
-            _ANALYSES[cls.name] = cls
 
     def validate(self, cfg: Any) -> None:
         """Check the config's allowed values without loading a model; raise ``EmocircuitsError``."""
@@ -90,21 +76,6 @@ class Analysis:
         raise NotImplementedError
 
 
-def analysis_names() -> list[str]:
-    return sorted(set(_ANALYSES) | set(_BUILTIN_MODULES))
-
-
-def get_analysis(name: str) -> Analysis:
-    """An instance of the analysis registered as ``name``, or one sentence listing the known ones."""
-    if name not in _ANALYSES and name in _BUILTIN_MODULES:
-        import importlib
-
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _ANALYSES:
-        raise EmocircuitsError(f"Key 'sweep.analysis' has value {name!r}; allowed values: {', '.join(analysis_names())}.")
-    return _ANALYSES[name]()
-
-
 def cell_dict(cell: Any) -> dict[str, Any]:
     """A cell as a plain JSON-able dict."""
     data = dict(cell) if isinstance(cell, Mapping) else dataclasses.asdict(cell)
@@ -121,4 +92,4 @@ def cell_id(identity_hash: str, cell: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-__all__ = ["Analysis", "TemplateCell", "analysis_names", "cell_dict", "cell_id", "derive_seed", "get_analysis"]
+__all__ = ["Analysis", "TemplateCell", "cell_dict", "cell_id", "derive_seed"]

@@ -40,16 +40,15 @@ import hashlib
 import itertools
 import json
 import math
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.prompts import DEFAULT_TEMPLATE
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.prompts import DEFAULT_TEMPLATE
+from emocircuits.data import load_data
 
 EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -201,7 +200,6 @@ class DataConfig:
 
     def load(self, seed: int = 0, split: str | None = None) -> Any:
         """The dataset (``split`` overrides ``self.split``; ``"all"`` = every example)."""
-        from emocircuits.data import load_data
 
         s = split or self.split
         return load_data(self.spec, split=None if s == "all" else s, labels=self.labels or None,
@@ -291,45 +289,6 @@ def _validate_executor(ex: ExecutorConfig) -> None:
         raise EmocircuitsError(f"Key 'executor.gpus_per_worker' has value {ex.gpus_per_worker}; allowed: numbers >= 0.")
 
 
-def from_dict(data: Mapping[str, Any]) -> SweepConfig:
-    """Parse and validate a config dict (the content of a sweep TOML); loads no model."""
-    from emocircuits.sweeps.base import get_analysis
-
-    if not isinstance(data, Mapping):
-        raise EmocircuitsError("A sweep config must be a table of tables ([sweep], [model], [data], [analysis], [grid]).")
-    unknown = sorted(set(data) - set(TOP_KEYS))
-    if unknown:
-        raise EmocircuitsError(f"Unknown table [{unknown[0]}]; allowed tables: {', '.join(TOP_KEYS)}.")
-    for key in TOP_KEYS:
-        if key in data and not isinstance(data[key], Mapping):
-            raise EmocircuitsError(f"Key {key!r} must be a table ([{key}]), not {type(data[key]).__name__}.")
-    if "sweep" not in data or "analysis" not in data["sweep"]:
-        from emocircuits.sweeps.base import analysis_names
-
-        raise EmocircuitsError(f"Missing required key 'sweep.analysis'; allowed values: {', '.join(analysis_names())}.")
-    sweep = from_mapping(SweepSection, data["sweep"], "sweep")
-    analysis = get_analysis(sweep.analysis)
-    if sweep.cells_per_task < 0:
-        raise EmocircuitsError(f"Key 'sweep.cells_per_task' has value {sweep.cells_per_task}; allowed: integers >= 0.")
-    model = from_mapping(ModelConfig, data.get("model", {}), "model")
-    choice("model.dtype", model.dtype, DTYPES)
-    data_cfg = from_mapping(DataConfig, data.get("data", {}), "data")
-    choice("data.split", data_cfg.split, SPLITS)
-    if data_cfg.limit_per_label < 0:
-        raise EmocircuitsError(f"Key 'data.limit_per_label' has value {data_cfg.limit_per_label}; allowed: integers >= 0.")
-    from emocircuits.prompts import get_template
-
-    try:
-        get_template(data_cfg.template)
-    except EmocircuitsError as exc:
-        raise EmocircuitsError(f"Key 'data.template': {exc}") from None
-    params = from_mapping(analysis.Params, data.get("analysis", {}), "analysis")
-    grid = _parse_grid(analysis, data.get("grid", {}))
-    executor = from_mapping(ExecutorConfig, data.get("executor", {}), "executor")
-    _validate_executor(executor)
-    cfg = SweepConfig(sweep=sweep, model=model, data=data_cfg, params=params, grid=grid, executor=executor)
-    analysis.validate(cfg)
-    return cfg
 
 
 GRID_VALUE = int | float | str | bool | list[int]
@@ -395,26 +354,8 @@ def _parse_grid(analysis: Any, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
     return out
 
 
-def expand(cfg: SweepConfig) -> list[Any]:
-    """The cells of a config: the Cartesian product of the grid axes in file order (last axis fastest)."""
-    from emocircuits.sweeps.base import get_analysis
-
-    analysis = get_analysis(cfg.analysis)
-    axes = list(cfg.grid)
-    return [analysis.Cell(**dict(zip(axes, combo, strict=True)))
-            for combo in itertools.product(*(cfg.grid[a] for a in axes))]
 
 
-def load_config(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep TOML file (no model is loaded)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EmocircuitsError(f"Sweep config {str(path)!r} does not exist; pass a .toml file.")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EmocircuitsError(f"{str(path)!r} is not valid TOML ({exc}).") from None
-    return from_dict(data)
 
 
 # ----------------------------------------------------------------------------- a small TOML writer
@@ -459,3 +400,11 @@ def dumps_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
     for name, body in data.items():
         table(name, body)
     return "\n".join(lines)
+
+
+def expand_cells(cfg: SweepConfig, analysis: Any) -> list[Any]:
+    """The cells of a config for ``analysis``: the Cartesian product of the grid axes in file order (last
+    axis fastest)."""
+    axes = list(cfg.grid)
+    return [analysis.Cell(**dict(zip(axes, combo, strict=True)))
+            for combo in itertools.product(*(cfg.grid[a] for a in axes))]

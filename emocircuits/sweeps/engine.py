@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.runs import MANIFEST, open_run, read_manifest, register_command
-from emocircuits.sweeps.base import cell_dict, cell_id, get_analysis
-from emocircuits.sweeps.config import SweepConfig, as_dict, expand, from_dict, load_config
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.io import atomic_path
+from emocircuits.runs.rundir import MANIFEST, open_run, read_manifest
+from emocircuits.sweeps.base import cell_dict, cell_id
+from emocircuits.sweeps.config import SweepConfig, as_dict
 from emocircuits.sweeps.executors import make_executor
-from emocircuits.sweeps.store import RESULTS, CellStore
+from emocircuits.sweeps.registry import expand, from_dict, get_analysis, load_config
+from emocircuits.sweeps.store import RESERVED, RESULTS, CellStore
 
 COMMAND = "sweep"
 
@@ -78,7 +81,6 @@ def precheck(cfg: SweepConfig, spec: dict[str, Any], tasks: list[list[dict[str, 
 
 def failed_cells_text(table: Any) -> str:
     """The failed cells of a results table, one line each: ``cell_index {axis=value ...}: error`` ("" if none)."""
-    from emocircuits.sweeps.store import RESERVED
 
     if table is None or table.empty or "status" not in table:
         return ""
@@ -114,7 +116,7 @@ def _check_resumable(out: Path, cfg: SweepConfig) -> None:
 
 
 def run_sweep(
-    config: SweepConfig | str | Path,
+    config: SweepConfig | Mapping[str, Any] | str | Path,
     out: str | Path,
     *,
     resume: bool = False,
@@ -123,14 +125,18 @@ def run_sweep(
     address: str | None = None,
     progress: bool = True,
 ) -> SweepResult:
-    """Run (or with ``resume`` continue) a sweep into the run directory ``out``.
+    """Run (or with ``resume`` continue) a sweep into the run directory ``out``; ``config``: a parsed config,
+    its dict (the content of a sweep TOML) or a TOML path.
 
     Cells already stored in ``out/cells`` are skipped on resume (failed ones are retried); each finished
     cell is written atomically and ``results.parquet`` rebuilt at once, so a killed sweep loses at most
     the tasks in flight. ``executor``/``workers``/``address`` override the config's ``[executor]``.
     """
     t0 = time.perf_counter()
-    cfg = config if isinstance(config, SweepConfig) else load_config(config)
+    if isinstance(config, SweepConfig):
+        cfg = config
+    else:
+        cfg = from_dict(config) if isinstance(config, Mapping) else load_config(config)
     cfg = cfg.with_executor(kind=executor, workers=workers, address=address)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -201,7 +207,6 @@ def run_sweep(
 
 
 def _write_text(path: Path, text: str) -> None:
-    from emocircuits.runs import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -212,6 +217,5 @@ def _rerun_sweep(config: dict[str, Any], out: Path) -> SweepResult:
     return run_sweep(from_dict(config), out, progress=True)
 
 
-register_command(COMMAND, _rerun_sweep)
 
 __all__ = ["SweepResult", "failed_cells_text", "plan_tasks", "precheck", "run_sweep"]

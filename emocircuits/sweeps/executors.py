@@ -14,8 +14,9 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.sweeps.base import Analysis, get_analysis
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.sweeps.base import Analysis
+from emocircuits.sweeps.registry import from_dict, get_analysis
 
 Task = list[dict[str, Any]]  # [{"index", "cell_id", "cell"}], cells in grid order
 Outcome = dict[str, Any]  # {"index", "cell_id", "cell", "status", "metrics", "error", "traceback", "seconds", "arrays"}
@@ -107,7 +108,6 @@ def _pool_init(cfg_dict: dict[str, Any], shared: dict[str, Any], threads: int) -
 
 def _pool_state() -> tuple[Analysis, Any]:
     if "state" not in _WORKER:
-        from emocircuits.sweeps.config import from_dict
 
         cfg = from_dict(_WORKER["cfg_dict"])
         analysis = get_analysis(cfg.analysis)
@@ -160,7 +160,6 @@ class RayWorker:
     """The body of a Ray actor: prepares once (model load, tokenisation, clean pass), then runs tasks."""
 
     def __init__(self, cfg_dict: dict[str, Any], shared: dict[str, Any]) -> None:
-        from emocircuits.sweeps.config import from_dict
 
         # An exception in an actor's __init__ reaches the driver without its type (ActorDiedError), so a
         # failed prepare is kept and re-raised by the first method call, where Ray preserves it.

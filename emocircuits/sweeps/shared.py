@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from emocircuits.core.models import load_model
+
 _MODELS: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
 
 def cached_model(model_cfg: Any, *, progress: bool = False) -> tuple[Any, Any]:
     """``(bridge, ModelSpec)`` for a ``[model]`` config, loaded once per process (one model kept)."""
-    from emocircuits.models import load_model
 
     key = (model_cfg.spec, model_cfg.dtype, model_cfg.device, model_cfg.device_map)
     if key not in _MODELS:

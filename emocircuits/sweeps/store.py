@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from emocircuits.runs import write_json, write_table, write_tensors
+from emocircuits.base.io import write_json, write_table, write_tensors
 
 CELL_DIR = "cells"
 ARRAY_DIR = "arrays"

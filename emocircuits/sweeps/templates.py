@@ -1,6 +1,6 @@
 """Intervention templates: an intervention's dict with ``{placeholders}`` filled from a sweep's grid axes.
 
-A template is what :meth:`emocircuits.interventions.Intervention.to_dict` writes — ``type`` and the
+A template is what :meth:`emocircuits.core.interventions.Intervention.to_dict` writes — ``type`` and the
 class's fields — where any string may hold placeholders such as ``{layers}`` or ``{factor}``. A string
 that is exactly one placeholder takes the axis value with its type (``factor = "{factor}"`` gives a
 number); inside longer strings the value is written as text (``heads = "{layers}:all"``).
@@ -36,7 +36,14 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.components import Direction, intervention
+from emocircuits.core.interventions import AddDirection, Compose, Intervention, PatchFrom
+from emocircuits.core.sites import check_layer_range, layer_range, site_info
+from emocircuits.core.units import Component, HeadSet, NeuronSet
+from emocircuits.methods.heads import check_heads, head_set
+from emocircuits.sweeps.artifacts import Activations
+from emocircuits.sweeps.config import coerce
 
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 COMPONENT_KINDS = ("zero", "scale", "steer", "add")
@@ -77,7 +84,6 @@ def fill(obj: Any, values: Mapping[str, Any]) -> Any:
 @functools.cache
 def intervention_types() -> dict[str, type]:
     """``{class name: class}`` of every intervention value object."""
-    from emocircuits.interventions import Intervention
 
     out: dict[str, type] = {}
     todo = list(Intervention.__subclasses__())
@@ -132,7 +138,6 @@ def _dims(spec: Any) -> dict[str, int]:
 
 
 def _layers(value: Any, ctx: _Ctx, key: str) -> tuple[int, ...] | None:
-    from emocircuits.sites import check_layer_range, layer_range
 
     if isinstance(value, bool) or not isinstance(value, int | str | list | tuple):
         raise EmocircuitsError(f"Key {key!r} has value {value!r}; give a layer range (e.g. 'top', '2-5'), a layer, "
@@ -165,8 +170,6 @@ def _pairs(value: Any, key: str, what: str) -> list[tuple[int, int]]:
 
 
 def _heads(value: Any, ctx: _Ctx, key: str) -> Any:
-    from emocircuits.components import HeadSet
-    from emocircuits.heads import check_heads, head_set
 
     if isinstance(value, str) and value.startswith("@"):
         obj = ctx.ref(value, key, ("file",))
@@ -183,7 +186,6 @@ def _heads(value: Any, ctx: _Ctx, key: str) -> Any:
 
 
 def _neurons(value: Any, ctx: _Ctx, key: str) -> Any:
-    from emocircuits.components import NeuronSet
 
     if isinstance(value, str) and value.startswith("@"):
         if ":" not in value and ctx.artifacts is None and value[1:] in ctx.declared \
@@ -203,7 +205,6 @@ def _neurons(value: Any, ctx: _Ctx, key: str) -> Any:
 
 
 def _simple(value: Any, tp: Any, key: str) -> Any:
-    from emocircuits.sweeps.config import coerce
 
     return coerce(value, tp, key)
 
@@ -254,7 +255,6 @@ def _resolve(t: Any, key: str, ctx: _Ctx) -> Any:
     hints = _fields(cls)
     simple = {f: _simple(v, hints[f], f"{key}.{f}") for f, v in t.items() if f != "type" and f not in _SPECIAL}
     if "site" in simple:
-        from emocircuits.sites import site_info
 
         try:
             site_info(simple["site"])
@@ -291,9 +291,6 @@ def _resolve(t: Any, key: str, ctx: _Ctx) -> Any:
 def _add_direction(t: Mapping[str, Any], simple: dict[str, Any], special: dict[str, Any], key: str, ctx: _Ctx) -> Any:
     import torch
 
-    from emocircuits.components import Direction
-    from emocircuits.interventions import AddDirection
-
     value = t.get("direction")
     if value is None:
         raise EmocircuitsError(f"Key '{key}.direction' is missing; give '@ARTIFACT:KEY' or a list of numbers.")
@@ -318,8 +315,6 @@ def _add_direction(t: Mapping[str, Any], simple: dict[str, Any], special: dict[s
 
 
 def _patch(t: Mapping[str, Any], simple: dict[str, Any], special: dict[str, Any], key: str, ctx: _Ctx) -> Any:
-    from emocircuits.interventions import PatchFrom
-    from emocircuits.sweeps.artifacts import Activations
 
     value = t.get("source")
     if not isinstance(value, str) or not value.startswith("@") or ":" in value:
@@ -355,15 +350,14 @@ def _component(t: Mapping[str, Any], key: str, ctx: _Ctx) -> Any:
     obj = ctx.ref(ref, f"{key}.component", ("neurons", "direction"))
     if obj is None:
         return None
-    if not hasattr(obj, "intervention"):
+    if not isinstance(obj, Component):
         raise EmocircuitsError(f"Key '{key}.component': '{ref}' holds a {type(obj).__name__}, which has no "
                                "interventions; refer to a NeuronSet, HeadSet, SublayerSet, Direction or Circuit.")
-    return obj.intervention(kind, **kw)
+    return intervention(obj, kind, **kw)
 
 
 def size_metrics(intervention: Any) -> dict[str, int]:
     """How much an intervention touches: ``n_heads``, ``n_neurons``, ``n_sites`` (site-layers), summed."""
-    from emocircuits.interventions import Compose
 
     out = {"n_heads": 0, "n_neurons": 0, "n_sites": 0}
     items = intervention.items if isinstance(intervention, Compose) else (intervention,)

@@ -1,5 +1,5 @@
 """Visualisations: pure functions from results to plotly figures or CircuitsVis token views, and the
-self-contained HTML report. Nothing here runs a model (see :mod:`emocircuits.tokenviews` for that).
+self-contained HTML report. Nothing here runs a model (see :mod:`emocircuits.methods.tokenviews` for that).
 
     import emocircuits as ec
     ec.viz.layer_distribution(selection)          # Fig. 1 of Lee et al. (2025)

@@ -1,4 +1,4 @@
-"""Figures of Emotion circuits II (:mod:`emocircuits.circuit_build`, :mod:`emocircuits.steering`): pure
+"""Figures of Emotion circuits II (:mod:`emocircuits.methods.circuits`, :mod:`emocircuits.methods.circuits.steer`): pure
 functions from the tables and circuits those runs write to plotly figures (and one HTML table).
 
     fig = influence_by_layer(pd.read_parquet("runs/influence/influence.parquet"))
@@ -18,14 +18,15 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.components import Circuit
 from emocircuits.viz.circuits import _one
 from emocircuits.viz.colors import CONTROL_COLOR, NORMAL_COLOR, order_labels, resolve_colors
 from emocircuits.viz.figures import _need, _style
 from emocircuits.viz.inference import SITE_COLORS
 
 if TYPE_CHECKING:
-    from emocircuits.components import Circuit
+    from emocircuits.core.components import Circuit
 
 Colors = Mapping[str, str] | None
 
@@ -140,7 +141,6 @@ def circuit_view(circuits: Mapping[str, Circuit] | Circuit, emotion: str | None 
     emotion. ``circuits``: ``{emotion: Circuit}`` (``read_circuits`` of ``circuits assemble``) or one Circuit.
     Scores come from the circuit, else from ``neuron_scores`` (emotion, layer, neuron, mean) and
     ``head_scores`` (emotion, layer, head, score) of ``circuits components``."""
-    from emocircuits.components import Circuit
 
     what = "circuit_view"
     if isinstance(circuits, Circuit):

@@ -1,4 +1,4 @@
-"""Figures of the emotion-circuits pipeline (:mod:`emocircuits.circuits`): pure functions from its tables
+"""Figures of the emotion-circuits pipeline (:mod:`emocircuits.methods.circuits`): pure functions from its tables
 (as the ``circuits`` commands write them) to plotly figures. No computation beyond grouping.
 
     fig = judged_accuracy(pd.read_parquet("runs/elicit/accuracy.parquet"))
@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.viz.colors import order_labels, resolve_colors
 from emocircuits.viz.figures import _need, _style
 

@@ -30,7 +30,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.viz.colors import CONTROL_COLOR, NORMAL_COLOR, order_labels, resolve_colors, tint
 
 Colors = Mapping[str, str] | None
@@ -498,7 +498,7 @@ def ratio_sweep(results: pd.DataFrame, *, layers: str | None = None, ratio_mode:
     as in the paper; otherwise one line per emotion. The dashed grey line is the random-neuron control
     of the own label. Seeds are averaged. ``layers`` / ``ratio_mode`` choose the slice when the sweep
     varied them too (default: ``all`` and the most common mode). The RQ3 results schema (``own_*`` /
-    ``all_*`` metric columns, written by the ``neuron_masking`` sweep and ``emocircuits.neurons.sweep``)
+    ``all_*`` metric columns, written by the ``neuron_masking`` sweep and ``emocircuits.methods.neurons.sweep``)
     is read through ``scope``: ``own`` (the masked emotion's texts) or ``all`` (every text).
     """
     df = _sweep_rows(results, "ratio_sweep", ["emotion", "ratio", "acc_normal", "acc_masked"], scope)

@@ -1,4 +1,4 @@
-"""Figures of the emotion-inference analyses (:mod:`emocircuits.inference`): pure functions, table → plotly.
+"""Figures of the emotion-inference analyses (:mod:`emocircuits.methods.inference`): pure functions, table → plotly.
 
     fig = probe_by_layer(result.table)             # accuracy / R² by layer per site, with the control
     fig = window_heatmap(knockout_table, "unchanged")
@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.viz.colors import CONTROL_COLOR, color_map
 
 __all__ = ["appraisal_sankey", "attribution_scatter", "probe_by_layer", "promotion_vs_beta", "window_heatmap"]

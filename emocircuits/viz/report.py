@@ -17,12 +17,12 @@ mask_effects.parquet       accuracy normal vs masked with controls; Δ accuracy 
 mask_errors.parquet        misclassification heatmap
 results.parquet            ratio sweep and layer-range sweep (when the sweep varied them)
 neuron_summary.parquet     table of the most selective neurons
-token_views.json           CircuitsVis token views (``emocircuits.tokenviews``)
+token_views.json           CircuitsVis token views (``emocircuits.methods.tokenviews``)
 accuracy.parquet …         circuits: judged accuracy, direction cosines, valence consistency, head and
                            neuron scores, dose-response, sublayer influence, the circuit view, the steering
                            comparison and example replies (:data:`FIGURE_RULES`)
 probes.parquet …           inference: probes, knockout, patching, attribution, promotion, appraisal Sankey
-tour.json                  the demo (``emocircuits.tour``): one section per paper, each with its reading,
+tour.json                  the demo (``emocircuits.jobs.demo``): one section per paper, each with its reading,
                            headline numbers and the figures of the run directories it lists
 =========================  ==========================================================
 """
@@ -43,9 +43,14 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from tqdm.auto import tqdm
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.runs import MANIFEST, read_manifest
-from emocircuits.viz import figures as F
+import emocircuits.viz.circuit_view as CV
+import emocircuits.viz.circuits as C
+import emocircuits.viz.figures as F
+import emocircuits.viz.inference as I
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.io import atomic_path
+from emocircuits.runs.circuit_files import read_circuits
+from emocircuits.runs.rundir import MANIFEST, read_manifest
 from emocircuits.viz.colors import color_map
 from emocircuits.viz.tokens import TokenView, circuitsvis_js
 
@@ -300,8 +305,6 @@ def _neuron_rules() -> list[FigureRule]:
 
 
 def _circuit_rules() -> list[FigureRule]:
-    from emocircuits.viz import circuit_view as CV
-    from emocircuits.viz import circuits as C
 
     return [
         FigureRule(("accuracy.parquet",), "Judged emotion expression (prompting baseline)",
@@ -348,14 +351,11 @@ def _circuit_rules() -> list[FigureRule]:
 
 
 def _circuit_figure(f: _Files) -> go.Figure:
-    from emocircuits.circuit_build import read_circuits
-    from emocircuits.viz import circuit_view as CV
 
     return CV.circuit_view(read_circuits(f.path), n_layers=_model_dims(read_manifest(f.path))[0])
 
 
 def _inference_rules() -> list[FigureRule]:
-    from emocircuits.viz import inference as I
 
     def promotion(f: _Files) -> go.Figure:
         ctrl = f.table("promotion_controls.parquet") if f.has("promotion_controls.parquet") else None
@@ -587,7 +587,6 @@ def _page(runs: Sequence[RunReport], title: str, colors: dict[str, str], progres
 def write_report(run_dirs: Sequence[str | Path] | str | Path, out: str | Path, *, title: str | None = None,
                  progress: bool = True) -> Report:
     """Build the report for ``run_dirs`` and write it to ``out`` (atomically). Returns the :class:`Report`."""
-    from emocircuits.runs import atomic_path
 
     out = Path(out)
     if out.is_dir():

@@ -1,6 +1,6 @@
 """Token-level views rendered by CircuitsVis, fully offline.
 
-The functions here take precomputed values (see :mod:`emocircuits.tokenviews` for helpers that
+The functions here take precomputed values (see :mod:`emocircuits.methods.tokenviews` for helpers that
 compute them on a model) and return a :class:`TokenView`: a CircuitsVis component name plus its
 props. A ``TokenView`` renders itself in Jupyter with CircuitsVis' bundled JavaScript inlined —
 unlike ``circuitsvis``' own objects it never checks the internet or loads the CDN build — and the
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.viz.colors import EMOTION_COLORS, NORMAL_COLOR
 
 #: The CSS class of the element every TokenView renders into (the browser test counts these).
@@ -122,7 +122,7 @@ def neuron_set_tokens(str_tokens: Sequence[str], values: Any, *, emotion: str | 
     """An emotion's neuron set summed over a text, as coloured tokens (hover a token for its value).
 
     ``values [pos]``: the summed neuron values at each token (see
-    :func:`emocircuits.tokenviews.neuron_set_values`). Positive values take the emotion's colour.
+    :func:`emocircuits.methods.tokenviews.neuron_set_values`). Positive values take the emotion's colour.
     """
     tokens, vals = _check_tokens(str_tokens, values, "neuron_set_tokens")
     bound = max(1e-9, max(abs(v) for v in vals))
@@ -144,7 +144,7 @@ def top_examples(examples: Sequence[tuple[Sequence[str], Any]], *, layer: int, n
                  title: str | None = None, caption: str | None = None) -> TokenView:
     """Top-activating texts for one neuron, most active first, each as coloured tokens.
 
-    ``examples``: ``[(str_tokens, values [pos]), ...]`` (see :func:`emocircuits.tokenviews.top_examples_for`).
+    ``examples``: ``[(str_tokens, values [pos]), ...]`` (see :func:`emocircuits.methods.tokenviews.top_examples_for`).
     """
     if not examples:
         raise EmocircuitsError("top_examples got no examples; pass at least one (tokens, values) pair.")

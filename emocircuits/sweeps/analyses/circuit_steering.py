@@ -4,7 +4,7 @@ Cell = (method, scale, emotion): generate replies to the emotion-free SEV prompt
 (``circuit``: s · Δμ at the circuit's components; ``residual``: α · RMS(h) · v over the middle band;
 ``prompt``: the emotion-instructing system prompt; ``none``; ``random``: random circuits of the same shape)
 at one ``scale`` (s for circuit/random, α for residual, ignored by prompt/none), judge them and measure
-their quality — :func:`emocircuits.steering.steer_compare` for that one condition. ``emotion = "all"``
+their quality — :func:`emocircuits.methods.circuits.steer.steer_compare` for that one condition. ``emotion = "all"``
 (the default) steers toward every emotion of the circuits run in turn and pools them.
 
 ``[analysis]``: ``circuits`` (the run directory of ``emocircuits circuits assemble``; its directions run gives
@@ -23,9 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.sites import check_layer_range, layer_range
+from emocircuits.data import load_data
+from emocircuits.jobs.circuits import read_directions
+from emocircuits.jobs.steer import METHODS
+from emocircuits.judges.panel import check_judge_name
+from emocircuits.methods.circuits.elicit import elicitation_items
+from emocircuits.methods.circuits.steer import steer_compare
+from emocircuits.runs.circuit_files import read_circuits
+from emocircuits.runs.rundir import finished_run
 from emocircuits.sweeps.base import Analysis
 from emocircuits.sweeps.config import at_least, choice
+from emocircuits.sweeps.shared import cached_model
 
 ALL = "all"
 
@@ -67,7 +77,6 @@ class SteeringState:
 
 
 def _runs(circuits: str) -> tuple[dict[str, Any], Path]:
-    from emocircuits.runs import finished_run
 
     manifest = finished_run(Path(circuits), "allocation.parquet", "circuits assemble")
     return manifest, Path(manifest["summary"]["directions"])
@@ -80,9 +89,6 @@ class CircuitSteering(Analysis):
     default_cells_per_task = 1
 
     def validate(self, cfg: Any) -> None:
-        from emocircuits.judges import check_judge_name
-        from emocircuits.sites import check_layer_range
-        from emocircuits.steering import METHODS
 
         p: CircuitSteeringParams = cfg.params
         if not p.circuits:
@@ -108,12 +114,6 @@ class CircuitSteering(Analysis):
     def prepare(self, cfg: Any, shared: dict[str, Any], *, progress: bool = False) -> SteeringState:
         import torch
 
-        from emocircuits.circuit_build import read_circuits
-        from emocircuits.circuits import elicitation_items, read_directions
-        from emocircuits.data import load_data
-        from emocircuits.sites import layer_range
-        from emocircuits.sweeps.shared import cached_model
-
         p: CircuitSteeringParams = cfg.params
         torch.manual_seed(cfg.seed)
         model, spec = cached_model(cfg.model, progress=progress)
@@ -126,7 +126,6 @@ class CircuitSteering(Analysis):
         return SteeringState(model, spec, p, items, circuits, directions, band, cfg.seed)
 
     def run(self, state: SteeringState, cells: Sequence[CircuitSteeringCell]) -> list[dict[str, Any]]:
-        from emocircuits.steering import steer_compare
 
         p = state.params
         out: list[dict[str, Any]] = []

@@ -3,21 +3,21 @@
 Cell = (emotion, kind, scale): scale the emotion's top-k components of ``kind`` (``neurons`` or ``heads``)
 by ``scale`` and read the emotion score (the final residual at the last prompt token projected on the
 emotion's late-layer reference direction) on that emotion's prompts, against ``controls`` random sets with
-the same per-layer counts. Each row is :func:`emocircuits.circuits.validate_cell` — the columns of
+the same per-layer counts. Each row is :func:`emocircuits.methods.circuits.validate_cell` — the columns of
 ``circuits.validate_components`` — so ``emocircuits circuits validate`` is this sweep, resumable after a
 kill and runnable on Ray (the components and directions run directories must be readable by every worker).
 
 ``[analysis]``: ``components`` (the run directory of ``emocircuits circuits components``; its directions run
 is found through its manifest), ``top_k = 0`` (0 = the sets the components run kept; else re-pick the top k
 from its score tables), ``controls = 5``, ``use = "used"`` (which prompts: ``used``, ``accepted`` or
-``all``, :data:`emocircuits.circuits.PROMPT_USES`), ``max_prompts = 0`` (0 = all), ``n_boot = 1000``, ``max_tokens``.
+``all``, :data:`emocircuits.methods.circuits.PROMPT_USES`), ``max_prompts = 0`` (0 = all), ``n_boot = 1000``, ``max_tokens``.
 
 ``judge = ""`` (a judge name: also generate under the emotion-instructed prompts and judge the replies, on the
 first ``judge_prompts = 6`` prompts, ``max_new_tokens = 30``).
 
 Metrics: ``kind, scale, k, n, base, top, random, random_sd, diff, ci_low, ci_high`` (CI: bootstrap over
 prompts of top − random); with a judge also ``judged_base, judged_top, judged_random, judged_diff,
-judged_ci_low, judged_ci_high`` (:func:`emocircuits.circuits.judged_cell`).
+judged_ci_low, judged_ci_high`` (:func:`emocircuits.methods.circuits.judged_cell`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emocircuits.circuits import KINDS, PROMPT_USES
-from emocircuits.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.jobs.circuits import read_components, read_directions
+from emocircuits.judges.panel import check_judge_name
+from emocircuits.methods.circuits.local_components import KINDS, PROMPT_USES, prompt_rows
+from emocircuits.methods.circuits.validate import emotion_prompts, emotion_scores, judged_cell, validate_cell
+from emocircuits.runs.rundir import finished_run
 from emocircuits.sweeps.base import Analysis
 from emocircuits.sweeps.config import at_least, choice
+from emocircuits.sweeps.shared import cached_model
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,6 @@ class ValidationState:
 
 
 def _directions_run(components: str) -> Path:
-    from emocircuits.runs import finished_run
 
     manifest = finished_run(Path(components), "neuron_scores.parquet", "circuits components")
     return Path(manifest["config"]["from"])
@@ -84,7 +88,6 @@ class ComponentValidation(Analysis):
     default_cells_per_task = 1
 
     def validate(self, cfg: Any) -> None:
-        from emocircuits.runs import finished_run
 
         p: ComponentValidationParams = cfg.params
         if not p.components:
@@ -96,7 +99,6 @@ class ComponentValidation(Analysis):
                                  "max_new_tokens": 1})
         choice("analysis.use", p.use, PROMPT_USES)
         if p.judge:
-            from emocircuits.judges import check_judge_name
 
             check_judge_name(p.judge)
         emotions = sorted(path.stem for path in (source / "directions").glob("*.json"))
@@ -111,9 +113,6 @@ class ComponentValidation(Analysis):
     def prepare(self, cfg: Any, shared: dict[str, Any], *, progress: bool = False) -> ValidationState:
         import torch
 
-        from emocircuits.circuits import read_components, read_directions
-        from emocircuits.sweeps.shared import cached_model
-
         p: ComponentValidationParams = cfg.params
         torch.manual_seed(cfg.seed)
         model, spec = cached_model(cfg.model, progress=progress)
@@ -122,13 +121,6 @@ class ComponentValidation(Analysis):
         return ValidationState(model, spec, p, prompts, directions, {"neurons": neurons, "heads": heads}, cfg.seed)
 
     def run(self, state: ValidationState, cells: Sequence[ComponentValidationCell]) -> list[dict[str, Any]]:
-        from emocircuits.circuits import (
-            emotion_prompts,
-            emotion_scores,
-            judged_cell,
-            prompt_rows,
-            validate_cell,
-        )
 
         p = state.params
         out: list[dict[str, Any]] = []
@@ -160,14 +152,12 @@ def validation_config(*, components: str, model: str | None = None, dtype: str |
                       seed: int = 0, judge: str = "", judge_prompts: int = 6, max_new_tokens: int = 30) -> Any:
     """The ``component_validation`` sweep config (emotion × kind × scale), validated: what
     ``emocircuits circuits validate`` runs. ``model``/``dtype``: default, those of the components run."""
-    from emocircuits.runs import finished_run
-    from emocircuits.sweeps.config import from_dict
 
     made = finished_run(Path(components), "neuron_scores.parquet", "circuits components")["config"]
     model, dtype = model or made.get("model", "default"), dtype or made.get("dtype", "float32")
     if emotions is None:
         emotions = sorted(path.stem for path in (_directions_run(components) / "directions").glob("*.json"))
-    return from_dict({
+    return {
         "sweep": {"analysis": "component_validation", "seed": seed,
                   "description": "Circuits I validation: top-k components scaled vs random-k"},
         "model": {"spec": model, "dtype": dtype},
@@ -176,4 +166,4 @@ def validation_config(*, components: str, model: str | None = None, dtype: str |
                      "max_prompts": max_prompts, "n_boot": n_boot, "judge": judge, "judge_prompts": judge_prompts,
                      "max_new_tokens": max_new_tokens},
         "grid": {"emotion": list(emotions), "kind": list(kinds), "scale": [float(s) for s in scales]},
-    })
+    }

@@ -34,7 +34,7 @@ artifact) are configs, not classes — see ``examples/sweeps/``::
     layers = ["bottom", "middle", "top"]
     factor = [0.0, 0.5]
 
-Metrics, ``readout = "accuracy"`` (the pooled row of :func:`emocircuits.heads.accuracy_table`):
+Metrics, ``readout = "accuracy"`` (the pooled row of :func:`emocircuits.methods.heads.accuracy_table`):
 ``n_examples, n_heads, n_neurons, n_sites, clean_acc, acc, delta, ci_low, ci_high, changed,
 changed_ci_low, changed_ci_high, clean_true_logp, true_logp``, per true label ``clean_acc_<label>,
 acc_<label>, delta_<label>, ci_low_<label>, ci_high_<label>``, and with a ``PatchFrom`` of an activations
@@ -54,9 +54,19 @@ from typing import Any
 
 import numpy as np
 
-from emocircuits.errors import EmocircuitsError
+import emocircuits.sweeps.templates as templates
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.seeds import derive_seed
+from emocircuits.base.stats import bootstrap_ci
+from emocircuits.core.components import Direction
+from emocircuits.core.readout import SCORINGS
+from emocircuits.core.sites import site_info
+from emocircuits.methods.heads import POOLED, Evaluator
+from emocircuits.sweeps.artifacts import Activations, Artifacts, parse_artifacts, prepare_artifacts
 from emocircuits.sweeps.base import Analysis, TemplateCell
-from emocircuits.sweeps.config import at_least, choice
+from emocircuits.sweeps.config import at_least, choice, expand_cells
+from emocircuits.sweeps.shared import cached_model
+from emocircuits.sweeps.templates import check_ref
 
 READOUTS = ("accuracy", "projection")
 ACCURACY_KEYS = ("clean_acc", "acc", "delta", "ci_low", "ci_high", "changed", "changed_ci_low", "changed_ci_high",
@@ -119,10 +129,6 @@ class InterventionAnalysis(Analysis):
 
     # ------------------------------------------------------------------ before any model loads
     def validate(self, cfg: Any) -> None:
-        from emocircuits.readout import SCORINGS
-        from emocircuits.sweeps import templates
-        from emocircuits.sweeps.artifacts import parse_artifacts
-        from emocircuits.sweeps.config import expand
 
         p: InterventionParams = cfg.params
         choice("analysis.readout", p.readout, READOUTS)
@@ -151,14 +157,12 @@ class InterventionAnalysis(Analysis):
         if unused:
             raise EmocircuitsError(f"Artifact [analysis.artifacts.{unused[0]}] is used by no template; remove it or "
                                    f"refer to it as '@{unused[0]}'.")
-        for cell in expand(cfg):
+        for cell in expand_cells(cfg, self):
             templates.check(templates.fill(p.intervention, cell), declared)
             if p.readout == "projection":
                 _check_projection(templates.fill(parts["analysis.projection"], cell), p.projection.site, declared)
 
     def check_cell(self, cfg: Any, spec: Mapping[str, Any], cell: Any) -> None:
-        from emocircuits.sweeps import templates
-        from emocircuits.sweeps.artifacts import parse_artifacts
 
         p: InterventionParams = cfg.params
         if not spec:
@@ -169,16 +173,11 @@ class InterventionAnalysis(Analysis):
 
     # ------------------------------------------------------------------ driver and workers
     def setup(self, cfg: Any, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-        from emocircuits.sweeps.artifacts import parse_artifacts, prepare_artifacts
 
         return {"artifacts": prepare_artifacts(parse_artifacts(cfg.params.artifacts), cfg, run_dir, progress=progress)}
 
     def prepare(self, cfg: Any, shared: dict[str, Any], *, progress: bool = False) -> InterventionState:
         import torch
-
-        from emocircuits.heads import Evaluator
-        from emocircuits.sweeps.artifacts import Artifacts, parse_artifacts
-        from emocircuits.sweeps.shared import cached_model
 
         p: InterventionParams = cfg.params
         torch.manual_seed(cfg.seed)
@@ -190,7 +189,6 @@ class InterventionAnalysis(Analysis):
                                  parse_artifacts(p.artifacts), cfg.seed)
 
     def run(self, state: InterventionState, cells: Sequence[Any]) -> list[dict[str, Any] | BaseException]:
-        from emocircuits.sweeps import templates
 
         out: list[dict[str, Any] | BaseException] = []
         p = state.params
@@ -212,7 +210,6 @@ class InterventionAnalysis(Analysis):
 
 
 def _cell_seed(seed: int, cell: Any) -> int:
-    from emocircuits.runs import derive_seed
 
     return derive_seed(seed, json.dumps(dict(cell), sort_keys=True))
 
@@ -239,7 +236,6 @@ def _accuracy(state: InterventionState, iv: Any, filled: Mapping[str, Any], seed
 
 def _patch_source(state: InterventionState, filled: Any) -> np.ndarray | None:
     """Label index of each text's patch source when the intervention patches from an activations artifact."""
-    from emocircuits.sweeps.artifacts import Activations
 
     refs = _artifact_refs({"t": filled}, full=True)
     for ref in refs:
@@ -250,9 +246,6 @@ def _patch_source(state: InterventionState, filled: Any) -> np.ndarray | None:
 
 
 def _projection(state: InterventionState, iv: Any, proj: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    from emocircuits.heads import POOLED
-    from emocircuits.neurons import bootstrap_ci
-    from emocircuits.runs import derive_seed
 
     ev = state.evaluator
     site, layer, vec = _direction_vector(state, proj)
@@ -273,7 +266,6 @@ def _projection(state: InterventionState, iv: Any, proj: Mapping[str, Any], seed
 
 
 def _direction_vector(state: InterventionState, proj: Mapping[str, Any]) -> tuple[str, int, np.ndarray]:
-    from emocircuits.components import Direction
 
     d = state.artifacts.resolve(proj["direction"])
     if not isinstance(d, Direction):
@@ -298,8 +290,6 @@ def _layer_index(value: Any, n_layers: int) -> int:
 
 
 def _check_projection(proj: Mapping[str, Any], site: str, declared: Mapping[str, Any]) -> None:
-    from emocircuits.sites import site_info
-    from emocircuits.sweeps.templates import check_ref
 
     ref = proj["direction"]
     if not isinstance(ref, str) or not ref.startswith("@"):

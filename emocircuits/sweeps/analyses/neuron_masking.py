@@ -5,8 +5,8 @@ Cell = (emotion, layers, ratio, ratio_mode, seed): zero the emotion's neurons re
 with ``controls`` (default ``DEFAULT_CONTROLS`` = 5) random neuron sets of the same per-layer sizes drawn
 with ``seed``; the CI resamples examples and control sets, ``rank_p`` ranks the masked effect among the K
 control effects (smallest possible: ``1 / (K + 1)``). Each row is
-:func:`emocircuits.neurons.sweep_row` of :func:`emocircuits.neurons.mask` for that one condition — the
-RQ3 schema that :func:`emocircuits.neurons.sweep` also writes.
+:func:`emocircuits.methods.neurons.sweep_row` of :func:`emocircuits.methods.neurons.mask` for that one condition — the
+RQ3 schema that :func:`emocircuits.methods.neurons.sweep` also writes.
 
 Neurons come from ``[analysis] neurons = "PATH"`` (a ``neurons.json`` or the run directory of
 ``emocircuits neurons find``) or, when that is empty, are found once per sweep as a ``neurons`` artifact
@@ -29,11 +29,23 @@ from typing import Any
 
 import numpy as np
 
-from emocircuits.errors import EmocircuitsError
-from emocircuits.neurons import DEFAULT_CONTROLS
-from emocircuits.sweeps.artifacts import NeuronFind
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.prompts import DEFAULT_TEMPLATE
+from emocircuits.core.readout import SCORINGS
+from emocircuits.core.sites import check_layer_range, layer_range
+from emocircuits.data import EKMAN6
+from emocircuits.methods.neurons.find import RATIO_MODES, Selection
+from emocircuits.methods.neurons.masking import DEFAULT_CONTROLS, MaskingEngine, mask, sweep_row
+from emocircuits.sweeps.artifacts import (
+    Artifacts,
+    NeuronFind,
+    parse_artifacts,
+    prepare_artifacts,
+    read_artifact_path,
+)
 from emocircuits.sweeps.base import Analysis
 from emocircuits.sweeps.config import at_least, choice
+from emocircuits.sweeps.shared import cached_model
 
 ARTIFACT = "neurons"
 
@@ -85,11 +97,6 @@ class NeuronMasking(Analysis):
     default_cells_per_task = 1
 
     def validate(self, cfg: Any) -> None:
-        from emocircuits.data import EKMAN6
-        from emocircuits.neurons import RATIO_MODES
-        from emocircuits.readout import SCORINGS
-        from emocircuits.sites import check_layer_range
-        from emocircuits.sweeps.artifacts import parse_artifacts
 
         p: NeuronMaskingParams = cfg.params
         choice("analysis.scoring", p.scoring, SCORINGS)
@@ -97,7 +104,6 @@ class NeuronMasking(Analysis):
         at_least("analysis", p, {"controls": 0, "n_boot": 1})
         labels = tuple(cfg.data.labels) or EKMAN6
         if p.neurons:
-            from emocircuits.neurons import Selection
 
             labels = Selection.load(p.neurons).labels  # one sentence if missing or damaged
         if p.stats and not Path(p.stats).is_file():
@@ -118,14 +124,12 @@ class NeuronMasking(Analysis):
                                    "to find neurons in the sweep.")
 
     def check_cell(self, cfg: Any, spec: Mapping[str, Any], cell: NeuronMaskingCell) -> None:
-        from emocircuits.sites import layer_range
 
         if spec:
             layer_range(int(spec["n_layers"]), cell.layers)
 
     def setup(self, cfg: Any, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
         """Load the given neuron selection (and statistics), or find them once as a ``neurons`` artifact."""
-        from emocircuits.sweeps.artifacts import parse_artifacts, prepare_artifacts, read_artifact_path
 
         p: NeuronMaskingParams = cfg.params
         if not p.neurons:
@@ -138,10 +142,6 @@ class NeuronMasking(Analysis):
 
     def prepare(self, cfg: Any, shared: dict[str, Any], *, progress: bool = False) -> MaskingState:
         import torch
-
-        from emocircuits.neurons import MaskingEngine
-        from emocircuits.sweeps.artifacts import Artifacts
-        from emocircuits.sweeps.shared import cached_model
 
         p: NeuronMaskingParams = cfg.params
         torch.manual_seed(cfg.seed)
@@ -156,7 +156,6 @@ class NeuronMasking(Analysis):
         return MaskingState(model, spec, engine, selection, stats, dataset, p.controls, p.n_boot)
 
     def run(self, state: MaskingState, cells: Sequence[NeuronMaskingCell]) -> list[dict[str, Any]]:
-        from emocircuits.neurons import mask, sweep_row
 
         out: list[dict[str, Any]] = []
         labels = list(state.engine.labels)
@@ -185,14 +184,11 @@ def rq3_config(*, neurons: str, model: str = "default", data: str = "builtin:dia
                emotions: Sequence[str] | None = None) -> Any:
     """The ``neuron_masking`` sweep config of the RQ3 grid (emotion × layer range × ratio), validated.
 
-    What ``emocircuits neurons sweep`` runs; the grid order is that of :func:`emocircuits.neurons.sweep`.
+    What ``emocircuits neurons sweep`` runs; the grid order is that of :func:`emocircuits.methods.neurons.sweep`.
     """
-    from emocircuits.neurons import Selection
-    from emocircuits.prompts import DEFAULT_TEMPLATE
-    from emocircuits.sweeps.config import from_dict
 
     labels = list(Selection.load(neurons).labels)
-    return from_dict({
+    return {
         "sweep": {"analysis": "neuron_masking", "seed": seed, "description": "RQ3: emotion x layer range x ratio"},
         "model": {"spec": model, "dtype": dtype},
         "data": {"spec": data, "split": split or "all", "limit_per_label": limit_per_label or 0, "labels": labels,
@@ -200,4 +196,4 @@ def rq3_config(*, neurons: str, model: str = "default", data: str = "builtin:dia
         "analysis": {"neurons": str(neurons), "controls": controls, "n_boot": n_boot},
         "grid": {"emotion": list(emotions or labels), "layers": list(layer_ranges), "ratio": list(ratios),
                  "ratio_mode": [ratio_mode], "seed": [seed]},
-    })
+    }

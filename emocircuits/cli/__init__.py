@@ -1,0 +1,3 @@
+"""The ``emocircuits`` command line."""
+
+from emocircuits.cli.app import app, main  # noqa: F401

@@ -1,0 +1,1 @@
+"""One typed, validated config per job -> method calls -> one run directory."""

@@ -1,0 +1,126 @@
+"""The ``circuits influence`` and ``circuits assemble`` jobs (Wang et al.): config in, run directory out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.models import load_for_config
+from emocircuits.jobs.circuits import read_directions
+from emocircuits.methods.circuits.assemble import (
+    PAPER_HEADS,
+    PAPER_NEURONS,
+    Assembly,
+    assemble_circuits,
+    shift_vectors,
+)
+from emocircuits.methods.circuits.influence import (
+    ALPHAS,
+    READOUTS,
+    SIGMA_FROM,
+    InfluenceResult,
+    sublayer_influence,
+)
+from emocircuits.runs.rundir import RunDir, finished_run
+
+
+def parse_floats(text: str | Sequence[float], name: str = "alphas") -> list[float]:
+    """``"0.1,0.3"`` (or a list) → ``[0.1, 0.3]``, each > 0 (one sentence on bad input)."""
+    try:
+        vals = [float(x) for x in (str(text).split(",") if isinstance(text, str) else text) if str(x).strip()]
+    except ValueError:
+        raise EmocircuitsError(f"--{name} {text!r} is not a comma-separated list of numbers, e.g. 0.1,0.3.") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise EmocircuitsError(f"--{name} {text!r} must list at least one number, each > 0.")
+    return vals
+
+
+def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> InfluenceResult:
+    """Sublayer influence from a directions run's prompts and directions. Config: ``from`` (directions run),
+    ``model``/``dtype`` (default: that run's), ``alphas``, ``emotions`` (empty = all), ``readout``,
+    ``sigma_from``, ``ref_fraction``, ``max_prompts``, ``method``."""
+
+    src = Path(config["from"])
+    manifest = finished_run(src, "prompts.parquet", "circuits directions")
+    alphas = parse_floats(config.get("alphas", list(ALPHAS)))
+    if config.get("readout", "final.norm") not in READOUTS:
+        raise EmocircuitsError(f"--readout {config['readout']!r} is not valid; use one of {', '.join(READOUTS)}.")
+    if config.get("sigma_from", "output") not in SIGMA_FROM:
+        raise EmocircuitsError(f"--sigma-from {config['sigma_from']!r} is not valid; use one of "
+                               f"{', '.join(SIGMA_FROM)}.")
+    if config.get("max_prompts") is not None and config["max_prompts"] < 1:
+        raise EmocircuitsError(f"--max-prompts must be at least 1 (got {config['max_prompts']}).")
+    config = {**config, "model": config.get("model") or manifest["config"]["model"],
+              "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
+    prompts, directions = read_directions(src)
+    emotions = list(config.get("emotions") or directions)
+    bad = [e for e in emotions if e not in directions]
+    if bad:
+        raise EmocircuitsError(f"--emotion {bad[0]!r} has no direction in {str(src)!r}; it has {', '.join(directions)}.")
+    bridge, spec = load_for_config(config, quiet, model_pair)
+    with RunDir.create(out, command="circuits influence", config=config, model_spec=spec,
+                       seed=config.get("seed")) as run:
+        res = sublayer_influence(bridge, prompts, directions, alphas=alphas, emotions=emotions,
+                                 ref_fraction=float(config.get("ref_fraction", 1 / 6)),
+                                 readout=config.get("readout", "final.norm"),
+                                 sigma_from=config.get("sigma_from", "output"), method=config.get("method", "fast"),
+                                 max_prompts=config.get("max_prompts"), progress=not quiet)
+        run.write_table("raw", res.raw, "emotion, layer, sublayer, alpha, sigma, dose, base, delta, value "
+                        "(delta = mean change of the final projection on v_ref; value = delta / dose)")
+        run.write_table("influence", res.table, "emotion, layer, sublayer, sigma, raw (mean value over alphas), "
+                        "influence (max(raw, 0) normalised to sum 1 per emotion)")
+        run.write_table("sigma", res.sigma, "layer, sublayer, sigma (mean RMS of the sublayer output at the last "
+                        "token), sigma_resid (of the residual after it)")
+        run.write_tensors("reference", res.reference, "{emotion: v_ref [d_model]}")
+        top = {e: d.nlargest(3, "influence")[["layer", "sublayer"]].astype(str).agg("".join, axis=1).tolist()
+               for e, d in res.table.groupby("emotion", sort=False)}
+        run.update(summary={**res.config, "top_sublayers": top})
+    return res
+
+
+def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Assembly:
+    """Circuits from an influence run and a components run (whose directions run gives the prompts for Δμ).
+    Config: ``influence``, ``components`` (run dirs), ``k_total`` (None = 560 · n_layers / 28),
+    ``neuron_share``, ``min_neurons``, ``min_heads``, ``cap_ratio``, ``groups`` (Δμ groups: all | accepted)."""
+    import pandas as pd
+
+    inf_dir, comp_dir = Path(config["influence"]), Path(config["components"])
+    inf_manifest = finished_run(inf_dir, "influence.parquet", "circuits influence")
+    comp_manifest = finished_run(comp_dir, "neuron_scores.parquet", "circuits components")
+    dir_path = Path(comp_manifest["config"]["from"])
+    finished_run(dir_path, "prompts.parquet", "circuits directions")
+    for key, low in (("min_neurons", 0), ("min_heads", 0), ("k_total", 1)):
+        if config.get(key) is not None and config[key] < low:
+            raise EmocircuitsError(f"--{key.replace('_', '-')} must be at least {low} (got {config[key]}).")
+    if not 0 < float(config.get("cap_ratio", 0.4)) <= 1:
+        raise EmocircuitsError(f"--cap-ratio must be in (0, 1] (got {config['cap_ratio']}).")
+    if not 0 <= float(config.get("neuron_share", 0.7)) <= 1:
+        raise EmocircuitsError(f"--neuron-share must be in [0, 1] (got {config['neuron_share']}).")
+    if config.get("groups", "all") not in ("all", "accepted"):
+        raise EmocircuitsError(f"--groups {config['groups']!r} is not valid; use all or accepted.")
+    config = {**config, "model": config.get("model") or inf_manifest["config"]["model"],
+              "dtype": config.get("dtype") or inf_manifest["config"].get("dtype", "float32")}
+    table = pd.read_parquet(inf_dir / "influence.parquet")
+    ns, hs = pd.read_parquet(comp_dir / "neuron_scores.parquet"), pd.read_parquet(comp_dir / "head_scores.parquet")
+    prompts = pd.read_parquet(dir_path / "prompts.parquet")
+    emotions = [e for e in dict.fromkeys(table["emotion"]) if e in set(ns["emotion"])]
+    bridge, spec = load_for_config(config, quiet, model_pair)
+    with RunDir.create(out, command="circuits assemble", config=config, model_spec=spec,
+                       seed=config.get("seed")) as run:
+        shifts = shift_vectors(bridge, prompts, groups=config.get("groups", "all"))
+        asm = assemble_circuits(table, ns, hs, shifts, n_layers=spec.n_layers, emotions=emotions,
+                                k_total=config.get("k_total"),
+                                neuron_share=float(config.get("neuron_share", PAPER_NEURONS / (PAPER_NEURONS +
+                                                                                               PAPER_HEADS))),
+                                min_neurons=int(config.get("min_neurons", 4)), min_heads=int(config.get("min_heads", 2)),
+                                cap_ratio=float(config.get("cap_ratio", 0.4)))
+        run.write_table("allocation", asm.allocation, "emotion, kind, layer, weight, available, k")
+        files = {e: str(c.save(run.path / "circuits" / e).relative_to(run.path)) for e, c in asm.circuits.items()}
+        run.update(circuits=files, summary={**asm.config, "n_groups": shifts.n_groups,
+                                            "directions": str(dir_path)})
+    return asm
+
+

@@ -1,0 +1,153 @@
+"""The ``inference ...`` jobs (Tak et al.): one validated config per command in, run directory out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import emocircuits.methods.inference as inf
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.models import load_for_config
+from emocircuits.core.readout import CALIBRATIONS
+from emocircuits.core.sites import check_layer_range, layer_range
+from emocircuits.data import load_data
+from emocircuits.methods.inference.appraisal_theory import get_setting, theory_table
+from emocircuits.runs.rundir import RunDir
+
+CALIBRATION_NAMES = tuple("none" if c is False else c for c in CALIBRATIONS)  # as the command line names them
+
+
+COMMANDS = ("probe", "knockout", "patch", "attribute", "promote", "appraisal")
+
+
+def _sites(text: str, allowed: tuple[str, ...]) -> list[str]:
+    sites = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in sites if s not in allowed]
+    if bad or not sites:
+        raise EmocircuitsError(f"--sites {text!r} is not valid; use a comma list of {', '.join(allowed)}.")
+    return sites
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise EmocircuitsError(f"--{name} {text!r} is not a comma list of numbers; write e.g. 1,2,4.") from None
+    if not vals:
+        raise EmocircuitsError(f"--{name} is empty; give at least one number.")
+    return vals
+
+
+def validate(cmd: str, cfg: dict[str, Any]) -> None:
+    """Check a config without a model (one sentence per problem)."""
+
+    if cmd not in COMMANDS:
+        raise EmocircuitsError(f"Unknown inference command {cmd!r}; use one of {', '.join(COMMANDS)}.")
+    for key in ("span", "stride", "n_pairs", "folds"):
+        if key in cfg and int(cfg[key]) < 1:
+            raise EmocircuitsError(f"--{key.replace('_', '-')} must be at least 1 (got {cfg[key]}).")
+    if "sites" in cfg:
+        allowed = inf.KNOCKOUT_SITES if cmd == "knockout" else inf.PROBE_SITES
+        _sites(cfg["sites"], allowed)
+    calibration = cfg.get("calibration", "none")
+    if calibration not in CALIBRATION_NAMES:
+        raise EmocircuitsError(f"--calibration {calibration!r} is not valid; use one of {', '.join(CALIBRATION_NAMES)}.")
+    if cmd == "knockout" and cfg["mode"] not in inf.KNOCKOUT_MODES:
+        raise EmocircuitsError(f"--mode {cfg['mode']!r} is not valid; use one of {', '.join(inf.KNOCKOUT_MODES)}.")
+    if "layers" in cfg and cfg["layers"] is not None:
+        check_layer_range(cfg["layers"], "layers")
+    if "betas" in cfg:
+        _floats(cfg["betas"], "betas")
+    if "n_random" in cfg and int(cfg["n_random"]) < 0:
+        raise EmocircuitsError(f"--n-random must be at least 0 (got {cfg['n_random']}).")
+    if cmd == "appraisal":
+        for name in [s for s in cfg["settings"].split(",") if s.strip()] or ["?"]:
+            get_setting(name.strip())
+    if cfg.get("limit_per_label") is not None and int(cfg["limit_per_label"]) < 1:
+        raise EmocircuitsError(f"--limit-per-label must be at least 1 (got {cfg['limit_per_label']}).")
+
+
+def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> dict:
+    """Run one inference analysis from its config and write the run directory ``out``; returns the summary."""
+
+    validate(cmd, config)
+    split = None if config["split"] in (None, "all") else config["split"]
+    data = load_data(config["data"], split=split, limit_per_label=config["limit_per_label"], seed=config["seed"])
+    bridge, spec = load_for_config(config, quiet, model_pair)
+    layers = layer_range(spec.n_layers, config["layers"]) if config.get("layers") else None
+    if "span" in config:
+        inf.windows(spec.n_layers, int(config["span"]), int(config.get("stride", 1)))
+    with RunDir.create(out, command=f"inference {cmd}", config=config, model_spec=spec, seed=config["seed"]) as run:
+        calibration = config.get("calibration", "none")  # runs made before the option read uncalibrated
+        prep = inf.prepare(bridge, data, template=config["template"], only_correct=not config["all_examples"],
+                           calibrate=False if calibration == "none" else calibration)
+        summary: dict[str, Any] = {"examples": prep.summary()}
+        seed = int(config["seed"])
+        if cmd == "probe":
+            res = inf.probe(prep, sites=_sites(config["sites"], inf.PROBE_SITES), layers=layers,
+                            folds=int(config["folds"]), seed=seed)
+            run.write_table("probes", res.table, "site, layer, target, metric, value (80/20), cv_mean, ci_low, ci_high "
+                            "(95% t over folds), control (shuffled labels), selectivity, n_train, n_test")
+            names = []
+            for kind, dirs in (("emotion", res.emotion_directions), ("appraisal", res.appraisal_directions)):
+                for name, d in dirs.items():
+                    d.save(run.path / "directions" / f"{kind}_{name}")
+                    names.append(f"directions/{kind}_{name}.json")
+            summary["best"] = res.best().to_dict("records")
+            run.update(directions=names)
+        elif cmd == "knockout":
+            t = inf.knockout(prep, sites=_sites(config["sites"], inf.KNOCKOUT_SITES), span=int(config["span"]),
+                             stride=int(config.get("stride", 1)), mode=config["mode"], seed=seed)
+            run.write_table("knockout", t, "site, mode, start, end, unchanged, ci_low, ci_high, accuracy, n")
+            summary["most_disruptive"] = t.loc[t.groupby("site")["unchanged"].idxmin()].to_dict("records")
+        elif cmd in ("patch", "attribute"):
+            sites = _sites(config["sites"], inf.PROBE_SITES)
+            stride = int(config.get("stride", 1))
+            pairs = inf.make_pairs(prep.pred, int(config["n_pairs"]), seed)
+            att = inf.attribute(prep, sites=sites, pairs=pairs) if cmd == "attribute" else None
+            if att is not None:
+                run.write_table("attribution_layers", att.layers, "site, layer, estimate (mean grad x delta)")
+                run.write_table("attribution_heads", att.heads, "layer, head, estimate")
+                run.write_table("attribution_windows", att.windows(int(config["span"]), stride),
+                                "site, start, end, estimate")
+                summary["attribution_seconds"] = att.seconds
+            if cmd == "patch" or config.get("compare"):
+                import time
+
+                t0 = time.perf_counter()
+                real = inf.patch(prep, sites=sites, span=int(config["span"]), stride=stride, pairs=pairs, seed=seed)
+                summary["patch_seconds"] = time.perf_counter() - t0
+                run.write_table("patching", real, "site, start, end, flip/stay/other shares with _low/_high CIs, "
+                                "logit_diff_change, n_pairs")
+                if att is not None:
+                    cmp_ = inf.compare_attribution(att.windows(int(config["span"]), stride), real)
+                    run.write_table("attribution_vs_patching", cmp_, "site, spearman, pvalue, n_windows")
+                    summary["spearman"] = cmp_.to_dict("records")
+        else:
+            win = layers or layer_range(spec.n_layers, "middle")[:3]
+            pr = inf.probe(prep, sites=["resid.post"], layers=win, folds=2, seed=42)
+            if cmd == "promote":
+                t, ctrl = inf.promote(prep, pr.emotion_directions, layers=win, betas=_floats(config["betas"], "betas"),
+                                      n_random=int(config["n_random"]), seed=seed, rms_scaled=config["rms_scaled"])
+                run.write_table("promotion", t, "emotion, beta, base_share, steered_share, success, random_mean, "
+                                "random_low, random_high, percentile")
+                run.write_table("promotion_controls", ctrl, "emotion, beta, control, success")
+                summary["promotion"] = t.to_dict("records")
+            else:
+
+                layer = win[len(win) // 2]
+                weights = {a: d.vector("resid.post", layer) for a, d in pr.appraisal_directions.items()}
+                settings = [get_setting(s.strip()) for s in config["settings"].split(",") if s.strip()]
+                t, trans = inf.steer_appraisal(prep, weights, settings, layers=win, beta=float(config["beta"]),
+                                               n_random=int(config["n_random"]), seed=seed)
+                run.write_table("appraisal_steering", t, "setting, expected, expected_shift, as_theory, random_mean, "
+                                "percentile, beta, source, shift_<emotion>")
+                run.write_table("appraisal_transitions", trans, "setting, clean, steered, count")
+                run.write_table("theory", theory_table(), "setting, raise, lower, fixed, expected, source, note")
+                summary["steering"] = t.drop(columns=["source"]).to_dict("records")
+        run.write_json("summary", summary, "counts kept after filtering and headline numbers")
+        run.update(summary={"n_kept": len(prep), "n_total": prep.n_total})
+    return summary
+
+
