@@ -34,6 +34,7 @@ import warnings
 from typing import Any
 
 import torch
+
 from emocircuits.core.interventions import observe
 
 TOP_RATE = 0.01
@@ -114,8 +115,8 @@ def compare(ref_sel: Any, sel: Any) -> dict[str, Any]:
 
 def profile_collect(model: Any, data: Any) -> dict[str, float]:
     """Where one fp32 ``collect`` spends its time: encode, prefix forward, batch forwards, counting hooks."""
-    from emocircuits.methods import neurons
     from emocircuits.core import runner as runner_mod
+    from emocircuits.methods import neurons
 
     times = {"prefix_forward_s": 0.0, "batch_forwards_s": 0.0, "count_hooks_s": 0.0, "kv_copy_s": 0.0}
     orig_prefix, orig_forward = runner_mod.Runner.prefix_cache, runner_mod.Runner._forward
@@ -182,11 +183,11 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also split one fp32 collect into stages")
     args = ap.parse_args()
 
-    from emocircuits.methods import neurons
-    from emocircuits.data import load_data
     from emocircuits.core.models import load_model
-    from emocircuits.methods.neurons.find import NeuronStats
     from emocircuits.core.readout import LabelReadout
+    from emocircuits.data import load_data
+    from emocircuits.methods import neurons
+    from emocircuits.methods.neurons.find import NeuronStats
 
     data = load_data("builtin:appraisal_events", limit_per_label=args.n_per_label, seed=0)
     small = (data.limit_per_label(args.bf16_n_per_label, seed=0)

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from emocircuits.methods import neurons
-from emocircuits.data import load_data
+from emocircuits.base.constants import DEFAULT_TEMPLATE
 from emocircuits.core.models import load_model
-from emocircuits.core.prompts import DEFAULT_TEMPLATE
+from emocircuits.data import load_data
+from emocircuits.methods import neurons
 
 DTYPES = ("float32", "bfloat16")
 

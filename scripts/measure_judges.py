@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
+from emocircuits.core.models import load_model
 from emocircuits.data import load_data
 from emocircuits.judges.panel import accuracy, get_judge, judge_dataset
-from emocircuits.core.models import load_model
 
 
 def main() -> None:

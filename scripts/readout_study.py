@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from emocircuits.data import EKMAN6, Dataset, load_data
-from emocircuits.data.generate import keyword_predict
+from emocircuits.base.constants import DEFAULT_CALIBRATION, DEFAULT_CLASSIFY_TEMPLATE, EKMAN6
 from emocircuits.core.models import load_model
-from emocircuits.core.prompts import DEFAULT_CALIBRATION, DEFAULT_CLASSIFY_TEMPLATE, ensemble_members
+from emocircuits.core.prompts import ensemble_members
 from emocircuits.core.readout import LabelReadout, metrics_from_predictions, train_split_of
+from emocircuits.data import Dataset, load_data
+from emocircuits.data.generate import keyword_predict
 
 TEMPLATES = ("chat_short", "fewshot", "chat_fewshot", "chat_fewshot2")
 ENSEMBLES = ("chat_short+chat_fewshot", "chat_short+fewshot", "chat_short+fewshot+chat_fewshot")

@@ -217,7 +217,7 @@ CLI_ROWS: list[Row] = [
     R("judge-missing-file", "judge --judge lexicon --data csv:{root}/nope.csv --quiet --out {out}",
       "does not exist", no_model=True),
     # circuits and inference commands: every option is checked before a model loads
-    R("circuits-elicit-limit-0", "circuits elicit --model tiny-llama --limit 0 --quiet --out {out}", "--limit must be",
+    R("circuits-elicit-limit-0", "circuits elicit --model tiny-llama --limit 0 --quiet --out {out}", "--limit 0 is not allowed",
       no_model=True),
     R("circuits-directions-missing", "circuits directions --from {out}/missing --out {out}", "is not a run directory",
       no_model=True),
@@ -226,7 +226,7 @@ CLI_ROWS: list[Row] = [
     R("inference-probe-bad-site", "inference probe --model tiny-llama --sites bogus --quiet --out {out}",
       "use a comma list of", no_model=True),
     R("inference-knockout-span-0", "inference knockout --model tiny-llama --span 0 --quiet --out {out}",
-      "--span must be at least 1", no_model=True),
+      "--span 0 is not allowed", no_model=True),
     R("inference-appraisal-unknown-setting",
       "inference appraisal --model tiny-llama --settings nosuch --quiet --out {out}", "Unknown theory setting",
       no_model=True),
@@ -249,7 +249,7 @@ CLI_ROWS: list[Row] = [
     R("classify-bad-calibration", CLASSIFY + " --calibration wrong", "Unknown calibration 'wrong'", no_model=True),
     R("classify-bad-ensemble", CLASSIFY + " --template chat_short+chat_shrt", "unknown: 'chat_shrt'", no_model=True),
     R("find-ensemble-template", FIND + " --template chat_short+fewshot", "only classification reads", no_model=True),
-    R("find-bad-span", FIND + " --span words", "--span 'words' is not valid; use one of all, text, last", no_model=True),
+    R("find-bad-tokens", FIND + " --tokens words", "--tokens 'words' is not valid; use one of all, text, last", no_model=True),
 ]
 
 
@@ -270,8 +270,7 @@ def no_model(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(models, "load_model", boom)
-    monkeypatch.setattr(models, "tiny_model", boom)
+    monkeypatch.setattr(models, "_boot", boom)  # every model, real or tiny, is built here
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=[pytest.mark.xfail(reason=r.xfail, strict=False)]

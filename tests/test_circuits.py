@@ -11,13 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.components import Direction
 from emocircuits.core.interventions import capture
 from emocircuits.core.runner import Runner
 from emocircuits.core.sites import weight
 from emocircuits.core.units import HeadSet, NeuronSet
-from emocircuits.data import EKMAN6, load_data
+from emocircuits.data import load_data
 from emocircuits.methods import circuits as C
 
 

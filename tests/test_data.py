@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.data import EKMAN6, Dataset, Example, load_data, stratified_split
+from emocircuits.data import Dataset, Example, load_data, stratified_split
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 

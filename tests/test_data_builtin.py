@@ -11,7 +11,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 
-from emocircuits.data import APPRAISAL_COLUMNS, EKMAN6, data_dir, load_data
+from emocircuits.base.constants import EKMAN6
+from emocircuits.data import APPRAISAL_COLUMNS, data_dir, load_data
 from emocircuits.data._banks import KEYWORDS
 from emocircuits.data.generate import build_all, keyword_counts, keyword_predict
 

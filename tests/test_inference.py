@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from emocircuits.base.constants import PROBE_SITES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.interventions import PatchFrom, ScaleSite
 from emocircuits.core.readout import LabelReadout
@@ -94,7 +95,7 @@ def test_probe_recovers_separable_labels():
 def test_probe_on_tiny_model_one_pass(prep):
     res = inf.probe(prep, layers=[0, 2], folds=2)
     t = res.table
-    assert set(t.site) == set(inf.PROBE_SITES) and set(t.layer) == {0, 2}
+    assert set(t.site) == set(PROBE_SITES) and set(t.layer) == {0, 2}
     assert {"emotion", "pleasantness"} <= set(t.target)
     for col in ("site", "layer", "target", "metric", "value", "ci_low", "ci_high", "control"):
         assert col in t.columns

@@ -12,9 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.app import app
-from emocircuits.data import EKMAN6, load_data
+from emocircuits.data import load_data
 from emocircuits.judges.embedding import EmbeddingJudge
 from emocircuits.judges.model_judges import LLMJudge
 from emocircuits.judges.panel import accuracy, agreement, get_judge, judge_dataset

@@ -98,7 +98,7 @@ def test_find_writes_stability_and_prints_ties(tmp_path):
 
     runner = CliRunner()
     args = ["neurons", "find", "--model", "tiny-llama", "--limit-per-label", "2", "--top-rate", "0.05", "--quiet"]
-    r = runner.invoke(app, [*args, "--span", "text", "--stability", "5", "--out", str(tmp_path / "a")])
+    r = runner.invoke(app, [*args, "--tokens", "text", "--stability", "5", "--out", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
     t = pd.read_parquet(tmp_path / "a" / "stability.parquet")
     assert list(t.columns) == ["emotion", "n_neurons", "jaccard_mean", "jaccard_low", "jaccard_high", "n_resamples",

@@ -292,7 +292,7 @@ def test_rank_p_hand_computed():
 
 
 def test_mask_effects_have_rank_p_k_controls_and_floor(tiny_llama):
-    from emocircuits.methods.neurons.masking import DEFAULT_CONTROLS, FLOOR_ACC
+    from emocircuits.base.constants import DEFAULT_CONTROLS, FLOOR_ACC
 
     bridge, spec = tiny_llama
     data = _texts()

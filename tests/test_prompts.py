@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.prompts import TEMPLATES, get_template, label_token_ids
-from emocircuits.data import EKMAN6
 
 
 @pytest.fixture(scope="module")

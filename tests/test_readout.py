@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.readout import (
     LabelReadout,
@@ -14,7 +15,7 @@ from emocircuits.core.readout import (
     metrics_from_predictions,
     parse_label,
 )
-from emocircuits.data import EKMAN6, Example, load_data
+from emocircuits.data import Example, load_data
 
 
 @pytest.fixture(scope="module")

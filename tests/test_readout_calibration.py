@@ -7,9 +7,10 @@ import dataclasses
 import pytest
 import torch
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.readout import LabelReadout, classify, reference_prior_examples, train_split_of
-from emocircuits.data import EKMAN6, load_data
+from emocircuits.data import load_data
 
 COLS = [f"score_{lab}" for lab in EKMAN6]
 

@@ -7,10 +7,11 @@ import json
 import pandas as pd
 import pytest
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.classify import classify_cmd
 from emocircuits.core.readout import classify
-from emocircuits.data import EKMAN6, load_data
+from emocircuits.data import load_data
 
 
 def test_classify_cmd_writes_metrics_and_predictions(tmp_path):

@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.components import Circuit, Direction
 from emocircuits.core.generation import encode_prompts, generate
 from emocircuits.core.interventions import AddDirection, AddToHeads, AddToNeurons
 from emocircuits.core.runner import Runner
 from emocircuits.core.units import HeadSet, NeuronSet
-from emocircuits.data import EKMAN6, load_data
+from emocircuits.data import load_data
 from emocircuits.jobs.circuit_build import run_assemble, run_influence
 from emocircuits.jobs.circuits import run_components, run_directions, run_elicit
 from emocircuits.jobs.steer import run_steer

@@ -33,7 +33,7 @@ def _fake_circuit_runs(root: Path) -> None:
     directions run has prompts, and a `circuits assemble` run."""
     import json
 
-    from emocircuits.data import EKMAN6
+    from emocircuits.base.constants import EKMAN6
 
     comp, dirs = root / "runs" / "components", root / "runs" / "directions"
     (dirs / "directions").mkdir(parents=True)
@@ -56,7 +56,7 @@ def _fake_circuit_runs(root: Path) -> None:
 def test_every_example_config_validates_without_a_model(path, monkeypatch, tmp_path):
     import emocircuits.core.models as models
 
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("validation loaded a model"))
+    monkeypatch.setattr(models, "_boot", lambda *a, **k: pytest.fail("validation loaded a model"))
     if "runs/c" in path.read_text():  # it names the run directories of earlier circuits steps
         _fake_circuit_runs(tmp_path)
         monkeypatch.chdir(tmp_path)

@@ -9,22 +9,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-from emocircuits.core.sites import LAYER_RANGES
-
 PKG = Path(__file__).resolve().parents[1] / "emocircuits"
 
 
 def test_one_source_for_shared_constants():
-    """The emotion labels, layer-range names and masking metric names are spelled once."""
-    from emocircuits.core import sites
-    from emocircuits.data import EKMAN6
+    """Label sets, layer ranges, sites, grids, seeds and shares are spelled once, in base/constants.py."""
+    from emocircuits.base import constants as K
+    from emocircuits.base.constants import EKMAN6, SPLIT_SEED
+    from emocircuits.core import sites, units
+    from emocircuits.methods.circuits import influence
     from emocircuits.viz import colors
 
-    assert colors.EMOTIONS is EKMAN6 and LAYER_RANGES is sites.LAYER_RANGES
-    spelled = '"anger", "disgust", "fear"'
-    offenders = [str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
-                 if spelled in p.read_text() and p.relative_to(PKG).parts[0] != "data"]
-    assert offenders == []
+    assert colors.EMOTIONS is EKMAN6 is K.EKMAN6 and sites.LAYER_RANGES is K.LAYER_RANGES
+    assert units.SUBLAYER_SITES is K.SUBLAYER_SITES is influence.SUBLAYER_SITES and SPLIT_SEED == K.SPLIT_SEED
+    literals = ['"anger", "disgust", "fear"', '"positive", "neutral", "negative"', '"bottom", "middle", "top"',
+                "0.01, 0.02, 0.03, 0.04, 0.05", "0.0, 0.5, 1.0, 1.5, 2.0, 3.0", '{"attn": "attn.out", "mlp": "mlp.out"}',
+                "SPLIT_SEED = ", "TEST_SHARE = ", "seed: int = 42"]
+    for text in literals:
+        offenders = [str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+                     if text in p.read_text().replace('layers = ["bottom", "middle", "top"]', "")  # a TOML example
+                     and p.relative_to(PKG).as_posix() not in ("base/constants.py",)
+                     and p.relative_to(PKG).parts[0] != "data"]
+        assert offenders == [], (text, offenders)
     for name in ("LAYER_NAMES", "_SWEEP_METRICS", "_METRICS", "control_seed"):
         pattern = re.compile(rf"(?<![A-Za-z_])({name} = |def {name}\()")
         assert not any(pattern.search(p.read_text()) for p in PKG.rglob("*.py")), name

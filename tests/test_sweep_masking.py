@@ -132,10 +132,11 @@ def test_controls_default_to_five_everywhere(tmp_path):
 
     from typer.testing import CliRunner
 
+    from emocircuits.base.constants import DEFAULT_CONTROLS
     from emocircuits.cli.app import app
     from emocircuits.cli.neurons import mask_cmd, sweep_cmd
     from emocircuits.methods.neurons.find import Selection
-    from emocircuits.methods.neurons.masking import DEFAULT_CONTROLS, mask, sweep
+    from emocircuits.methods.neurons.masking import mask, sweep
     from emocircuits.sweeps import from_dict
     from emocircuits.sweeps.analyses.neuron_masking import MaskingState, NeuronMaskingParams, rq3_config
 

@@ -126,7 +126,6 @@ def test_bad_settings_are_one_sentence(tmp_path):
 
 def test_cli_demo_prints_the_report_path(tmp_path, monkeypatch, tiny_llama):
     """`emocircuits demo` is the tour: its options reach the config, and it ends with the report's path."""
-    import emocircuits.cli.demo as demo_cmd
     from emocircuits.cli.app import app
 
     seen = {}
@@ -136,7 +135,9 @@ def test_cli_demo_prints_the_report_path(tmp_path, monkeypatch, tiny_llama):
         echo("headline")
         return {"report": Path(out) / "report.html"}
 
-    monkeypatch.setattr(demo_cmd, "run_tour", fake)
+    import emocircuits.jobs.demo as demo_job
+
+    monkeypatch.setattr(demo_job, "run_tour", fake)  # the command imports the job when it runs
     r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--controls", "2", "--steer-emotion", "joy",
                                  "--steer-emotion", "fear", "--stride", "1", "--all-examples"])
     assert r.exit_code == 0, r.output

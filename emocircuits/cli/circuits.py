@@ -12,8 +12,9 @@ from pathlib import Path
 
 import typer
 
-from emocircuits.data import EKMAN6
-from emocircuits.jobs.circuits import run_components, run_directions, run_elicit
+from emocircuits.base.constants import EKMAN6
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.cli.options import finite, number_list, option, share
 
 circuits_app = typer.Typer(help="Emotion circuits (Wang et al. 2025): elicit, directions, components, validate, "
                            "influence, assemble, steer.",
@@ -28,21 +29,22 @@ FROM_MODEL_HELP = "Model spec (default: the model of the --from run)."
 
 @circuits_app.command("elicit")
 def elicit_cmd(
-    model: str = typer.Option("default", "--model", help=MODEL_HELP),
-    data: str = typer.Option("builtin:sev", "--data", help="SEV skeletons: builtin:sev or sev:PATH."),
-    split: str = typer.Option("all", "--split", help="train, test or all."),
-    limit: int | None = typer.Option(None, "--limit", help="At most N skeletons (round-robin over themes)."),
-    judges: list[str] = typer.Option(None, "--judge", help="Judge(s): lexicon, self, embedding, hf:DIR, llm:SPEC "
-                                     "(repeatable; default lexicon)."),
+    model: str = option("--model"),
+    data: str = option("--data", "builtin:sev"),
+    split: str = option("--split", "all"),
+    limit: int | None = option("--limit"),
+    judges: list[str] = option("--judge"),
     accept: str = typer.Option("first", "--accept", help="first (the first judge agrees) | all | any | a judge name."),
-    emotions: list[str] = typer.Option(None, "--emotion", help="Target emotions (repeatable; default Ekman six)."),
-    max_new_tokens: int = typer.Option(100, "--max-new-tokens", help="Tokens per reply (greedy)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap CIs."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    emotions: list[str] = option("--emotion"),
+    max_new_tokens: int = option("--max-new-tokens", 100),
+    dtype: str = option("--dtype"),
+    seed: int = option("--seed"),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """Prompt each skeleton x valence to reply in each emotion, judge the replies, score accuracy."""
+    from emocircuits.jobs.circuits import run_elicit
+
     config = {"model": model, "data": data, "split": split, "limit": limit, "judges": list(judges or ["lexicon"]),
               "accept": accept, "emotions": list(emotions or EKMAN6), "max_new_tokens": max_new_tokens,
               "dtype": dtype, "seed": seed}
@@ -55,16 +57,18 @@ def elicit_cmd(
 
 @circuits_app.command("directions")
 def directions_cmd(
-    source: Path = typer.Option(..., "--from", help="Run directory of `emocircuits circuits elicit`."),
-    model: str | None = typer.Option(None, "--model", help=FROM_MODEL_HELP),
-    groups: str = typer.Option("accepted", "--groups", help="accepted (every emotion accepted) | all."),
-    n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples of the groups for the cosine CIs."),
+    source: Path = option("--from"),
+    model: str | None = option("--model", None),
+    groups: str = option("--groups"),
+    n_boot: int = option("--n-boot", 200),
     shuffles: int = typer.Option(20, "--shuffles", help="Random-label control: shuffles of emotions within groups."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and the shuffles."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    seed: int = option("--seed"),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """Emotion directions at resid.mid / resid.post of every layer, with cosine tables and a shuffled control."""
+    from emocircuits.jobs.circuits import run_directions
+
     config = {"from": str(source), "model": model, "groups": groups, "n_boot": n_boot, "shuffles": shuffles,
               "seed": seed}
     dr = run_directions(config, out, quiet)
@@ -77,14 +81,16 @@ def directions_cmd(
 
 @circuits_app.command("components")
 def components_cmd(
-    source: Path = typer.Option(..., "--from", help="Run directory of `emocircuits circuits directions`."),
-    model: str | None = typer.Option(None, "--model", help=FROM_MODEL_HELP),
-    top_k: int = typer.Option(20, "--top-k", help="Neurons kept per emotion (global top by mean contribution)."),
+    source: Path = option("--from"),
+    model: str | None = option("--model", None),
+    top_k: int = option("--top-k", 20),
     top_k_heads: int | None = typer.Option(None, "--top-k-heads", help="Heads kept per emotion (default --top-k)."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """Score every MLP neuron (analytic) and query head (one-pass ablation drop) per emotion; keep the top-k."""
+    from emocircuits.jobs.circuits import run_components
+
     config = {"from": str(source), "model": model, "top_k": top_k, "top_k_heads": top_k_heads}
     co = run_components(config, out, quiet)
     for e, hs in co.head_sets.items():
@@ -95,34 +101,35 @@ def components_cmd(
 
 @circuits_app.command("validate")
 def validate_cmd(
-    source: Path = typer.Option(..., "--from", help="Run directory of `emocircuits circuits components`."),
-    model: str | None = typer.Option(None, "--model", help=FROM_MODEL_HELP),
+    source: Path = option("--from"),
+    model: str | None = option("--model", None),
     kinds: str = typer.Option("neurons,heads", "--kinds", help="neurons, heads or neurons,heads."),
-    scales: str = typer.Option("0,0.5,1,1.5,2,3", "--scales", help="Comma-separated scale factors."),
-    controls: int = typer.Option(5, "--controls", help="Random component sets per condition (seeds)."),
-    top_k: int = typer.Option(0, "--top-k", help="Re-pick the top-k from the score tables "
-                              "(default 0: the sets the components run kept)."),
-    emotions: list[str] = typer.Option(None, "--emotion", help="Only these emotions (repeatable)."),
-    max_prompts: int = typer.Option(0, "--max-prompts", help="At most N prompts per emotion (0 = all)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random sets and the bootstrap."),
-    judge: str = typer.Option("", "--judge", help="Also judge generations under each condition with this judge "
-                              "(e.g. lexicon; default: none)."),
+    scales: str = typer.Option("0,0.5,1,1.5,2,3", "--scales", help="Comma-separated scale factors.", callback=number_list(0)("--scales")),
+    controls: int = option("--controls"),
+    top_k: int = option("--top-k", 0),
+    emotions: list[str] = option("--emotion"),
+    max_prompts: int | None = option("--max-prompts"),
+    seed: int = option("--seed"),
+    judges: list[str] = option("--judge"),
     judge_prompts: int = typer.Option(6, "--judge-prompts", help="Prompts per emotion for the judged generations."),
-    max_new_tokens: int = typer.Option(30, "--max-new-tokens", help="Tokens per judged reply."),
-    out: Path = typer.Option(..., "--out", help="Sweep directory: manifest.json, results.parquet, cells/."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out, running only missing cells."),
-    executor: str | None = typer.Option(None, "--executor", help="local or ray."),
-    workers: int | None = typer.Option(None, "--workers", help="Worker processes / Ray actors, each with one model."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    max_new_tokens: int = option("--max-new-tokens", 30),
+    out: Path = option("--out"),
+    resume: bool = option("--resume"),
+    executor: str | None = option("--executor"),
+    workers: int | None = option("--workers"),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """Scale the top-k components by each factor vs k random ones (a `component_validation` sweep)."""
     from emocircuits.jobs.circuits import parse_scales
     from emocircuits.sweeps import failed_cells_text, run_sweep
     from emocircuits.sweeps.analyses.component_validation import validation_config
 
+    if len(judges or []) > 1:
+        raise EmocircuitsError(f"circuits validate judges with one judge; --judge was given {len(judges)} times.")
+    judge = (judges or [""])[0]
     cfg = validation_config(components=str(source), model=model, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
                             scales=parse_scales(scales), emotions=list(emotions or []) or None, top_k=top_k,
-                            controls=controls, max_prompts=max_prompts, seed=seed, judge=judge,
+                            controls=controls, max_prompts=max_prompts or 0, seed=seed, judge=judge,
                             judge_prompts=judge_prompts, max_new_tokens=max_new_tokens)
     result = run_sweep(cfg, out, resume=resume, executor=executor, workers=workers, progress=not quiet)
     for r in result.table[result.table["status"] == "ok"].itertuples():
@@ -137,17 +144,19 @@ def validate_cmd(
 
 @circuits_app.command("influence")
 def influence_cmd(
-    source: Path = typer.Option(..., "--from", help="Run directory of `emocircuits circuits directions`."),
-    model: str | None = typer.Option(None, "--model", help=FROM_MODEL_HELP),
-    alphas: str = typer.Option("0.1,0.3,0.5,0.7", "--alphas", help="Injection sizes α (× σ), comma-separated."),
-    emotions: list[str] = typer.Option(None, "--emotion", help="Only these emotions (repeatable)."),
+    source: Path = option("--from"),
+    model: str | None = option("--model", None),
+    alphas: str = typer.Option("0.1,0.3,0.5,0.7", "--alphas", help="Injection sizes α (× σ), comma-separated.",
+                                callback=number_list(0)("--alphas")),
+    emotions: list[str] = option("--emotion"),
     readout: str = typer.Option("final.norm", "--readout", help="final.norm (after the final norm) | resid."),
     sigma_from: str = typer.Option("output", "--sigma-from", help="σ from the sublayer output | resid."),
-    ref_fraction: float = typer.Option(1 / 6, "--ref-fraction", help="Share of last layers averaged into v_ref."),
-    max_prompts: int | None = typer.Option(None, "--max-prompts", help="At most N neutral prompts."),
-    method: str = typer.Option("fast", "--method", help="fast (last token only, KV cache) | full (reference)."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    ref_fraction: float = typer.Option(1 / 6, "--ref-fraction", help="Share of last layers averaged into v_ref.",
+                                       callback=share("--ref-fraction")),
+    max_prompts: int | None = option("--max-prompts"),
+    method: str = typer.Option("fast", "--engine", help="fast (last token only, KV cache) | full (re-runs whole prompts; the reference)."),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """Sublayer influence: inject α·σ·v̂ into one attention or MLP output and measure the final projection."""
     from emocircuits.jobs.circuit_build import run_influence
@@ -167,15 +176,17 @@ def influence_cmd(
 def assemble_cmd(
     influence: Path = typer.Option(..., "--influence", help="Run directory of `emocircuits circuits influence`."),
     components: Path = typer.Option(..., "--components", help="Run directory of `emocircuits circuits components`."),
-    model: str | None = typer.Option(None, "--model", help="Model spec (default: the model of the influence run)."),
+    model: str | None = option("--model", None),
     k_total: int | None = typer.Option(None, "--k", help="Components per emotion (default 560 · n_layers / 28)."),
-    neuron_share: float = typer.Option(0.7, "--neuron-share", help="Share of K that are neurons (paper: 392/560)."),
+    neuron_share: float = typer.Option(0.7, "--neuron-share", help="Share of K that are neurons (paper: 392/560).",
+                                       callback=share("--neuron-share")),
     min_neurons: int = typer.Option(4, "--min-neurons", help="Neurons per layer at least."),
     min_heads: int = typer.Option(2, "--min-heads", help="Heads per layer at least."),
-    cap_ratio: float = typer.Option(0.4, "--cap-ratio", help="At most this share of a kind's budget in one layer."),
-    groups: str = typer.Option("all", "--groups", help="Groups for the shift vectors Δμ: all | accepted."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    cap_ratio: float = typer.Option(0.4, "--cap-ratio", help="At most this share of a kind's budget in one layer.",
+                                    callback=share("--cap-ratio")),
+    groups: str = option("--groups", "all"),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """Assemble each emotion's circuit: a budget over layers by influence, top components, shift vectors Δμ."""
     from emocircuits.jobs.circuit_build import run_assemble
@@ -191,23 +202,23 @@ def assemble_cmd(
 
 @circuits_app.command("steer")
 def steer_compare_cmd(
-    source: Path = typer.Option(..., "--from", help="Run directory of `emocircuits circuits assemble`."),
-    model: str | None = typer.Option(None, "--model", help="Model spec (default: the model of the assemble run)."),
-    data: str = typer.Option("builtin:sev", "--data", help="SEV skeletons: builtin:sev or sev:PATH."),
-    split: str = typer.Option("test", "--split", help="train, test or all."),
-    limit: int | None = typer.Option(None, "--limit", help="At most N skeletons."),
-    emotions: list[str] = typer.Option(None, "--emotion", help="Only these emotions (repeatable)."),
+    source: Path = option("--from"),
+    model: str | None = option("--model", None),
+    data: str = option("--data", "builtin:sev"),
+    split: str = option("--split", "test"),
+    limit: int | None = option("--limit"),
+    emotions: list[str] = option("--emotion"),
     methods: str = typer.Option("circuit,residual,prompt,none,random", "--methods", help="Comma-separated methods."),
-    scale: float = typer.Option(1.0, "--scale", help="Circuit steering: s · Δμ."),
-    alpha: float = typer.Option(8.0, "--alpha", help="Residual steering: α · RMS(h) · v."),
+    scale: float = option("--scale", 1.0),
+    alpha: float = typer.Option(8.0, "--alpha", help="Residual steering: α · RMS(h) · v.", callback=finite("--alpha")),
     band: str | None = typer.Option(None, "--band", help="Residual steering layers A-B (default: the paper's band, "
                                     "scaled)."),
-    n_random: int = typer.Option(3, "--n-random", help="Random circuits (seeds) for the control."),
-    judges: list[str] = typer.Option(None, "--judge", help="Judge(s) (repeatable; default lexicon)."),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Tokens per reply (greedy)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random circuits and the bootstrap."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    n_random: int = option("--n-random", 3),
+    judges: list[str] = option("--judge"),
+    max_new_tokens: int = option("--max-new-tokens"),
+    seed: int = option("--seed"),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """Circuit vs residual steering vs prompting vs nothing vs random circuits: judged accuracy and text quality."""
     from emocircuits.jobs.steer import run_steer
@@ -230,15 +241,14 @@ def steer_compare_cmd(
 
 def steer_cmd(
     text: str = typer.Argument(..., help="The user message to reply to."),
-    emotion: str = typer.Option(..., "--emotion", help="Target emotion."),
+    emotion: str = option("--emotion", ...),
     method: str = typer.Option("prompt", "--method", help="circuit | residual | prompt | random."),
-    scale: float | None = typer.Option(None, "--scale", help="s for circuit/random (default 1), α for residual "
-                                       "(default 8)."),
+    scale: float | None = option("--scale"),
     circuits: Path | None = typer.Option(None, "--circuits", help="Run directory of `emocircuits circuits assemble` "
                                          "(needed by circuit, random and residual)."),
-    model: str | None = typer.Option(None, "--model", help="Model spec (default: the circuits run's, else default)."),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Tokens per reply (greedy)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of a random circuit."),
+    model: str | None = option("--model", None),
+    max_new_tokens: int = option("--max-new-tokens"),
+    seed: int = option("--seed"),
 ) -> None:
     """Steered and unsteered replies to one message, side by side."""
     from emocircuits.jobs.steer import steer_from_runs

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
+from emocircuits.base.constants import DEFAULT_CALIBRATION, DEFAULT_CLASSIFY_TEMPLATE
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.cli.options import DropUnknown, Labels, PrependBos
-from emocircuits.core.prompts import DEFAULT_CALIBRATION, DEFAULT_CLASSIFY_TEMPLATE, template_names
+from emocircuits.cli.options import given, option
 
 
 def parse_labels(labels: str | None) -> list[str] | None:
@@ -26,26 +26,11 @@ def parse_labels(labels: str | None) -> list[str] | None:
 
 
 def classify_cmd(
-    model: str = typer.Option(
-        "default", "--model", help="Model spec: default, a .gguf path, a local HF dir, tiny-llama."
-    ),
-    data: str = typer.Option(
-        "builtin:dialogues",
-        "--data",
-        help="Data spec, e.g. builtin:dialogues, emoprism:PATH, envent:PATH, csv:PATH.",
-    ),
-    split: str | None = typer.Option(
-        None, "--split", help="train, test or all (default: test if the data has its own split, else all)."
-    ),
-    limit_per_label: int | None = typer.Option(
-        None, "--limit-per-label", help="Keep at most N examples per label (seeded, stratified)."
-    ),
-    template: str = typer.Option(
-        DEFAULT_CLASSIFY_TEMPLATE, "--template",
-        help=f"{DEFAULT_CLASSIFY_TEMPLATE} (default: an ensemble, the mean of both templates' calibrated label "
-        f"log-probs), one of {', '.join(template_names())}, names joined by + (an ensemble), "
-        "or a string containing {text} (prefix chat: for a chat user turn).",
-    ),
+    model: str = option("--model"),
+    data: str = option("--data"),
+    split: str | None = option("--split"),
+    limit_per_label: int | None = option("--limit-per-label"),
+    template: str = option("--template", DEFAULT_CLASSIFY_TEMPLATE),
     system: str | None = typer.Option(
         None, "--system", help="System prompt for a chat template (replaces its own) or a user template string."
     ),
@@ -53,19 +38,13 @@ def classify_cmd(
     calibrate: bool | None = typer.Option(
         None, "--calibrate/--no-calibrate", help="--no-calibrate: no calibration (as --calibration none)."
     ),
-    calibration: str | None = typer.Option(
-        None, "--calibration",
-        help=f"none, prior (label prior fitted on the data's train split, else on builtin:events train), content_free, "
-        f"or batch (prior = mean over the classified data). Default: {DEFAULT_CALIBRATION or 'none'}.",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the --limit-per-label sampling."),
-    out: Path = typer.Option(
-        ..., "--out", help="Run directory to write metrics.json and predictions.parquet into."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar; print only the accuracy."),
-    labels: Labels = None,
-    prepend_bos: PrependBos = None,
-    drop_unknown: DropUnknown = False,
+    calibration: str | None = option("--calibration", None),
+    seed: int = option("--seed"),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
+    labels: str | None = option("--labels"),
+    prepend_bos: bool | None = option("--prepend-bos/--no-prepend-bos"),
+    drop_unknown: bool = option("--drop-unknown"),
 ) -> None:
     """Classify a dataset's texts by label readout and write metrics and predictions."""
     import json
@@ -76,6 +55,7 @@ def classify_cmd(
     system = system if isinstance(system, str) else None
     calibration = calibration if isinstance(calibration, str) else None
     calibrate = calibrate if isinstance(calibrate, bool) else None
+    labels, prepend_bos, drop_unknown = given(labels), given(prepend_bos), given(drop_unknown, False)
     if calibration not in (None, "none", "prior", "content_free", "batch"):
         raise EmocircuitsError(f"Unknown calibration {calibration!r}; use none, prior, content_free or batch.")
     if calibrate is False or calibration == "none":

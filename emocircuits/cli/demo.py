@@ -7,30 +7,29 @@ from pathlib import Path
 
 import typer
 
-from emocircuits.jobs.demo import TOUR_DEFAULTS as T
-from emocircuits.jobs.demo import run_tour
+from emocircuits.base.constants import DEMO_SIZES as T
+from emocircuits.cli.options import option
 
 MODEL_HELP = "Model spec: default (embedded SmolLM2-135M-Instruct), a .gguf path, a local HF dir, a cached hub id."
 
 
 def demo_cmd(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory to write (report.html goes inside)."),
-    model: str = typer.Option(T["model"], "--model", help=MODEL_HELP),
-    dtype: str = typer.Option(T["dtype"], "--dtype", help="float32 | bfloat16."),
-    seed: int = typer.Option(T["seed"], "--seed", help="Seed of sampling, controls, pairs and bootstraps."),
+    out: Path = option("--out", Path("runs/demo")),
+    model: str = option("--model", T["model"]),
+    dtype: str = option("--dtype"),
+    seed: int = option("--seed"),
     train_per_label: int = typer.Option(T["train_per_label"], "--train-per-label",
                                         help="Neurons: train dialogues per emotion for finding."),
     test_per_label: int = typer.Option(T["test_per_label"], "--test-per-label",
                                        help="Neurons: test dialogues per emotion for masking."),
-    top_rate: float = typer.Option(T["top_rate"], "--top-rate", help="Neurons: share of all neurons selected."),
+    top_rate: float = option("--top-rate"),
     mask_emotions: list[str] = typer.Option(T["mask_emotions"], "--mask-emotion",
                                             help="Neurons: emotions whose neurons are masked (repeatable)."),
-    controls: int = typer.Option(T["controls"], "--controls", help="Neurons: random control sets per emotion."),
+    controls: int = option("--controls", T["controls"]),
     skeletons: int = typer.Option(T["skeletons"], "--skeletons", help="Circuits: SEV skeletons elicited "
                                   "(x 3 valences x 6 emotions replies)."),
-    max_new_tokens: int = typer.Option(T["max_new_tokens"], "--max-new-tokens",
-                                       help="Circuits: tokens per generated reply (elicitation and steering)."),
-    top_k: int = typer.Option(T["top_k"], "--top-k", help="Circuits: neurons and heads kept per emotion."),
+    max_new_tokens: int = option("--max-new-tokens", T["max_new_tokens"]),
+    top_k: int = option("--top-k", T["top_k"]),
     influence_prompts: int = typer.Option(T["influence_prompts"], "--influence-prompts",
                                           help="Circuits: neutral prompts for the sublayer influence."),
     budget: int = typer.Option(T["budget"], "--budget", help="Circuits: components per emotion circuit."),
@@ -42,11 +41,10 @@ def demo_cmd(
                                       help="Circuits: comma-separated steering methods compared."),
     events_per_label: int = typer.Option(T["events_per_label"], "--events-per-label",
                                          help="Inference: appraisal events per emotion."),
-    all_examples: bool = typer.Option(T["all_examples"], "--all-examples",
-                                      help="Inference: keep wrongly classified events too (default: only correct)."),
-    n_pairs: int = typer.Option(T["n_pairs"], "--n-pairs", help="Inference: (source, target) patching pairs."),
-    stride: int = typer.Option(T["stride"], "--stride", help="Inference: a patching window every N layers."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    all_examples: bool = option("--all-examples"),
+    n_pairs: int = option("--n-pairs", T["n_pairs"]),
+    stride: int = option("--stride", T["stride"]),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """The three papers on the embedded model in minutes: emotion neurons (find, mask with controls),
     emotion directions, top heads, circuits and one steering comparison, probes by layer and one patching
@@ -58,6 +56,8 @@ def demo_cmd(
               "budget": budget, "steer_emotions": list(steer_emotions), "steer_skeletons": steer_skeletons,
               "steer_methods": steer_methods, "events_per_label": events_per_label, "all_examples": all_examples, "n_pairs": n_pairs,
               "stride": stride}
+    from emocircuits.jobs.demo import run_tour
+
     result = run_tour(config, out, quiet=quiet, echo=typer.echo)
     typer.echo(f"\nrun directory: {out}\nreport: {result['report']}")
 

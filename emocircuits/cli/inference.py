@@ -12,8 +12,8 @@ from typing import Any
 
 import typer
 
-from emocircuits.core.prompts import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE
-from emocircuits.jobs.inference import run_inference, validate
+from emocircuits.base.constants import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE
+from emocircuits.cli.options import at_least, finite, number_list, option
 
 inference_app = typer.Typer(help="Emotion inference (Tak et al. 2025): probes, knockout, patching, attribution, "
                                  "promotion, appraisal steering.", no_args_is_help=True)
@@ -32,60 +32,59 @@ def _common(model: str, data: str, split: str, limit_per_label: int | None, temp
 
 
 def _go(cmd: str, cfg: dict[str, Any], out: Path, quiet: bool) -> None:
+    from emocircuits.jobs.inference import run_inference, validate
+
     validate(cmd, cfg)
     summary = run_inference(cmd, cfg, out, quiet)
     ex = summary["examples"]
     typer.echo(f"inference {cmd}: {ex['n_kept']} of {ex['n_total']} examples kept -> {out}")
 
 
-M = typer.Option("default", "--model", help=MODEL_HELP)
+M = option("--model")
 
 
-D = typer.Option("builtin:appraisal_events", "--data", help=DATA_HELP)
+D = option("--data", "builtin:appraisal_events")
 
 
-SPLIT = typer.Option("all", "--split", help="train, test or all.")
+SPLIT = option("--split", "all")
 
 
-LIM = typer.Option(None, "--limit-per-label", help="At most N examples per emotion (seeded).")
+LIM = option("--limit-per-label")
 
 
-TPL = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template (fewshot + --calibration none: the paper's "
-                   "plain few-shot readout).")
+TPL = option("--template", DEFAULT_TEMPLATE)
 
 
-CAL = typer.Option(str(DEFAULT_CALIBRATION), "--calibration", help="prior (label prior of a train split), "
-                   "content_free, batch or none.")
+CAL = option("--calibration", str(DEFAULT_CALIBRATION))
 
 
-ALL = typer.Option(False, "--all-examples", help="Keep wrongly predicted examples too (default: only correct ones).")
+ALL = option("--all-examples")
 
 
-SEED = typer.Option(0, "--seed", help="Seed (sampling, pairs, noise, random controls).")
+SEED = option("--seed")
 
 
-DT = typer.Option("float32", "--dtype", help="float32 | bfloat16.")
+DT = option("--dtype")
 
 
-SPAN = typer.Option(3, "--span", help="Layers per sliding window.")
+SPAN = option("--span")
 
 
-STRIDE = typer.Option(1, "--stride", help="Start a window every N layers (the last window still ends at the "
-                      "last layer).")
+STRIDE = option("--stride")
 
 
-OUT = typer.Option(..., "--out", help="Run directory to write.")
+OUT = option("--out")
 
 
-Q = typer.Option(False, "--quiet", help="No progress bars.")
+Q = option("--quiet")
 
 
 @inference_app.command("probe")
 def probe_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
               template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
-              sites: str = typer.Option("attn.out,mlp.out,resid.post", "--sites", help="Comma list of sites."),
-              layers: str | None = typer.Option(None, "--layers", help="all (default), middle, A-B, ..."),
-              folds: int = typer.Option(5, "--folds", help="k of the k-fold CV."),
+              sites: str = option("--sites", "attn.out,mlp.out,resid.post"),
+              layers: str | None = option("--layers"),
+              folds: int = typer.Option(5, "--folds", help="k of the k-fold CV.", callback=at_least(2)("--folds")),
               out: Path = OUT, quiet: bool = Q) -> None:
     """Last-token logistic (emotion) and ridge (appraisal) probes at every layer, with CV CIs and a control."""
     _go("probe", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
@@ -95,7 +94,7 @@ def probe_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label
 @inference_app.command("knockout")
 def knockout_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
                  template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
-                 sites: str = typer.Option("attn.out,mlp.out", "--sites", help="attn.out and/or mlp.out."),
+                 sites: str = option("--sites", "attn.out,mlp.out"),
                  span: int = SPAN, stride: int = STRIDE,
                  mode: str = typer.Option("zero", "--mode", help="zero | noise (norm-matched)."),
                  out: Path = OUT, quiet: bool = Q) -> None:
@@ -107,9 +106,9 @@ def knockout_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_la
 @inference_app.command("patch")
 def patch_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
               template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
-              sites: str = typer.Option("attn.out,mlp.out,resid.post", "--sites", help="Comma list of sites."),
+              sites: str = option("--sites", "attn.out,mlp.out,resid.post"),
               span: int = SPAN, stride: int = STRIDE,
-              n_pairs: int = typer.Option(50, "--n-pairs", help="Random (source, target) pairs with different labels."),
+              n_pairs: int = option("--n-pairs"),
               out: Path = OUT, quiet: bool = Q) -> None:
     """Patch sources' last-token activations into targets over layer windows: flip / stay / other shares."""
     _go("patch", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
@@ -119,9 +118,9 @@ def patch_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label
 @inference_app.command("attribute")
 def attribute_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
                   template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
-                  sites: str = typer.Option("attn.out,mlp.out,resid.post", "--sites", help="Comma list of sites."),
-                  span: int = typer.Option(3, "--span", help="Window for summed estimates."), stride: int = STRIDE,
-                  n_pairs: int = typer.Option(50, "--n-pairs", help="Random (source, target) pairs."),
+                  sites: str = option("--sites", "attn.out,mlp.out,resid.post"),
+                  span: int = option("--span"), stride: int = STRIDE,
+                  n_pairs: int = option("--n-pairs"),
                   compare: bool = typer.Option(False, "--compare", help="Also run real patching; Spearman per site."),
                   out: Path = OUT, quiet: bool = Q) -> None:
     """Attribution patching: gradient x activation difference for every layer, site and head, in one backward."""
@@ -133,9 +132,9 @@ def attribute_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_l
 @inference_app.command("promote")
 def promote_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
                 template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
-                layers: str | None = typer.Option(None, "--layers", help="Window A-B (default: first 3 middle layers)."),
-                betas: str = typer.Option("1,2,4", "--betas", help="Comma list of β."),
-                n_random: int = typer.Option(20, "--n-random", help="Random unit directions per β."),
+                layers: str | None = option("--layers"),
+                betas: str = typer.Option("1,2,4", "--betas", help="Comma list of β.", callback=number_list()("--betas")),
+                n_random: int = option("--n-random", 20),
                 rms_scaled: bool = typer.Option(False, "--rms-scaled", help="Scale the added vector by RMS(h)."),
                 out: Path = OUT, quiet: bool = Q) -> None:
     """Add β·(unit emotion probe weight) to resid.post at the last token; success over headroom vs random."""
@@ -146,11 +145,11 @@ def promote_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_lab
 @inference_app.command("appraisal")
 def appraisal_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
                   template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
-                  layers: str | None = typer.Option(None, "--layers", help="Window A-B (default: first 3 middle)."),
+                  layers: str | None = option("--layers"),
                   settings: str = typer.Option("anger,surprise,happiness,fear_sadness,disgust", "--settings",
                                                help="Theory settings (emocircuits.methods.inference.appraisal_theory.THEORY)."),
-                  beta: float = typer.Option(8.0, "--beta", help="Norm of the added direction."),
-                  n_random: int = typer.Option(100, "--n-random", help="Random directions of the same norm."),
+                  beta: float = typer.Option(8.0, "--beta", help="Norm of the added direction.", callback=finite("--beta")),
+                  n_random: int = option("--n-random", 100),
                   out: Path = OUT, quiet: bool = Q) -> None:
     """Steer along orthogonalised appraisal directions; compare the shift with appraisal theory and random."""
     _go("appraisal", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),

@@ -12,8 +12,7 @@ from typing import Any
 
 import typer
 
-from emocircuits.cli.options import DropUnknown, Labels
-from emocircuits.jobs.judge import run_judge
+from emocircuits.cli.options import option
 
 
 def _summary(metrics: dict[str, Any]) -> str:
@@ -29,25 +28,20 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 def judge_cmd(
-    judge: list[str] = typer.Option(
-        ..., "--judge", help="Judge name, repeatable: self, lexicon, embedding, hf:DIR, llm:SPEC."
-    ),
-    data: str = typer.Option("builtin:dialogues", "--data", help="Data spec, e.g. builtin:dialogues, jsonl:PATH."),
-    split: str | None = typer.Option(
-        None, "--split", help="train, test or all (default: test if the data has its own split, else all)."
-    ),
-    limit_per_label: int | None = typer.Option(
-        None, "--limit-per-label", help="Keep at most N examples per label (seeded, stratified)."
-    ),
-    model: str = typer.Option("default", "--model", help="Model spec read by the self judge."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the --limit-per-label sampling."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write verdicts.parquet and metrics.json into."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress lines; print only the summary."),
-    labels: Labels = None,
-    drop_unknown: DropUnknown = False,
+    judge: list[str] = option("--judge", ...),
+    data: str = option("--data"),
+    split: str | None = option("--split"),
+    limit_per_label: int | None = option("--limit-per-label"),
+    model: str = option("--model"),
+    seed: int = option("--seed"),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
+    labels: str | None = option("--labels"),
+    drop_unknown: bool = option("--drop-unknown"),
 ) -> None:
     """Judge which emotion each text of a dataset expresses, with one or more judges, and compare them."""
     from emocircuits.cli.classify import parse_labels
+    from emocircuits.jobs.judge import run_judge
 
     config = {"judges": list(judge), "data": data, "split": split,
               "limit_per_label": limit_per_label, "model": model, "seed": seed, "labels": parse_labels(labels),

@@ -7,10 +7,12 @@ import json
 
 import typer
 
+from emocircuits.cli.options import option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("models")
-    def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    def models_cmd(as_json: bool = option("--json")) -> None:
         """List the known model specs and whether each is available locally."""
         from emocircuits.core.models import known_models
 
@@ -25,8 +27,8 @@ def register(app: typer.Typer) -> None:
     @app.command("info")
     def info_cmd(
         model: str = typer.Argument("default", help="Model spec: default, a .gguf path, a local HF dir or a cached hub id."),
-        dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        dtype: str = option("--dtype"),
+        as_json: bool = option("--json"),
     ) -> None:
         """Load a model and print its ModelSpec (layers, widths, heads, MLP type, weights hash)."""
         from emocircuits.core.models import load_model

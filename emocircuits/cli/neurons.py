@@ -12,13 +12,10 @@ from typing import Annotated, Any
 
 import typer
 
+from emocircuits.base.constants import DEFAULT_CONTROLS, DEFAULT_TEMPLATE, FLOOR_ACC, STABILITY_RESAMPLES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.classify import parse_labels
-from emocircuits.cli.options import DropUnknown, Labels, PrependBos
-from emocircuits.core.prompts import DEFAULT_TEMPLATE
-from emocircuits.jobs.neurons import run_find, run_mask
-from emocircuits.methods.neurons.find import STABILITY_RESAMPLES, tie_summary
-from emocircuits.methods.neurons.masking import DEFAULT_CONTROLS, FLOOR_ACC
+from emocircuits.cli.options import number_list, option, share
 
 neurons_app = typer.Typer(help="Emotion neurons (Lee et al. 2025): find, mask, sweep.", no_args_is_help=True)
 
@@ -30,6 +27,8 @@ DATA_HELP = "Data spec: builtin:dialogues, emoprism:PATH, envent:PATH, jsonl:PAT
 
 
 def _summarise_find(sel: Any) -> str:
+    from emocircuits.methods.neurons.find import tie_summary
+
     counts = ", ".join(f"{e} {len(s)}" for e, s in sel.sets.items())
     return f"neurons per emotion: {counts}\n{tie_summary(sel)}"
 
@@ -48,29 +47,30 @@ def _summarise_stability(out: Path) -> str | None:
 
 @neurons_app.command("find")
 def find_cmd(
-    model: str = typer.Option("default", "--model", help=MODEL_HELP),
-    data: str = typer.Option("builtin:dialogues", "--data", help=DATA_HELP),
-    split: str | None = typer.Option(None, "--split", help="train, test or all (default: train if the data has its "
-                                     "own split, else all)."),
-    limit_per_label: int | None = typer.Option(None, "--limit-per-label", help="At most N texts per emotion (seeded)."),
-    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template the texts are wrapped in."),
+    model: str = option("--model"),
+    data: str = option("--data"),
+    split: str | None = option("--split"),
+    limit_per_label: int | None = option("--limit-per-label"),
+    template: str = option("--template", DEFAULT_TEMPLATE),
     activation: str = typer.Option("gated", "--activation", help="gated (mlp.hook_post) | silu_only | pre."),
-    tokens: str = typer.Option("all", "--span", "--tokens", help="Tokens counted: all prompt tokens (default, "
+    tokens: str = typer.Option("all", "--tokens", help="Tokens counted: all prompt tokens (default, "
                                "as LAPE; comparable with earlier runs) | text (the text's own tokens, not the "
                                "template every emotion shares) | last."),
-    top_rate: float = typer.Option(0.01, "--top-rate", help="Share of all neurons kept (lowest entropy)."),
+    top_rate: float = option("--top-rate"),
     assign: str = typer.Option("argmax", "--assign", help="argmax | lape (multi-assignment)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16."),
+    dtype: str = option("--dtype"),
     stability: int = typer.Option(STABILITY_RESAMPLES, "--stability", help="Bootstrap resamples over texts for "
                                   "stability.parquet (per-emotion Jaccard with the full-data selection); 0 skips."),
-    seed: int = typer.Option(0, "--seed", help="Seed for --limit-per-label sampling and the stability bootstrap."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-    labels: Labels = None,
-    prepend_bos: PrependBos = None,
-    drop_unknown: DropUnknown = False,
+    seed: int = option("--seed"),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
+    labels: str | None = option("--labels"),
+    prepend_bos: bool | None = option("--prepend-bos/--no-prepend-bos"),
+    drop_unknown: bool = option("--drop-unknown"),
 ) -> None:
     """Collect per-emotion activation statistics and select the lowest-entropy neurons (RQ1)."""
+    from emocircuits.jobs.neurons import run_find
+
     config = {"model": model, "data": data, "split": split, "limit_per_label": limit_per_label, "template": template,
               "activation": activation, "tokens": tokens, "top_rate": top_rate, "assign": assign, "dtype": dtype,
               "seed": seed, "labels": parse_labels(labels), "drop_unknown": drop_unknown, "prepend_bos": prepend_bos,
@@ -106,30 +106,30 @@ def effects_table(effects: Any) -> str:
 
 @neurons_app.command("mask")
 def mask_cmd(
-    neurons_file: Path = typer.Option(..., "--neurons", help="neurons.json written by `neurons find` (or its run dir)."),
-    model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " Default: the model the neurons were found on."),
-    data: str = typer.Option("builtin:dialogues", "--data", help=DATA_HELP),
-    split: str | None = typer.Option(None, "--split", help="train, test or all (default: test if the data has its "
-                                     "own split, else all)."),
-    limit_per_label: int | None = typer.Option(None, "--limit-per-label", help="At most N texts per emotion (seeded)."),
-    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template for the classification readout."),
-    layers: str = typer.Option("all", "--layers", help="all | bottom | middle | top | A-B (inclusive)."),
-    ratio: float | None = typer.Option(None, "--ratio", help="Masking ratio, e.g. 0.03 (default: the selected set)."),
-    ratio_mode: str = typer.Option("truncate", "--ratio-mode", help="truncate (prefix of ranked list) | reselect."),
-    controls: int = typer.Option(DEFAULT_CONTROLS, "--controls", help="Random neuron sets per masked set (same "
-                                 "per-layer counts); the CI resamples them and p ranks the masked effect among them."),
-    emotions: list[str] = typer.Option(None, "--emotion", help="Mask only these emotions (repeatable)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16."),
-    seed: int = typer.Option(0, "--seed", help="Seed for controls, bootstrap and sampling."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    neurons_file: Path = option("--neurons"),
+    model: str | None = option("--model", None),
+    data: str = option("--data"),
+    split: str | None = option("--split"),
+    limit_per_label: int | None = option("--limit-per-label"),
+    template: str = option("--template", DEFAULT_TEMPLATE),
+    layers: str = option("--layers", "all"),
+    ratio: float | None = typer.Option(None, "--ratio", help="Masking ratio, e.g. 0.03 (default: the selected set).",
+                                       callback=share("--ratio")),
+    ratio_mode: str = option("--ratio-mode"),
+    controls: int = option("--controls", DEFAULT_CONTROLS),
+    emotions: list[str] = option("--emotion"),
+    dtype: str = option("--dtype"),
+    seed: int = option("--seed"),
+    out: Path = option("--out"),
+    quiet: bool = option("--quiet"),
     allow_other_model: Annotated[bool, typer.Option(
         "--allow-other-model", help="Apply neurons found on another model (other weights) anyway.")] = False,
-    prepend_bos: PrependBos = None,
-    drop_unknown: Annotated[bool, typer.Option(
-        "--drop-unknown", help="Skip rows whose label is outside the neurons' labels instead of stopping.")] = False,
+    prepend_bos: bool | None = option("--prepend-bos/--no-prepend-bos"),
+    drop_unknown: bool = option("--drop-unknown"),
 ) -> None:
     """Mask emotion neurons and measure classification accuracy per true label, with random controls (RQ2)."""
+    from emocircuits.jobs.neurons import run_mask
+
     config = {"neurons": str(neurons_file), "model": model, "data": data, "split": split,
               "limit_per_label": limit_per_label, "template": template, "layers": layers, "ratio": ratio,
               "ratio_mode": ratio_mode, "controls": controls, "emotions": list(emotions or []), "dtype": dtype,
@@ -141,24 +141,25 @@ def mask_cmd(
 
 @neurons_app.command("sweep")
 def sweep_cmd(
-    neurons_file: Path = typer.Option(..., "--neurons", help="neurons.json written by `neurons find`."),
-    model: str = typer.Option("default", "--model", help=MODEL_HELP),
-    data: str = typer.Option("builtin:dialogues", "--data", help=DATA_HELP),
-    split: str = typer.Option("test", "--split", help="train, test or all."),
-    limit_per_label: int | None = typer.Option(None, "--limit-per-label", help="At most N texts per emotion."),
-    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template for the readout."),
-    ratios: str = typer.Option("0.01,0.02,0.03,0.04,0.05", "--ratios", help="Comma-separated masking ratios."),
+    neurons_file: Path = option("--neurons"),
+    model: str = option("--model"),
+    data: str = option("--data"),
+    split: str = option("--split", "test"),
+    limit_per_label: int | None = option("--limit-per-label"),
+    template: str = option("--template", DEFAULT_TEMPLATE),
+    ratios: str = typer.Option("0.01,0.02,0.03,0.04,0.05", "--ratios", help="Comma-separated masking ratios.",
+                                 callback=number_list(0)("--ratios")),
     layer_ranges: str = typer.Option("bottom,middle,top,all", "--layer-ranges", help="Comma-separated layer ranges."),
-    ratio_mode: str = typer.Option("truncate", "--ratio-mode", help="truncate | reselect."),
-    controls: int = typer.Option(DEFAULT_CONTROLS, "--controls", help="Random sets per condition (CI and rank p)."),
-    emotions: list[str] = typer.Option(None, "--emotion", help="Sweep only these emotions (repeatable)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16."),
-    seed: int = typer.Option(0, "--seed", help="Seed."),
-    out: Path = typer.Option(..., "--out", help="Sweep directory: manifest.json, results.parquet, cells/."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out, running only missing cells."),
-    executor: str | None = typer.Option(None, "--executor", help="local or ray."),
-    workers: int | None = typer.Option(None, "--workers", help="Worker processes / Ray actors, each with one model."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    ratio_mode: str = option("--ratio-mode"),
+    controls: int = option("--controls", DEFAULT_CONTROLS),
+    emotions: list[str] = option("--emotion"),
+    dtype: str = option("--dtype"),
+    seed: int = option("--seed"),
+    out: Path = option("--out"),
+    resume: bool = option("--resume"),
+    executor: str | None = option("--executor"),
+    workers: int | None = option("--workers"),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """Masking ratio x layer range for each emotion (RQ3) as a `neuron_masking` sweep (results.parquet)."""
     from emocircuits.sweeps import failed_cells_text, run_sweep

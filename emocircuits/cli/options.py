@@ -1,20 +1,184 @@
-"""CLI options several commands share, declared once (typer ``Annotated`` types).
+"""The command line's one option vocabulary: each option that means one thing is declared here once.
+
+An :class:`Opt` holds the flag, its help, its check and its default. A command asks for it by name,
+``model: str = option("--model")``, giving its own default only where the vocabulary says the default is
+the command's (``per_command=True``: e.g. ``--data``, whose default is the data the command's paper uses).
+The job config keys, the sweep TOML keys and the Python keywords are the flag without dashes, ``-`` as
+``_`` (``--limit-per-label`` → ``limit_per_label``). ``tests/test_cli_options.py`` walks every command and
+fails when two declare one flag differently.
+
+Checks run while the command line is parsed, before any model loads: numbers must be finite and in the
+documented range, and the refusal names the option (exit code 2).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import typer
 
-Labels = Annotated[str | None, typer.Option(
-    "--labels", help="Comma-separated label scheme, e.g. anger,joy (default: Ekman's six).")]
+from emocircuits.base.constants import LAYER_RANGES
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.prompts import template_names
+
+_UNSET: Any = object()
 
 
-PrependBos = Annotated[bool | None, typer.Option(
-    "--prepend-bos/--no-prepend-bos", help="Put BOS before plain-text prompts (default: what the model's own "
-    "tokenizer does).")]
+def _bad(flag: str, value: Any, allowed: str) -> EmocircuitsError:
+    return EmocircuitsError(f"{flag} {value} is not allowed; {allowed}.")
 
 
-DropUnknown = Annotated[bool, typer.Option(
-    "--drop-unknown", help="Skip rows whose label is outside the scheme instead of stopping.")]
+def at_least(low: float) -> Callable[[str], Callable[[Any], Any]]:
+    """A check: a finite number ``>= low`` (None passes: the option was left out)."""
+    def make(flag: str) -> Callable[[Any], Any]:
+        def check(value: Any) -> Any:
+            if value is None:
+                return value
+            if not math.isfinite(float(value)) or value < low:
+                raise _bad(flag, value, f"use a finite number >= {low:g}")
+            return value
+        return check
+    return make
+
+
+def share(flag: str) -> Callable[[Any], Any]:
+    """A check: a share in (0, 1]."""
+    def check(value: Any) -> Any:
+        if value is not None and not (math.isfinite(float(value)) and 0 < value <= 1):
+            raise _bad(flag, value, "use a share in (0, 1], e.g. 0.01")
+        return value
+    return check
+
+
+def finite(flag: str) -> Callable[[Any], Any]:
+    """A check: a finite number (NaN and inf mean nothing as a strength)."""
+    def check(value: Any) -> Any:
+        if value is not None and not math.isfinite(float(value)):
+            raise _bad(flag, value, "use a finite number")
+        return value
+    return check
+
+
+def number_list(low: float | None = None) -> Callable[[str], Callable[[Any], Any]]:
+    """A check: a comma-separated list of finite numbers (each ``>= low`` when given)."""
+    def make(flag: str) -> Callable[[Any], Any]:
+        def check(value: Any) -> Any:
+            if value is None:
+                return value
+            try:
+                items = [float(x) for x in str(value).split(",") if x.strip()]
+            except ValueError:
+                raise _bad(flag, value, "use comma-separated numbers, e.g. 0.5,1,2") from None
+            if not items or not all(math.isfinite(x) and (low is None or x >= low) for x in items):
+                bound = "" if low is None else f", each >= {low:g}"
+                raise _bad(flag, value, f"use comma-separated finite numbers{bound}, e.g. 0.5,1,2")
+            return value
+        return check
+    return make
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option of the vocabulary: its flags, help, default and check."""
+
+    flags: tuple[str, ...]
+    help: str
+    default: Any = None
+    per_command: bool = False
+    """True: each command sets its own default (the help says so); False: every command uses ``default``."""
+    check: Callable[[str], Callable[[Any], Any]] | None = None
+
+    def info(self, default: Any = _UNSET) -> Any:
+        if default is not _UNSET and not self.per_command and default != self.default:
+            raise ValueError(f"{self.flags[0]} has one default ({self.default!r}); it is not the command's to set.")
+        value = self.default if default is _UNSET else default
+        callback = self.check(self.flags[0]) if self.check else None
+        return typer.Option(value, *self.flags, help=self.help, callback=callback)
+
+
+_TEMPLATES = ", ".join(template_names())
+
+VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
+    # what to run on
+    Opt(("--model",), "Model spec: default (the embedded SmolLM2-135M-Instruct), a .gguf path, a local HF dir, "
+        "a cached hub id, or tiny-llama; commands that read an earlier run default to that run's model.",
+        "default", per_command=True),
+    Opt(("--dtype",), "float32 | bfloat16 | float16 (what bfloat16 changes: README, Speed).", "float32"),
+    Opt(("--data",), "Data spec: builtin:dialogues|events|appraisal_events|sev, jsonl:PATH, csv:PATH, envent:PATH, "
+        "emoprism:PATH or sev:PATH (default: the data of the command's paper).", "builtin:dialogues", per_command=True),
+    Opt(("--split",), "train, test or all (default: the command's own part of data that has a split, train to "
+        "find and test to measure, else all).", None, per_command=True),
+    Opt(("--limit-per-label",), "At most N examples per label (seeded, stratified).", None, check=at_least(1)),
+    Opt(("--limit",), "At most N SEV skeletons (round-robin over themes).", None, check=at_least(1)),
+    Opt(("--template",), f"Prompt template: one of {_TEMPLATES}, names joined by + (an ensemble; classify only), "
+        "or a string containing {text} (prefix chat: for a chat user turn); default: the command's.",
+        None, per_command=True),
+    Opt(("--calibration",), "Readout calibration: prior (a label prior fitted on the data's train split, else on "
+        "builtin:events train), content_free, batch (the mean over the classified data) or none.",
+        "prior", per_command=True),
+    Opt(("--all-examples",), "Keep wrongly predicted examples too (default: only the correct ones).", False),
+    Opt(("--emotion",), "Emotion(s), repeatable (default: every emotion the command's input has).", None,
+        per_command=True),
+    Opt(("--drop-unknown",), "Skip rows whose label is outside the label scheme instead of stopping.", False),
+    Opt(("--labels",), "Comma-separated label scheme, e.g. anger,joy (default: Ekman's six).", None),
+    Opt(("--prepend-bos/--no-prepend-bos",), "Put BOS before plain-text prompts (default: what the model's own "
+        "tokenizer does).", None),
+    # randomness and statistics
+    Opt(("--seed",), "Seed of every random choice of the command (sampling, controls, pairs, bootstraps).", 0,
+        check=at_least(0)),
+    Opt(("--controls",), "K random controls per measured effect (same size and layers; the CI resamples them "
+        "and p ranks the effect among them).", 5, per_command=True, check=at_least(0)),
+    Opt(("--n-boot",), "Bootstrap resamples for the CIs.", 1000, per_command=True, check=at_least(1)),
+    Opt(("--n-random",), "Random controls (directions or circuits of the same size) per condition.", None,
+        per_command=True, check=at_least(0)),
+    Opt(("--n-pairs",), "Random (source, target) pairs with different labels.", 50, per_command=True,
+        check=at_least(1)),
+    # where in the model
+    Opt(("--layers",), f"Layers: {', '.join(LAYER_RANGES)}, A-B or A (inclusive); default: the command's.", None,
+        per_command=True),
+    Opt(("--sites",), "Comma-separated sites (attn.out, mlp.out, resid.post, ...); default: the command's.", None,
+        per_command=True),
+    Opt(("--span",), "Layers per sliding window.", 3, check=at_least(1)),
+    Opt(("--stride",), "Start a window every N layers (the last window still ends at the last layer).", 1,
+        per_command=True, check=at_least(1)),
+    Opt(("--top-k",), "Components kept per emotion (the command's help says which).", None, per_command=True,
+        check=at_least(0)),
+    Opt(("--top-rate",), "Share of all neurons kept (lowest entropy).", 0.01, check=share),
+    # generation and judging
+    Opt(("--max-new-tokens",), "Tokens per generated reply (greedy; a reply stops early at the end of its turn).",
+        48, per_command=True, check=at_least(1)),
+    Opt(("--judge",), "Judge, repeatable: lexicon, self, embedding, hf:DIR, llm:SPEC (default: the command's).",
+        None, per_command=True),
+    Opt(("--scale",), "Steering strength: s of s·Δμ for circuit/random (default 1), α for residual (default 8).",
+        None, per_command=True, check=finite),
+    # inputs from earlier runs
+    Opt(("--from",), "Run directory of the step before (the command's help names it).", ...),
+    Opt(("--neurons",), "neurons.json written by `neurons find` (or its run directory).", ...),
+    Opt(("--groups",), "Groups of prompts used: accepted (every emotion's reply accepted) | all.", "accepted",
+        per_command=True),
+    Opt(("--max-prompts",), "At most N prompts per emotion (unset: all).", None, check=at_least(1)),
+    # running
+    Opt(("--out",), "Run directory to write (the README lists each command's files).", ..., per_command=True),
+    Opt(("--quiet",), "No progress bars; print only the summary.", False),
+    Opt(("--resume",), "Continue the run in --out, running only its missing cells.", False),
+    Opt(("--executor",), "local or ray (default: the config's, else local).", None),
+    Opt(("--workers",), "Worker processes / Ray actors, each with one model.", None, check=at_least(1)),
+    Opt(("--json",), "Print JSON instead of a table.", False),
+    Opt(("--ratio-mode",), "truncate (a prefix of the ranked list) | reselect (select again at that ratio).",
+        "truncate"),
+)}
+
+
+def given(value: Any, default: Any = None) -> Any:
+    """``value``, or ``default`` when a command function is called from Python with the option left out (typer
+    then passes its ``OptionInfo``)."""
+    return default if isinstance(value, typer.models.OptionInfo) else value
+
+
+def option(flag: str, default: Any = _UNSET) -> Any:
+    """The typer option of ``flag`` from the vocabulary (``default``: only where the default is the command's)."""
+    return VOCABULARY[flag].info(default)
+

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from emocircuits.cli.options import option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("report")
@@ -15,7 +17,7 @@ def register(app: typer.Typer) -> None:
                                              help="Run directories written by emocircuits commands."),
         out: Path = typer.Option(Path("report.html"), "-o", "--out", help="HTML file to write."),
         title: str | None = typer.Option(None, "--title", help="Page title (default: emocircuits report)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars; print only the summary line."),
+        quiet: bool = option("--quiet"),
     ) -> None:
         """Assemble every figure the run directories support into one HTML file that opens offline."""
         from emocircuits.viz.report import write_report

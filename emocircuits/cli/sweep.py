@@ -8,15 +8,17 @@ from pathlib import Path
 
 import typer
 
+from emocircuits.cli.options import option
+
 
 def sweep_cmd(
     config: Path = typer.Argument(..., help="Sweep config (TOML) with the tables sweep, model, data, analysis, grid, executor."),
-    out: Path = typer.Option(..., "--out", help="Run directory: manifest.json, results.parquet, cells/."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out, running only missing cells."),
-    executor: str | None = typer.Option(None, "--executor", help="local or ray (default: the config's, else local)."),
-    workers: int | None = typer.Option(None, "--workers", help="Worker processes / Ray actors, each with one model."),
+    out: Path = option("--out"),
+    resume: bool = option("--resume"),
+    executor: str | None = option("--executor"),
+    workers: int | None = option("--workers"),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars; print only the summary."),
+    quiet: bool = option("--quiet"),
 ) -> None:
     """Run a grid of analysis cells; each finished cell lands in DIR/results.parquet at once."""
     from emocircuits.sweeps import failed_cells_text, load_config, run_sweep
@@ -31,7 +33,7 @@ def sweep_cmd(
 
 def rerun_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory written by an emocircuits command."),
-    out: Path = typer.Option(..., "--out", help="New run directory for the re-created run."),
+    out: Path = option("--out"),
 ) -> None:
     """Re-create a run from its manifest alone (same command, same config, same seed)."""
     from emocircuits.sweeps.rerun import rerun

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from emocircuits.base.constants import SUBLAYER_SITES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.interventions import (
     AddDirection,
@@ -50,7 +51,6 @@ from emocircuits.core.interventions import (
 from emocircuits.core.models import ModelSpec
 from emocircuits.core.sites import SITES, site_info
 from emocircuits.core.units import (
-    SUBLAYER_SITES,
     Component,
     HeadSet,
     NeuronSet,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from emocircuits.base.constants import DEFAULT_TEMPLATE
 from emocircuits.base.errors import EmocircuitsError
 
 LEE_SYSTEM = (
@@ -224,27 +225,6 @@ def template_names() -> list[str]:
     return list(TEMPLATES)
 
 
-DEFAULT_TEMPLATE = "chat_short"
-
-
-"""The default everywhere: the best-scoring shipped template on the embedded model (docs/readout_study.md)."""
-
-
-DEFAULT_CALIBRATION: bool | str = "prior"
-
-
-"""The default calibration of :func:`emocircuits.core.readout.classify` and ``emocircuits classify``: a label
-prior fitted on the data's train split (content_free, with a warning, when there is none); chosen with
-``DEFAULT_TEMPLATE`` by ``scripts/readout_study.py``. Analyses that mask or steer pass no calibration."""
-
-
-DEFAULT_CLASSIFY_TEMPLATE = "chat_short+chat_fewshot"
-
-
-"""The default of :func:`emocircuits.core.readout.classify` and ``emocircuits classify``: a prompt ensemble (the mean of the
-calibrated label log-probs under ``chat_short`` and ``chat_fewshot``, each with its own prior). In the readout
-study it beat either template alone on all three sets (docs/readout_study.md). Analyses that intervene per example
-(masking, steering, patching) read one prompt per example and use :data:`DEFAULT_TEMPLATE`."""
 
 
 ENSEMBLE_SEP = "+"

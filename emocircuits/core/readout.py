@@ -18,19 +18,18 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from emocircuits.base.errors import EmocircuitsError
-from emocircuits.core.generation import generate
-from emocircuits.core.prompts import (
+from emocircuits.base.constants import (
     DEFAULT_CALIBRATION,
     DEFAULT_CLASSIFY_TEMPLATE,
     DEFAULT_TEMPLATE,
-    PromptTemplate,
-    ensemble_members,
-    get_template,
-    label_token_ids,
+    EKMAN6,
+    LABEL_ALIASES,
 )
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.generation import generate
+from emocircuits.core.prompts import PromptTemplate, ensemble_members, get_template, label_token_ids
 from emocircuits.core.runner import Batch, Runner
-from emocircuits.data import EKMAN6, Dataset, Example, load_data
+from emocircuits.data import Dataset, Example, load_data
 
 SCORINGS = ("first_token", "full_label")
 
@@ -448,10 +447,7 @@ def classify(
 def parse_label(text: str, labels: Sequence[str]) -> str | None:
     """The first word of ``text`` that is (a prefix-form of) a label, e.g. ``"Anger."`` -> ``anger``."""
     aliases = {
-        "joy": "happiness",
-        "happy": "happiness",
-        "sad": "sadness",
-        "angry": "anger",
+        **LABEL_ALIASES,
         "scared": "fear",
         "afraid": "fear",
         "surprised": "surprise",

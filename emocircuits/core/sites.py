@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from emocircuits.base.constants import LAYER_RANGES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import ModelSpec, spec_of
 
@@ -147,7 +148,6 @@ def neuron_write_site() -> str:
     return "neuron.gated"
 
 
-LAYER_RANGES = ("bottom", "middle", "top", "all")
 
 
 """Named layer ranges (thirds of the depth, and every layer); see :func:`layer_range`."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from emocircuits.base.constants import SUBLAYER_SITES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.io import write_json, write_tensors
 from emocircuits.core.models import ModelSpec, spec_of
@@ -274,7 +275,6 @@ class HeadSet(Component):
         return f"HeadSet({len(self)} heads over {len(self.by_layer())} layers)"
 
 
-SUBLAYER_SITES = {"attn": "attn.out", "mlp": "mlp.out"}
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,9 @@ from typing import Any, overload
 
 import pandas as pd
 
+from emocircuits.base.constants import EKMAN6, LABEL_ALIASES, SPLIT_SEED, TEST_SHARE, VALENCES
 from emocircuits.base.errors import EmocircuitsError, spell
 
-EKMAN6: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
-VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")
-SPLIT_SEED = 20250
-TEST_SHARE = 0.05
 # The crowd-enVENT appraisal schema (Troiano et al., 2023): its 21 rating columns (1-5), in the published
 # order. The one source of appraisal names: the loader, the generator of ``builtin:appraisal_events``
 # (which writes every column) and the analyses import it from here.
@@ -68,8 +65,6 @@ APPRAISAL_COLUMNS: tuple[str, ...] = (
     "not_consider",
     "effort",
 )
-# Label spellings mapped onto the scheme (only when the raw label is not itself in the scheme).
-LABEL_ALIASES: dict[str, str] = {"joy": "happiness", "happy": "happiness", "sad": "sadness", "angry": "anger"}
 ENVENT_TEXT_FIELDS = ("generated_text", "hidden_emo_text")
 
 __all__ = [

@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
+from emocircuits.base.constants import TEST_SHARE
 from emocircuits.data import APPRAISAL_COLUMNS, stratified_split
 from emocircuits.data._banks import (
     APPRAISAL_AGENTS_ANY,
@@ -48,7 +49,6 @@ SEED = 20250
 DIALOGUES_PER_EMOTION = 510
 IMPLICIT_SHARE = 0.40
 MIN_TURNS, MAX_TURNS = 4, 12
-TEST_SHARE = 0.05
 
 APPRAISAL_PER_EMOTION = 150
 APPRAISAL_NOISE_SD = 0.5

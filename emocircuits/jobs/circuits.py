@@ -8,11 +8,12 @@ from typing import Any
 
 import pandas as pd
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.components import Direction
 from emocircuits.core.models import load_for_config
 from emocircuits.core.units import HeadSet, NeuronSet
-from emocircuits.data import EKMAN6, load_data
+from emocircuits.data import load_data
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.directions import GROUP_MODES, emotion_directions
 from emocircuits.methods.circuits.elicit import ACCEPT_MODES, elicit

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import emocircuits.methods.inference as inf
+from emocircuits.base.constants import DEMO_SIZES, EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.io import write_json
 from emocircuits.core.models import load_model
-from emocircuits.core.prompts import DEFAULT_TEMPLATE
 from emocircuits.core.readout import train_split_of
-from emocircuits.data import EKMAN6, load_data
+from emocircuits.data import load_data
 from emocircuits.jobs.circuit_build import run_assemble, run_influence
 from emocircuits.jobs.circuits import run_components, run_directions, run_elicit
 from emocircuits.jobs.neurons import run_find, run_mask
@@ -46,22 +46,8 @@ from emocircuits.methods.circuits.steer import CIRCUIT_SCALE, RESIDUAL_ALPHA
 from emocircuits.runs.rundir import MANIFEST, RunDir, check_out_dir, read_manifest
 from emocircuits.viz.report import write_report
 
-TOUR_DEFAULTS: dict[str, Any] = {
-    "model": "default", "dtype": "float32", "seed": 0,
-    # emotion neurons (Lee et al. 2025)
-    "neurons_data": "builtin:dialogues", "train_per_label": 5, "test_per_label": 3, "top_rate": 0.01,
-    "mask_emotions": ["sadness", "fear"], "controls": 2, "template": DEFAULT_TEMPLATE,
-    # emotion circuits (Wang et al. 2025)
-    "skeletons": 1, "max_new_tokens": 16, "n_boot": 50, "shuffles": 5, "top_k": 10, "influence_prompts": 3,
-    "alphas": "0.3,0.7", "budget": 60, "steer_emotions": ["anger"], "steer_skeletons": 1,
-    "steer_methods": "circuit,residual,prompt,none",
-    # emotion inference (Tak et al. 2025)
-    "inference_data": "builtin:appraisal_events", "events_per_label": 12, "prior_per_label": 8, "all_examples": False, "probe_sites": "resid.post", "folds": 3,
-    "patch_sites": "attn.out,mlp.out", "span": 3, "stride": 4, "n_pairs": 8,
-}
+TOUR_DEFAULTS = DEMO_SIZES
 
-
-"""Sizes of the demo (one source: ``emocircuits demo``'s options default to these)."""
 
 
 PARTS: tuple[tuple[str, str], ...] = (("neurons", "Emotion neurons — Lee et al. 2025"),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import emocircuits.methods.inference as inf
+from emocircuits.base.constants import KNOCKOUT_SITES, PROBE_SITES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_for_config
 from emocircuits.core.readout import CALIBRATIONS
@@ -48,7 +49,7 @@ def validate(cmd: str, cfg: dict[str, Any]) -> None:
         if key in cfg and int(cfg[key]) < 1:
             raise EmocircuitsError(f"--{key.replace('_', '-')} must be at least 1 (got {cfg[key]}).")
     if "sites" in cfg:
-        allowed = inf.KNOCKOUT_SITES if cmd == "knockout" else inf.PROBE_SITES
+        allowed = KNOCKOUT_SITES if cmd == "knockout" else PROBE_SITES
         _sites(cfg["sites"], allowed)
     calibration = cfg.get("calibration", "none")
     if calibration not in CALIBRATION_NAMES:
@@ -85,7 +86,7 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
         summary: dict[str, Any] = {"examples": prep.summary()}
         seed = int(config["seed"])
         if cmd == "probe":
-            res = inf.probe(prep, sites=_sites(config["sites"], inf.PROBE_SITES), layers=layers,
+            res = inf.probe(prep, sites=_sites(config["sites"], PROBE_SITES), layers=layers,
                             folds=int(config["folds"]), seed=seed)
             run.write_table("probes", res.table, "site, layer, target, metric, value (80/20), cv_mean, ci_low, ci_high "
                             "(95% t over folds), control (shuffled labels), selectivity, n_train, n_test")
@@ -97,12 +98,12 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
             summary["best"] = res.best().to_dict("records")
             run.update(directions=names)
         elif cmd == "knockout":
-            t = inf.knockout(prep, sites=_sites(config["sites"], inf.KNOCKOUT_SITES), span=int(config["span"]),
+            t = inf.knockout(prep, sites=_sites(config["sites"], KNOCKOUT_SITES), span=int(config["span"]),
                              stride=int(config.get("stride", 1)), mode=config["mode"], seed=seed)
             run.write_table("knockout", t, "site, mode, start, end, unchanged, ci_low, ci_high, accuracy, n")
             summary["most_disruptive"] = t.loc[t.groupby("site")["unchanged"].idxmin()].to_dict("records")
         elif cmd in ("patch", "attribute"):
-            sites = _sites(config["sites"], inf.PROBE_SITES)
+            sites = _sites(config["sites"], PROBE_SITES)
             stride = int(config.get("stride", 1))
             pairs = inf.make_pairs(prep.pred, int(config["n_pairs"]), seed)
             att = inf.attribute(prep, sites=sites, pairs=pairs) if cmd == "attribute" else None

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from emocircuits.base.constants import DEFAULT_CONTROLS, FLOOR_ACC, STABILITY_RESAMPLES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import _EMBEDDED_ID, TINY_ARCHS, load_for_config
 from emocircuits.core.sites import layer_range
 from emocircuits.jobs.common import _check_choice, _check_common, load_job_data
 from emocircuits.methods import neurons
 from emocircuits.methods.neurons.find import NeuronStats
-from emocircuits.methods.neurons.masking import FLOOR_ACC
 from emocircuits.runs.rundir import RunDir
 
 
@@ -23,11 +23,11 @@ def run_find(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     0 = none); ``config["tokens"]``: the span counted, all | text | last."""
 
     _check_choice("activation", config["activation"], ("gated", "silu_only", "pre"))
-    _check_choice("span", config["tokens"], neurons.TOKEN_MODES)
+    _check_choice("tokens", config["tokens"], neurons.TOKEN_MODES)
     _check_choice("assign", config["assign"], neurons.ASSIGN_MODES)
     if not 0 < float(config["top_rate"]) <= 1:
         raise EmocircuitsError(f"--top-rate {config['top_rate']} is out of range; use a share in (0, 1], e.g. 0.01.")
-    n_resamples = int(config.get("stability", neurons.STABILITY_RESAMPLES))
+    n_resamples = int(config.get("stability", STABILITY_RESAMPLES))
     if n_resamples < 0:
         raise EmocircuitsError(f"--stability must be 0 (skip) or more bootstrap resamples, got {n_resamples}.")
     _check_common(config, out, "neurons find")
@@ -85,7 +85,7 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
 
     # every option is checked before the data is read or a model loads
     _check_choice("ratio-mode", config["ratio_mode"], neurons.RATIO_MODES)
-    config.setdefault("controls", neurons.DEFAULT_CONTROLS)
+    config.setdefault("controls", DEFAULT_CONTROLS)
     if int(config["controls"]) < 0:
         raise EmocircuitsError(f"--controls must be 0 or more random neuron sets per emotion, got {config['controls']}.")
     ratio = config.get("ratio")

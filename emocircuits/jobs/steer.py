@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_for_config, load_model
 from emocircuits.core.sites import check_layer_range, layer_range
-from emocircuits.data import EKMAN6, load_data
+from emocircuits.data import load_data
 from emocircuits.jobs.circuits import read_directions
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.elicit import elicitation_items

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.io import write_json
 from emocircuits.core.models import cache_dir
-from emocircuits.data import EKMAN6, Example, load_data
+from emocircuits.data import Example, load_data
 from emocircuits.judges.protocol import _argmax_labels, _check_inputs, _missing, _softmax, verdict_frame
 
 

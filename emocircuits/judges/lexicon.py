@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.data import EKMAN6
 from emocircuits.judges.protocol import _argmax_labels, _check_inputs, _missing, verdict_frame
 
 NRC_TO_EKMAN: dict[str, str] = {

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emocircuits.base.constants import DEFAULT_TEMPLATE, EKMAN6, LABEL_ALIASES
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.core.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from emocircuits.core.prompts import PromptTemplate
 from emocircuits.core.readout import LabelReadout
-from emocircuits.data import EKMAN6, LABEL_ALIASES
 from emocircuits.judges.protocol import NONE, _argmax_labels, _check_inputs, _softmax, verdict_frame
 
 JUDGE_SYSTEM = "You are a careful judge of the emotional tone of short texts."

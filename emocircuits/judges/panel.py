@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_model
-from emocircuits.data import EKMAN6, Dataset, Example
+from emocircuits.data import Dataset, Example
 from emocircuits.judges.embedding import EmbeddingJudge
 from emocircuits.judges.lexicon import LexiconJudge
 from emocircuits.judges.model_judges import HFJudge, LLMJudge, SelfJudge

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emocircuits.base.constants import DEFAULT_TEMPLATE
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.seeds import derive_seed
 from emocircuits.base.stats import bootstrap_ci
 from emocircuits.core.interventions import ScaleHeads
 from emocircuits.core.models import spec_of
-from emocircuits.core.prompts import DEFAULT_TEMPLATE
 from emocircuits.core.readout import LabelReadout
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.core.units import HeadSet

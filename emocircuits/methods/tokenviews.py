@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.interventions import observe
 from emocircuits.core.models import spec_of
@@ -25,7 +26,6 @@ from emocircuits.core.prompts import get_template
 from emocircuits.core.runner import Runner
 from emocircuits.core.sites import READINGS, check_layer
 from emocircuits.core.units import HeadSet, NeuronSet
-from emocircuits.data import EKMAN6
 from emocircuits.viz.tokens import TokenView, attention_heads, neuron_set_tokens, top_examples
 
 

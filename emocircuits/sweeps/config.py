@@ -46,8 +46,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from emocircuits.base.constants import DEFAULT_TEMPLATE
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.core.prompts import DEFAULT_TEMPLATE
 from emocircuits.data import load_data
 
 EXECUTORS = ("local", "ray")

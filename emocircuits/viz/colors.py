@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from emocircuits.data import EKMAN6
+from emocircuits.base.constants import EKMAN6
 
 EMOTIONS: tuple[str, ...] = EKMAN6
 

@@ -29,7 +29,6 @@ from emocircuits.methods.circuits.elicit import (  # noqa: F401
     ACCEPT_MODES,
     SYSTEM_TEMPLATE,
     USER_TEMPLATE,
-    VALENCES,
     Elicitation,
     accuracy_table,
     elicit,
@@ -43,7 +42,6 @@ from emocircuits.methods.circuits.influence import (  # noqa: F401
     ALPHAS,
     DIR_SITE,
     NEUTRAL_SYSTEM,
-    OUT_SITE,
     READOUTS,
     SIGMA_FROM,
     SUBLAYERS,
@@ -74,6 +72,7 @@ from emocircuits.methods.circuits.local_components import (  # noqa: F401
 )
 from emocircuits.methods.circuits.steer import (  # noqa: F401
     CIRCUIT_SCALE,
+    METHODS,
     PAPER_BAND,
     RESIDUAL_ALPHA,
     STEER_SYSTEM,
@@ -90,7 +89,6 @@ from emocircuits.methods.circuits.steer import (  # noqa: F401
     steer_text,
 )
 from emocircuits.methods.circuits.validate import (  # noqa: F401
-    SCALES,
     emotion_prompts,
     emotion_scores,
     judged_cell,

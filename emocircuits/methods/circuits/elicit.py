@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emocircuits.base.constants import EKMAN6, VALENCES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.stats import accuracy_ci
 from emocircuits.core.generation import encode_prompts, generate
 from emocircuits.core.runner import Runner
-from emocircuits.data import EKMAN6
 from emocircuits.judges.panel import get_judge
 
 SYSTEM_TEMPLATE = "Always reply in {emotion}. Keep the reply to at most two sentences."
@@ -24,7 +24,6 @@ SYSTEM_TEMPLATE = "Always reply in {emotion}. Keep the reply to at most two sent
 USER_TEMPLATE = "{scenario}\n{event}"
 
 
-VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")
 
 
 ACCEPT_MODES = ("first", "all", "any")

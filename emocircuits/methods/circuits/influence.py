@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from emocircuits.base.constants import SUBLAYER_SITES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.components import Direction
 from emocircuits.core.interventions import AddDirection, AddPerExample, BatchInfo, Compose
@@ -65,7 +66,6 @@ NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
 SUBLAYERS: tuple[str, ...] = ("attn", "mlp")
 
 
-OUT_SITE = {"attn": "attn.out", "mlp": "mlp.out"}
 
 
 DIR_SITE = {"attn": "resid.mid", "mlp": "resid.post"}
@@ -140,12 +140,12 @@ def sublayer_sigma(model: Any, token_ids: Sequence[Sequence[int]], *, layers: Se
     what the authors' σ script read). One forward pass."""
 
     layers = list(range(spec_of(model).n_layers)) if layers is None else [int(x) for x in layers]
-    sites = [OUT_SITE[p] for p in SUBLAYERS] + [DIR_SITE[p] for p in SUBLAYERS]
+    sites = [SUBLAYER_SITES[p] for p in SUBLAYERS] + [DIR_SITE[p] for p in SUBLAYERS]
     got = Runner(model, max_tokens=max_tokens).capture_last(token_ids, {s: layers for s in sites})
     def rms(site: str, layer: int) -> float:
         return float(got[site][layer].double().pow(2).mean(-1).sqrt().mean())
 
-    rows = [{"layer": layer, "sublayer": p, "sigma": rms(OUT_SITE[p], layer), "sigma_resid": rms(DIR_SITE[p], layer)}
+    rows = [{"layer": layer, "sublayer": p, "sigma": rms(SUBLAYER_SITES[p], layer), "sigma_resid": rms(DIR_SITE[p], layer)}
             for layer in layers for p in SUBLAYERS]
     return pd.DataFrame(rows)
 
@@ -218,7 +218,7 @@ def injection_scores_fast(model: Any, token_ids: Sequence[Sequence[int]], plan: 
                     inj = plan[r]
                     d = deltas[inj.sublayer].setdefault(inj.layer, torch.zeros(n, spec.d_model))
                     d[j] += inj.dose * inj.vector.float()
-                parts = [AddPerExample(OUT_SITE[p_], deltas[p_], "last") for p_ in SUBLAYERS if deltas[p_]]
+                parts = [AddPerExample(SUBLAYER_SITES[p_], deltas[p_], "last") for p_ in SUBLAYERS if deltas[p_]]
                 kwargs: dict[str, Any] = {}
                 if cache is not None:
                     c = copy.deepcopy(cache)
@@ -268,7 +268,7 @@ def injection_scores_full(model: Any, token_ids: Sequence[Sequence[int]], plan: 
     out = torch.zeros(len(token_ids), len(plan))
     with torch.inference_mode():
         for r, inj in enumerate(tqdm(plan, desc="influence (full)", disable=not progress)):
-            with AddDirection(inj.vector, OUT_SITE[inj.sublayer], (inj.layer,), inj.dose, "last").apply(model):
+            with AddDirection(inj.vector, SUBLAYER_SITES[inj.sublayer], (inj.layer,), inj.dose, "last").apply(model):
                 out[:, r] = last_states() @ inj.ref.float()
     return base, out
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.seeds import derive_seed
 from emocircuits.base.stats import accuracy_ci
@@ -40,7 +41,6 @@ from emocircuits.core.generation import encode_prompts, generate
 from emocircuits.core.interventions import AddDirection
 from emocircuits.core.models import spec_of
 from emocircuits.core.runner import Runner
-from emocircuits.data import EKMAN6
 from emocircuits.judges.panel import get_judge
 from emocircuits.methods.circuits.elicit import SYSTEM_TEMPLATE
 from emocircuits.methods.circuits.influence import NEUTRAL_SYSTEM, neutral_items

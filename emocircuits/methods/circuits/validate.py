@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
+from emocircuits.base.constants import EKMAN6, VALIDATION_SCALES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.stats import bootstrap_ci
 from emocircuits.core.components import Direction
@@ -17,13 +18,10 @@ from emocircuits.core.generation import generate
 from emocircuits.core.interventions import ScaleHeads, ScaleNeurons
 from emocircuits.core.models import spec_of
 from emocircuits.core.units import HeadSet, NeuronSet
-from emocircuits.data import EKMAN6
 from emocircuits.methods.circuits.directions import capture_last, reference_direction
 from emocircuits.methods.circuits.elicit import _judge_objects, messages, prompt_ids
 from emocircuits.methods.circuits.local_components import prompt_rows, random_heads
 from emocircuits.methods.neurons.find import random_control
-
-SCALES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 def _scale(kind: str, comp: Any, factor: float) -> Any:
@@ -116,7 +114,7 @@ def _nothing() -> Any:
 
 def validate_components(model: Any, prompts: pd.DataFrame, directions: Mapping[str, Direction],
                         neuron_sets: Mapping[str, NeuronSet] | None = None,
-                        head_sets: Mapping[str, HeadSet] | None = None, *, scales: Sequence[float] = SCALES,
+                        head_sets: Mapping[str, HeadSet] | None = None, *, scales: Sequence[float] = VALIDATION_SCALES,
                         n_random: int = 5, seed: int = 0, use: str = "used", max_prompts: int | None = None,
                         n_boot: int = 1000, max_tokens: int = 4096, progress: bool = False) -> pd.DataFrame:
     """Dose-response of scaling each emotion's top-k components by ``s`` against ``n_random`` random sets

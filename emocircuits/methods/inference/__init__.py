@@ -17,8 +17,6 @@ from emocircuits.methods.inference.patching import (  # noqa: F401
 )
 from emocircuits.methods.inference.prepare import (  # noqa: F401
     KNOCKOUT_MODES,
-    KNOCKOUT_SITES,
-    PROBE_SITES,
     Prepared,
     appraisal_matrix,
     capture_sites,

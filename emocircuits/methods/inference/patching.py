@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from emocircuits.base.constants import KNOCKOUT_SITES, PROBE_SITES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.stats import mean_ci
 from emocircuits.core.interventions import (
@@ -28,8 +29,6 @@ from emocircuits.core.models import spec_of
 from emocircuits.core.runner import Runner
 from emocircuits.methods.inference.prepare import (
     KNOCKOUT_MODES,
-    KNOCKOUT_SITES,
-    PROBE_SITES,
     Prepared,
     _check_sites,
     capture_sites,

@@ -11,23 +11,19 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from emocircuits.base.constants import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.interventions import (
     Intervention,
 )
 from emocircuits.core.models import spec_of
-from emocircuits.core.prompts import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE
 from emocircuits.core.readout import LabelReadout, prior_examples_for
 from emocircuits.core.runner import Runner
 from emocircuits.data import APPRAISAL_COLUMNS, Example
 
-PROBE_SITES = ("attn.out", "mlp.out", "resid.post")
-
-
 KNOCKOUT_MODES = ("zero", "noise")
 
 
-KNOCKOUT_SITES = ("attn.out", "mlp.out")
 
 
 def windows(n_layers: int, span: int, stride: int = 1) -> list[tuple[int, ...]]:

@@ -12,16 +12,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from emocircuits.base.constants import PROBE_SEED, PROBE_SITES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.components import Direction
 from emocircuits.core.models import spec_of
-from emocircuits.methods.inference.prepare import (
-    PROBE_SITES,
-    Prepared,
-    _check_sites,
-    appraisal_matrix,
-    capture_sites,
-)
+from emocircuits.methods.inference.prepare import Prepared, _check_sites, appraisal_matrix, capture_sites
 
 
 # ----------------------------------------------------------------------------------- probes
@@ -131,7 +126,7 @@ def _shuffled_rows(ya: np.ndarray, tr: np.ndarray, rng: np.random.Generator) -> 
 
 def probe_activations(acts: Mapping[str, Mapping[int, Tensor]], labels: np.ndarray, label_names: Sequence[str],
                       appraisals: np.ndarray | None = None, appraisal_names: Sequence[str] = (), *,
-                      c: float = 1.0, alpha: float = 5.0, seed: int = 42, folds: int = 5,
+                      c: float = 1.0, alpha: float = 5.0, seed: int = PROBE_SEED, folds: int = 5,
                       test_size: float = 0.2, provenance: Mapping[str, Any] | None = None) -> ProbeResult:
     """Probes on captured activations ``{site: {layer: [n, d]}}`` (see :func:`probe`)."""
     labels = np.asarray(labels)
@@ -163,7 +158,7 @@ def probe_activations(acts: Mapping[str, Mapping[int, Tensor]], labels: np.ndarr
 
 
 def probe(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, layers: Sequence[int] | None = None,
-          appraisals: Sequence[str] | None = None, c: float = 1.0, alpha: float = 5.0, seed: int = 42,
+          appraisals: Sequence[str] | None = None, c: float = 1.0, alpha: float = 5.0, seed: int = PROBE_SEED,
           folds: int = 5, test_size: float = 0.2) -> ProbeResult:
     """Last-token probes at every layer of each site (all sites captured in one pass).
 

@@ -3,11 +3,10 @@
     stats = ec.neurons.collect(model, train); sel = stats.select(top_rate=0.01)
 """
 
-from emocircuits.methods.neurons.find import (  # noqa: F401  # noqa: F401
+from emocircuits.methods.neurons.find import (  # noqa: F401
     ASSIGN_MODES,
     RATIO_MODES,
     STABILITY_CHUNKS,
-    STABILITY_RESAMPLES,
     TOKEN_MODES,
     Condition,
     NeuronStats,
@@ -23,8 +22,6 @@ from emocircuits.methods.neurons.find import (  # noqa: F401  # noqa: F401
     tie_summary,
 )
 from emocircuits.methods.neurons.masking import (  # noqa: F401
-    DEFAULT_CONTROLS,
-    FLOOR_ACC,
     MASK_METRICS,
     SWEEP_AXES,
     MaskingEngine,

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emocircuits.base.constants import DEFAULT_TEMPLATE, STABILITY_RESAMPLES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.seeds import derive_seed
 from emocircuits.core.interventions import current_batch, observe
 from emocircuits.core.models import spec_of
-from emocircuits.core.prompts import DEFAULT_TEMPLATE
 from emocircuits.core.readout import LabelReadout, _texts
 from emocircuits.core.sites import READINGS, layer_range
 from emocircuits.core.units import NeuronSet
@@ -235,7 +235,6 @@ def _label_indices(dataset: Sequence[Any], labels: Sequence[str]) -> torch.Tenso
 
 
 
-STABILITY_RESAMPLES = 20
 
 
 """Bootstrap resamples of :func:`selection_stability` that ``neurons find`` runs by default."""

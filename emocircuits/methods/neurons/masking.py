@@ -42,13 +42,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emocircuits.base.constants import (
+    DEFAULT_CONTROLS,
+    DEFAULT_TEMPLATE,
+    FLOOR_ACC,
+    LAYER_RANGES,
+    MASK_RATIOS,
+)
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.stats import bootstrap_ci, rank_p
 from emocircuits.core.interventions import ZeroNeurons, current_batch, observe
 from emocircuits.core.models import spec_of
-from emocircuits.core.prompts import DEFAULT_TEMPLATE
 from emocircuits.core.readout import LabelReadout
-from emocircuits.core.sites import LAYER_RANGES, layer_range
+from emocircuits.core.sites import layer_range
 from emocircuits.core.units import NeuronSet
 from emocircuits.methods.neurons.find import (
     Condition,
@@ -61,13 +67,9 @@ from emocircuits.methods.neurons.find import (
     random_control,
 )
 
-DEFAULT_CONTROLS = 5
-
-
 """Random control sets per masked set in ``mask``, ``sweep``, ``neurons mask|sweep`` and the sweep analysis."""
 
 
-FLOOR_ACC = 0.2
 
 
 """Clean accuracy below which a label is flagged ``floor``: too rarely right to show a drop under masking."""
@@ -261,7 +263,7 @@ def sweep_row(result: MaskResult, emotion: str, labels: Sequence[str], n_layers:
 
 
 def sweep(model: Any, dataset: Sequence[Any], selection: Selection, *, emotions: Sequence[str] | None = None,
-          ratios: Sequence[float | None] = (0.01, 0.02, 0.03, 0.04, 0.05), layer_ranges: Sequence[str] = LAYER_RANGES,
+          ratios: Sequence[float | None] = MASK_RATIOS, layer_ranges: Sequence[str] = LAYER_RANGES,
           ratio_mode: str = "truncate", stats: NeuronStats | None = None, controls: int = DEFAULT_CONTROLS, seed: int = 0,
           n_boot: int = 1000, template: str = DEFAULT_TEMPLATE, engine: MaskingEngine | None = None,
           progress: bool = True) -> pd.DataFrame:

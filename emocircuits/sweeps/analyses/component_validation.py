@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emocircuits.base.constants import VALIDATION_SCALES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.jobs.circuits import read_components, read_directions
 from emocircuits.judges.panel import check_judge_name
@@ -147,7 +148,7 @@ class ComponentValidation(Analysis):
 
 
 def validation_config(*, components: str, model: str | None = None, dtype: str | None = None, kinds: Sequence[str] = KINDS,
-                      scales: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0), emotions: Sequence[str] | None = None,
+                      scales: Sequence[float] = VALIDATION_SCALES, emotions: Sequence[str] | None = None,
                       top_k: int = 0, controls: int = 5, use: str = "used", max_prompts: int = 0, n_boot: int = 1000,
                       seed: int = 0, judge: str = "", judge_prompts: int = 6, max_new_tokens: int = 30) -> Any:
     """The ``component_validation`` sweep config (emotion × kind × scale), validated: what

@@ -29,13 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from emocircuits.base.constants import DEFAULT_CONTROLS, DEFAULT_TEMPLATE, EKMAN6, LAYER_RANGES, MASK_RATIOS
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.core.prompts import DEFAULT_TEMPLATE
 from emocircuits.core.readout import SCORINGS
 from emocircuits.core.sites import check_layer_range, layer_range
-from emocircuits.data import EKMAN6
 from emocircuits.methods.neurons.find import RATIO_MODES, Selection
-from emocircuits.methods.neurons.masking import DEFAULT_CONTROLS, MaskingEngine, mask, sweep_row
+from emocircuits.methods.neurons.masking import MaskingEngine, mask, sweep_row
 from emocircuits.sweeps.artifacts import (
     Artifacts,
     NeuronFind,
@@ -178,8 +177,8 @@ def _has_stats(neurons: str) -> bool:
 
 def rq3_config(*, neurons: str, model: str = "default", data: str = "builtin:dialogues", split: str | None = "test",
                limit_per_label: int | None = None, template: str | None = None,
-               ratios: Sequence[float] = (0.01, 0.02, 0.03, 0.04, 0.05),
-               layer_ranges: Sequence[str] = ("bottom", "middle", "top", "all"), ratio_mode: str = "truncate",
+               ratios: Sequence[float] = MASK_RATIOS,
+               layer_ranges: Sequence[str] = LAYER_RANGES, ratio_mode: str = "truncate",
                controls: int = DEFAULT_CONTROLS, n_boot: int = 1000, seed: int = 0, dtype: str = "float32",
                emotions: Sequence[str] | None = None) -> Any:
     """The ``neuron_masking`` sweep config of the RQ3 grid (emotion × layer range × ratio), validated.

@@ -1,0 +1,68 @@
+"""Every constant more than one module needs, spelled once (label sets, layer ranges, seeds, shares, grids).
+
+Light on purpose (no torch, no pandas): the command line reads its defaults from here before any model loads.
+"""
+
+from __future__ import annotations
+
+EKMAN6: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
+"""Ekman's six basic emotions: the default label scheme."""
+VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")
+"""The valences of the SEV scenarios (Wang et al. 2025)."""
+LABEL_ALIASES: dict[str, str] = {"joy": "happiness", "happy": "happiness", "sad": "sadness", "angry": "anger"}
+"""Label spellings mapped onto the scheme (only when the raw label is not itself in the scheme)."""
+
+SPLIT_SEED = 20250
+"""Seed of the stratified train/test split of data without its own split."""
+TEST_SHARE = 0.05
+"""Share of each label held out as test when a data set has no split of its own."""
+
+LAYER_RANGES: tuple[str, ...] = ("bottom", "middle", "top", "all")
+"""Named layer ranges: thirds of the layers, and all (Lee et al. 2025's RQ3)."""
+SUBLAYER_SITES: dict[str, str] = {"attn": "attn.out", "mlp": "mlp.out"}
+"""Where each kind of sublayer writes into the residual stream."""
+PROBE_SITES: tuple[str, ...] = ("attn.out", "mlp.out", "resid.post")
+"""Sites read by probes and patching (Tak et al. 2025)."""
+KNOCKOUT_SITES: tuple[str, ...] = tuple(SUBLAYER_SITES.values())
+"""Sites knocked out (whole sublayer outputs)."""
+
+MASK_RATIOS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05)
+"""Masking ratios of the RQ3 sweep (Lee et al. 2025)."""
+VALIDATION_SCALES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+"""Ablation (0) and enhancement factors of the component validation (Wang et al. 2025)."""
+
+DEFAULT_CONTROLS = 5
+"""Random control sets per masked set (size- and layer-matched)."""
+FLOOR_ACC = 0.2
+"""Below this clean accuracy on a label, masking cannot show a drop there (the table marks it ``floor``)."""
+STABILITY_RESAMPLES = 20
+"""Bootstrap resamples over texts for the neuron-selection stability table."""
+PROBE_SEED = 42
+"""Seed of the probes' splits and fits (Tak et al. 2025's public code uses 42)."""
+
+DEFAULT_TEMPLATE = "chat_short"
+"""The prompt template everywhere but ``classify``: the best-scoring shipped template on the embedded model
+(docs/readout_study.md). Analyses that intervene per example (masking, steering, patching) read one prompt."""
+DEFAULT_CLASSIFY_TEMPLATE = "chat_short+chat_fewshot"
+"""The default of ``classify``: a prompt ensemble (the mean of the calibrated label log-probs under
+``chat_short`` and ``chat_fewshot``, each with its own prior); it beat either template alone on all three
+sets of the readout study (docs/readout_study.md)."""
+DEFAULT_CALIBRATION: bool | str = "prior"
+"""The default calibration of ``classify``: a label prior fitted on the data's train split (content_free,
+with a warning, when there is none). Analyses that mask or steer pass no calibration."""
+
+DEMO_SIZES: dict[str, object] = {
+    "model": "default", "dtype": "float32", "seed": 0,
+    # emotion neurons (Lee et al. 2025)
+    "neurons_data": "builtin:dialogues", "train_per_label": 5, "test_per_label": 3, "top_rate": 0.01,
+    "mask_emotions": ["sadness", "fear"], "controls": 2, "template": DEFAULT_TEMPLATE,
+    # emotion circuits (Wang et al. 2025)
+    "skeletons": 1, "max_new_tokens": 16, "n_boot": 50, "shuffles": 5, "top_k": 10, "influence_prompts": 3,
+    "alphas": "0.3,0.7", "budget": 60, "steer_emotions": ["anger"], "steer_skeletons": 1,
+    "steer_methods": "circuit,residual,prompt,none",
+    # emotion inference (Tak et al. 2025)
+    "inference_data": "builtin:appraisal_events", "events_per_label": 12, "prior_per_label": 8,
+    "all_examples": False, "probe_sites": "resid.post", "folds": 3,
+    "patch_sites": "attn.out,mlp.out", "span": 3, "stride": 4, "n_pairs": 8,
+}
+"""Sizes of ``emocircuits demo`` (its options default to these)."""
