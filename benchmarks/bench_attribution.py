@@ -15,9 +15,9 @@ import argparse
 import json
 import time
 
-from emocircuits.methods import inference as inf
-from emocircuits.data import load_data
 from emocircuits.core.models import load_model
+from emocircuits.data import load_data
+from emocircuits.methods import inference as inf
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from emocircuits.data import EKMAN6, load_data
 from emocircuits.core.generation import generate
 from emocircuits.core.models import load_model
+from emocircuits.data import EKMAN6, load_data
 
 
 def main() -> None:

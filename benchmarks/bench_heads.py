@@ -25,10 +25,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from emocircuits.methods import circuits as C
-    from emocircuits.data import load_data
     from emocircuits.core.models import load_model
     from emocircuits.core.sites import layer_range
+    from emocircuits.data import load_data
+    from emocircuits.methods import circuits as C
 
     model, spec = load_model(args.model, progress=False)
     items = C.elicitation_items(load_data("builtin:sev"), limit=max(1, args.prompts // 18 + 1)).iloc[: args.prompts]

@@ -31,11 +31,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from emocircuits.methods import circuits as B
-    from emocircuits.methods import circuits as C
-    from emocircuits.data import load_data
     from emocircuits.core.models import load_model
     from emocircuits.core.sites import layer_range
+    from emocircuits.data import load_data
+    from emocircuits.methods import circuits as B
+    from emocircuits.methods import circuits as C
 
     name = "tiny-llama" if args.model == "tiny" else args.model
     model, spec = load_model(name, progress=False)

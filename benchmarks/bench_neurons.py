@@ -20,11 +20,11 @@ import torch
 
 
 def _time_passes(model_spec: str, per_label: int, rounds: int) -> dict:
-    from emocircuits.methods import neurons
-    from emocircuits.data import load_data
     from emocircuits.core.interventions import run_until
     from emocircuits.core.models import load_model
     from emocircuits.core.readout import LabelReadout
+    from emocircuits.data import load_data
+    from emocircuits.methods import neurons
 
     model, spec = load_model(model_spec, progress=False)
     data = load_data("builtin:dialogues", split="train", limit_per_label=per_label, seed=0)
@@ -65,9 +65,9 @@ def _time_passes(model_spec: str, per_label: int, rounds: int) -> dict:
 
 
 def _peak_rss_child(model_spec: str, per_label: int) -> None:
-    from emocircuits.methods import neurons
-    from emocircuits.data import load_data
     from emocircuits.core.models import load_model
+    from emocircuits.data import load_data
+    from emocircuits.methods import neurons
 
     model, _ = load_model(model_spec, progress=False)
     small = load_data("builtin:dialogues", split="train", limit_per_label=1, seed=0)

@@ -23,10 +23,10 @@ import time
 
 import torch
 
-from emocircuits.data import load_data
 from emocircuits.core.models import load_model
 from emocircuits.core.prompts import DEFAULT_TEMPLATE
 from emocircuits.core.readout import LabelReadout
+from emocircuits.data import load_data
 
 
 def main() -> None:

@@ -62,10 +62,10 @@ def main() -> None:
     ap.add_argument("--find-per-label", type=int, default=10, help="train texts per label for finding neurons")
     args = ap.parse_args()
 
-    from emocircuits.data import load_data
-    from emocircuits.core.models import load_model
-    from emocircuits.methods.neurons.find import collect
     from emocircuits.base.io import write_json
+    from emocircuits.core.models import load_model
+    from emocircuits.data import load_data
+    from emocircuits.methods.neurons.find import collect
 
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     try:

@@ -15,8 +15,8 @@ from emocircuits.base.errors import EmocircuitsError
 from emocircuits.jobs.registry import JOBS
 from emocircuits.runs.rundir import read_manifest
 from emocircuits.sweeps import Analysis, expand, from_dict, load_config, plan_tasks, run_sweep
-from emocircuits.sweeps.rerun import rerun
 from emocircuits.sweeps.registry import register_analysis
+from emocircuits.sweeps.rerun import rerun
 from emocircuits.sweeps.store import CellStore
 
 

@@ -13,7 +13,14 @@ analysis), :mod:`emocircuits.sweeps.artifacts` for what a sweep computes once, a
 from emocircuits.sweeps.base import Analysis, TemplateCell, cell_id, derive_seed
 from emocircuits.sweeps.config import SweepConfig, dumps_toml
 from emocircuits.sweeps.engine import SweepResult, failed_cells_text, plan_tasks, run_sweep
-from emocircuits.sweeps.registry import analysis_names, expand, from_dict, get_analysis, load_config, register_analysis
+from emocircuits.sweeps.registry import (
+    analysis_names,
+    expand,
+    from_dict,
+    get_analysis,
+    load_config,
+    register_analysis,
+)
 from emocircuits.sweeps.rerun import rerun
 
 __all__ = [
