@@ -1,9 +1,10 @@
 """Head scoring: one forward pass (``head.z`` captured, projected through W_O) vs one ablation pass per
-head (``ZeroHeads`` + ``resid.mid`` capture), on the same prompts, in one run.
+head (``ZeroHeads`` + ``mlp.in`` or ``resid.mid`` capture, by ``--head-score``), on the same prompts, in one run.
 
 Prints JSON: both times, the ratio, the number of ablation passes and the largest score difference.
 
     python benchmarks/bench_heads.py [--model tiny-llama | default] [--prompts 6] [--layers 0-29] [--threads N]
+                                     [--head-score mlp_in | resid]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=6, help="SEV prompts (skeleton x valence x emotion rows).")
     ap.add_argument("--layers", default="all", help="all | A-B: layers scored (ablation cost grows with them).")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--head-score", default="mlp_in", help="mlp_in | resid (emocircuits.methods.circuits.HEAD_SCORES).")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -39,14 +41,14 @@ def main() -> None:
     C.head_scores_onepass(model, ids[:1], {layers[0]: v[layers[0]]})  # warm-up
 
     t = time.perf_counter()
-    one = C.head_scores_onepass(model, ids, v)
+    one = C.head_scores_onepass(model, ids, v, head_score=args.head_score)
     t_one = time.perf_counter() - t
     t = time.perf_counter()
-    abl = C.head_scores_ablation(model, ids, v)
+    abl = C.head_scores_ablation(model, ids, v, head_score=args.head_score)
     t_abl = time.perf_counter() - t
     print(json.dumps({
         "model": spec.model_id, "n_prompts": len(ids), "n_tokens": sum(map(len, ids)), "layers": len(layers),
-        "n_heads": spec.n_heads, "ablation_passes": len(layers) * (spec.n_heads + 1),
+        "n_heads": spec.n_heads, "head_score": args.head_score, "ablation_passes": len(layers) * (spec.n_heads + 1),
         "onepass_s": round(t_one, 3), "ablation_s": round(t_abl, 3), "ratio": round(t_abl / t_one, 1),
         "max_abs_diff": float((one - abl).abs().max()), "threads": torch.get_num_threads(),
     }, indent=2))

@@ -35,8 +35,6 @@ from typing import Any
 
 import torch
 
-from emocircuits.core.interventions import observe
-
 TOP_RATE = 0.01
 
 
@@ -117,11 +115,12 @@ def profile_collect(model: Any, data: Any) -> dict[str, float]:
     """Where one fp32 ``collect`` spends its time: encode, prefix forward, batch forwards, counting hooks."""
     from emocircuits.core import runner as runner_mod
     from emocircuits.methods import neurons
+    from emocircuits.methods.neurons import find as find_mod
 
     times = {"prefix_forward_s": 0.0, "batch_forwards_s": 0.0, "count_hooks_s": 0.0, "kv_copy_s": 0.0}
     orig_prefix, orig_forward = runner_mod.Runner.prefix_cache, runner_mod.Runner._forward
     orig_deepcopy = runner_mod.copy.deepcopy
-    orig_observe = observe
+    orig_observe = find_mod.observe
 
     def prefix_cache(self, *a, **k):
         t = time.perf_counter()
@@ -154,7 +153,7 @@ def profile_collect(model: Any, data: Any) -> dict[str, float]:
         return orig_observe(m, site, layers, timed)
 
     runner_mod.Runner.prefix_cache, runner_mod.Runner._forward = prefix_cache, _forward
-    runner_mod.copy, observe = _Copy, observe
+    runner_mod.copy, find_mod.observe = _Copy, observe
     try:
         t0 = time.perf_counter()
         neurons.collect(model, data, reading="gated", tokens="all", template="chat_lee", progress=False)
@@ -163,7 +162,7 @@ def profile_collect(model: Any, data: Any) -> dict[str, float]:
         runner_mod.Runner.prefix_cache, runner_mod.Runner._forward = orig_prefix, orig_forward
         import copy as _copy
 
-        runner_mod.copy, observe = _copy, orig_observe
+        runner_mod.copy, find_mod.observe = _copy, orig_observe
     times["batch_forwards_s"] -= times["prefix_forward_s"]  # the prefix forward goes through _forward too
     out = {k: round(v, 2) for k, v in times.items()}
     out["total_s"] = round(total, 2)

@@ -19,6 +19,17 @@ def _threads(request):
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _prior_cache_outside_user_cache(tmp_path_factory):
+    """Label priors that classify() caches on disk go to a session temp dir, never the user's cache."""
+    from emocircuits.core import prior_cache
+
+    where = tmp_path_factory.mktemp("priors")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prior_cache, "prior_cache_dir", lambda: where)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     """(bridge, spec) of a 3-layer random Llama-style model (GQA 4 query / 2 KV heads, gated SiLU MLP)."""

@@ -9,6 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.app import app
 from emocircuits.cli.options import VOCABULARY, option
 
@@ -61,10 +62,13 @@ def test_a_command_cannot_move_a_default_that_is_not_its_own():
     ["inference", "probe", "--limit-per-label", "0", "--out", "x"],
     ["circuits", "validate", "--from", "x", "--max-new-tokens", "0", "--out", "y"],
 ])
-def test_numbers_are_checked_while_parsing(args, tmp_path):
+def test_numbers_are_checked_while_parsing(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2 and "Invalid value" in result.output
-    assert not (tmp_path / "x").exists()
+    flag = next(a for a in args if a.startswith("--") and a not in ("--out", "--from", "--emotion"))
+    assert isinstance(result.exception, EmocircuitsError), result.output
+    assert str(result.exception).startswith(f"{flag} ") and "is not allowed" in str(result.exception)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_number_list_check():
@@ -73,6 +77,6 @@ def test_number_list_check():
     check = number_list(0.0)("--scales")
     assert check("0,0.5,1") == "0,0.5,1"
     for bad in ("0,nan", "a,b", "-1", ""):
-        with pytest.raises(typer.BadParameter):
+        with pytest.raises(EmocircuitsError, match="--scales"):
             check(bad)
     assert math.isfinite(float(check("2").split(",")[0]))

@@ -62,7 +62,7 @@ DEMO_SIZES: dict[str, object] = {
     "steer_methods": "circuit,residual,prompt,none",
     # emotion inference (Tak et al. 2025)
     "inference_data": "builtin:appraisal_events", "events_per_label": 12, "prior_per_label": 8,
-    "all_examples": False, "probe_sites": "resid.post", "folds": 3,
+    "all_examples": False, "probe_sites": "resid.post", "folds": 3, "probe_controls": 5, "random_features": False,
     "patch_sites": "attn.out,mlp.out", "span": 3, "stride": 4, "n_pairs": 8,
 }
 """Sizes of ``emocircuits demo`` (its options default to these)."""

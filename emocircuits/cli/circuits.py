@@ -85,14 +85,24 @@ def components_cmd(
     model: str | None = option("--model", None),
     top_k: int = option("--top-k", 20),
     top_k_heads: int | None = typer.Option(None, "--top-k-heads", help="Heads kept per emotion (default --top-k)."),
+    head_score: str = typer.Option("mlp_in", "--head-score", help="Head importance: mlp_in (the drop of the MLP "
+                                   "input's projection, after the layer's normalisation, as the paper) | resid (the "
+                                   "drop of the un-normalised resid.mid projection)."),
+    ablation: bool = typer.Option(False, "--ablation", help="Score heads by real per-head ablation (one pass per "
+                                  "head) and record the largest difference to the one-pass scores."),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
 ) -> None:
-    """Score every MLP neuron (analytic) and query head (one-pass ablation drop) per emotion; keep the top-k."""
+    """Score every MLP neuron (analytic) and query head (the drop of its emotion projection when removed) per
+    emotion; keep the top-k."""
     from emocircuits.jobs.circuits import run_components
 
-    config = {"from": str(source), "model": model, "top_k": top_k, "top_k_heads": top_k_heads}
+    config = {"from": str(source), "model": model, "top_k": top_k, "top_k_heads": top_k_heads,
+              "head_score": head_score, "ablation": ablation}
     co = run_components(config, out, quiet)
+    if ablation:
+        typer.echo(f"heads scored by per-head ablation ({head_score}); largest difference to the one-pass scores "
+                   f"{co.config['head_ablation_max_diff']:.2g}")
     for e, hs in co.head_sets.items():
         typer.echo(f"{e}: top heads {[f'L{a}H{b}' for a, b in list(hs.heads)[:5]]}, "
                    f"{len(co.neuron_sets[e])} neurons over {len(co.neuron_sets[e].layers)} layers")

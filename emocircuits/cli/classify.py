@@ -45,6 +45,8 @@ def classify_cmd(
     labels: str | None = option("--labels"),
     prepend_bos: bool | None = option("--prepend-bos/--no-prepend-bos"),
     drop_unknown: bool = option("--drop-unknown"),
+    no_prior_cache: bool = typer.Option(False, "--no-prior-cache", help="Fit the prior calibration again instead "
+                                        "of reading it from the cache (as EMOCIRCUITS_NO_PRIOR_CACHE=1)."),
 ) -> None:
     """Classify a dataset's texts by label readout and write metrics and predictions."""
     import json
@@ -56,6 +58,7 @@ def classify_cmd(
     calibration = calibration if isinstance(calibration, str) else None
     calibrate = calibrate if isinstance(calibrate, bool) else None
     labels, prepend_bos, drop_unknown = given(labels), given(prepend_bos), given(drop_unknown, False)
+    no_prior_cache = given(no_prior_cache, False)
     if calibration not in (None, "none", "prior", "content_free", "batch"):
         raise EmocircuitsError(f"Unknown calibration {calibration!r}; use none, prior, content_free or batch.")
     if calibrate is False or calibration == "none":
@@ -78,6 +81,8 @@ def classify_cmd(
         "prepend_bos": prepend_bos,
         "seed": seed,
     }
+    if no_prior_cache:  # recorded only when given, so runs made before the option still rerun identically
+        config["prior_cache"] = False
     metrics = run_classify(config, out, quiet=quiet)
     line = f"accuracy {metrics['accuracy']:.3f} (n={metrics['n']}) -> {out}"
     typer.echo(

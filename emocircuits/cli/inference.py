@@ -85,10 +85,14 @@ def probe_cmd(model: str = M, data: str = D, split: str = SPLIT, limit_per_label
               sites: str = option("--sites", "attn.out,mlp.out,resid.post"),
               layers: str | None = option("--layers"),
               folds: int = typer.Option(5, "--folds", help="k of the k-fold CV.", callback=at_least(2)("--folds")),
+              controls: int = option("--controls", 5),
+              random_features: bool = option("--random-features/--no-random-features"),
               out: Path = OUT, quiet: bool = Q) -> None:
-    """Last-token logistic (emotion) and ridge (appraisal) probes at every layer, with CV CIs and a control."""
+    """Last-token logistic (emotion) and ridge (appraisal) probes at every layer, with in-range intervals, K
+    label-permutation controls and selectivity with its interval."""
     _go("probe", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-                  "sites": sites, "layers": layers, "folds": folds}, out, quiet)
+                  "sites": sites, "layers": layers, "folds": folds, "controls": controls,
+                  "random_features": random_features}, out, quiet)
 
 
 @inference_app.command("knockout")

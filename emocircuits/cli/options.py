@@ -132,6 +132,8 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     Opt(("--controls",), "K random controls per measured effect (same size and layers; the CI resamples them "
         "and p ranks the effect among them).", 5, per_command=True, check=at_least(0)),
     Opt(("--n-boot",), "Bootstrap resamples for the CIs.", 1000, per_command=True, check=at_least(1)),
+    Opt(("--random-features/--no-random-features",), "Also probe Gaussian features of the same dimension (a "
+        "control beside the label permutations).", False),
     Opt(("--n-random",), "Random controls (directions or circuits of the same size) per condition.", None,
         per_command=True, check=at_least(0)),
     Opt(("--n-pairs",), "Random (source, target) pairs with different labels.", 50, per_command=True,

@@ -27,6 +27,7 @@ from emocircuits.base.constants import (
 )
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.generation import generate
+from emocircuits.core.prior_cache import fit_prior_cached
 from emocircuits.core.prompts import PromptTemplate, ensemble_members, get_template, label_token_ids
 from emocircuits.core.runner import Batch, Runner
 from emocircuits.data import Dataset, Example, load_data
@@ -380,6 +381,7 @@ def classify(
     system: str | None = None,
     share_prefix: bool = True,
     prepend_bos: bool | None = None,
+    prior_cache: bool | None = None,
 ) -> ClassifyResult:
     """Classify labelled examples (or plain strings) with a :class:`LabelReadout` per template.
 
@@ -396,6 +398,11 @@ def classify(
     strings); with none of these it falls back to ``"content_free"`` with a one-line warning.
     ``metrics["calibration"]`` records the method used, what the prior was fitted on and, per template, the
     prior subtracted (label -> log-prob).
+
+    A fitted prior is computed once per model, template, labels, scoring and fitting sample, then kept in memory
+    and on disk (:mod:`emocircuits.core.prior_cache`); ``metrics["calibration"]["prior_cache"]`` (per template for
+    an ensemble) says where it came from (``source``: computed, memory or disk) and its ``key``.
+    ``prior_cache=False`` (or ``EMOCIRCUITS_NO_PRIOR_CACHE=1``) fits it again and keeps nothing.
     """
 
     items = list(dataset)
@@ -418,12 +425,13 @@ def classify(
             calibrate = "content_free"
     total: Tensor | None = None
     priors: dict[str, dict[str, float]] = {}
+    cached: dict[str, dict[str, Any]] = {}
     method: str = "none"
     for t in members:
         ro = LabelReadout(model, labs, t, scoring, calibrate, prior=prior if calibrate == "prior" else None,
                           share_prefix=share_prefix, prepend_bos=prepend_bos)
         if calibrate == "prior" and prior is None:
-            ro.fit_prior(prior_examples, progress=progress)
+            cached[t.name] = fit_prior_cached(ro, prior_examples, progress=progress, prior_cache=prior_cache)
         logp = torch.log_softmax(ro.predict_scores(items, progress=progress), dim=-1)  # [n, n_labels]
         total = logp if total is None else total + logp
         method = ro.calibrate or "none"
@@ -437,6 +445,8 @@ def classify(
             source = f"{source} (n={len(prior_examples)})"
         cal["prior_logp"] = priors if len(members) > 1 else next(iter(priors.values()))
         cal["fitted_on"] = source or {"batch": "the predicted examples", "content_free": "content-free inputs"}[method]
+    if cached:
+        cal["prior_cache"] = cached if len(members) > 1 else next(iter(cached.values()))
     if labelled:
         return ClassifyResult(df, {**metrics_from_predictions(df, labs), "calibration": cal})
     return ClassifyResult(df, {"n": len(df), "predicted_counts": df["predicted"].value_counts().to_dict(),

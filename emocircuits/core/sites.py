@@ -17,10 +17,13 @@ mlp.out             blocks.L.hook_mlp_out       blocks.L.hook_mlp_out       [bat
 resid.pre           blocks.L.hook_resid_pre     blocks.L.hook_resid_pre     [batch, pos, d_model]
 resid.mid           blocks.L.hook_resid_mid     blocks.L.hook_resid_mid     [batch, pos, d_model]
 resid.post          blocks.L.hook_resid_post    blocks.L.hook_resid_post    [batch, pos, d_model]
+mlp.in              blocks.L.ln2.hook_out       blocks.L.ln2.hook_out       [batch, pos, d_model]
 final.norm          ln_final.hook_out           ln_final.hook_out           [batch, pos, d_model]
 ==================  ==========================  ==========================  ==========================
 
 ``final.norm`` (the normalised final residual, the unembedding's input) has no layer: pass ``layer=None``.
+``mlp.in`` is the MLP's input, ``resid.mid`` after the layer's post-attention normalisation (see
+:func:`norm`, which returns that normalisation as a function).
 
 ``neuron.gated`` is the input of the down projection, so writing it writes exactly one column of
 that input per neuron; ``head.z`` is the per-head input of the output projection.
@@ -76,6 +79,8 @@ SITES: dict[str, SiteInfo] = {
         SiteInfo("resid.pre", "blocks.{L}.hook_resid_pre", "blocks.{L}.hook_resid_pre", _D, doc="residual before block"),
         SiteInfo("resid.mid", "blocks.{L}.hook_resid_mid", "blocks.{L}.hook_resid_mid", _D, doc="residual after attention"),
         SiteInfo("resid.post", "blocks.{L}.hook_resid_post", "blocks.{L}.hook_resid_post", _D, doc="residual after block"),
+        SiteInfo("mlp.in", "blocks.{L}.ln2.hook_out", "blocks.{L}.ln2.hook_out", _D, writable=False,
+                 doc="MLP input: resid.mid after the post-attention normalisation (ln2)"),
         SiteInfo("final.norm", "ln_final.hook_out", "ln_final.hook_out", _D, writable=False,
                  doc="normalised final residual (input of the unembedding)"),
     ]
@@ -244,3 +249,102 @@ def weight(model: Any, name: str, layer: int | None = None) -> torch.Tensor | No
         raise EmocircuitsError(f"Weight {name!r} has shape {tuple(value.shape)} on {spec.architecture} but the "
                                f"table expects {list(info.shape)} = {expected}; fix its row in emocircuits.core.sites.WEIGHTS.")
     return value.detach()
+
+
+# ----------------------------------------------------------------------------- normalisations
+#
+# A normalisation as a function, for analyses that need it applied to a residual the model never saw
+# (e.g. resid.mid with one head removed). Each row names the bridge module and the sites it maps:
+#
+# ========  ==========================  ==========================  ===========  ===========
+# norm      module (gated MLP)          module (plain MLP)          input site   output site
+# ========  ==========================  ==========================  ===========  ===========
+# mlp.norm  blocks.L.ln2                blocks.L.ln2                resid.mid    mlp.in
+# ========  ==========================  ==========================  ===========  ===========
+#
+# Llama/Qwen2 use RMSNorm (weight, no bias), GPT-2 LayerNorm (weight and bias); the kind, eps and
+# weight convention are read from the bridge module, never assumed from the family.
+
+
+@dataclass(frozen=True)
+class NormInfo:
+    """How one abstract normalisation maps onto a bridge module and the sites before and after it."""
+
+    name: str
+    gated_path: str
+    plain_path: str
+    input_site: str
+    output_site: str
+    doc: str = ""
+
+    def path(self, spec: ModelSpec) -> str:
+        return self.gated_path if spec.gated_mlp else self.plain_path
+
+
+NORMS: dict[str, NormInfo] = {
+    n.name: n
+    for n in [
+        NormInfo("mlp.norm", "blocks.{L}.ln2", "blocks.{L}.ln2", "resid.mid", "mlp.in",
+                 doc="post-attention normalisation: mlp.in = mlp.norm(resid.mid)"),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Norm:
+    """One layer's normalisation as a function over the last axis (computed in float64).
+
+    ``kind``: ``rms`` (``x / sqrt(mean(x²) + eps) · w``) or ``layer`` (LayerNorm: ``x`` centred first,
+    plus ``b``). ``weight_offset``: the weight is stored as an offset from 1 (Gemma-style RMSNorm).
+    """
+
+    kind: str
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    eps: float
+    weight_offset: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
+        if self.kind == "layer":
+            x = x - x.mean(-1, keepdim=True)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            w = self.weight.double().to(x.device)
+            x = x * (1.0 + w if self.weight_offset else w)
+        if self.bias is not None:
+            x = x + self.bias.double().to(x.device)
+        return x
+
+
+def norm(model: Any, name: str, layer: int) -> Norm:
+    """The normalisation ``name`` (a row of :data:`NORMS`) of ``layer`` as a :class:`Norm`, read from the
+    bridge module (kind, weight, bias, eps; the weights detached, on CPU)."""
+    if name not in NORMS:
+        raise EmocircuitsError(f"Unknown normalisation {name!r}; known normalisations are {sorted(NORMS)}.")
+    info, spec = NORMS[name], spec_of(model)
+    check_layer(model, layer)
+    module: Any = model
+    for part in info.path(spec).format(L=layer).split("."):
+        module = getattr(module, part, None)
+    if module is None:
+        raise EmocircuitsError(f"Normalisation {name!r} ({info.path(spec)}) does not exist on {spec.architecture}; "
+                               "this architecture needs its own row in emocircuits.core.sites.NORMS.")
+    original = getattr(module, "original_component", None)
+    original = module if original is None else original
+    rms = getattr(module, "uses_rms_norm", None)
+    if rms is None:
+        if isinstance(original, torch.nn.LayerNorm):
+            rms = False
+        elif "RMSNorm" in type(original).__name__:
+            rms = True
+        else:
+            raise EmocircuitsError(f"Normalisation {name!r} on {spec.architecture} is a {type(original).__name__}, "
+                                   "neither LayerNorm nor RMSNorm; add its kind to emocircuits.core.sites.norm.")
+    eps = next((getattr(o, a) for o in (original, getattr(model, "cfg", None)) for a in ("eps", "variance_epsilon")
+                if o is not None and isinstance(getattr(o, a, None), (int, float))), 1e-5)
+    w = getattr(original, "weight", None)
+    b = None if rms else getattr(original, "bias", None)
+    return Norm("rms" if rms else "layer", None if w is None else w.detach().float().cpu(),
+                None if b is None else b.detach().float().cpu(), float(eps),
+                bool(getattr(module, "uses_weight_offset", False)))

@@ -17,7 +17,7 @@ from emocircuits.data import load_data
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.directions import GROUP_MODES, emotion_directions
 from emocircuits.methods.circuits.elicit import ACCEPT_MODES, elicit
-from emocircuits.methods.circuits.local_components import local_components, top_sets
+from emocircuits.methods.circuits.local_components import HEAD_SCORES, local_components, top_sets
 from emocircuits.runs.rundir import RunDir, finished_run, read_manifest
 
 
@@ -127,12 +127,19 @@ def write_directions(run: Any, dr: Any) -> None:
 
 
 def run_components(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:
-    """Neuron and head scores for every emotion; writes score tables and top-k NeuronSet/HeadSet files."""
+    """Neuron and head scores for every emotion; writes score tables and top-k NeuronSet/HeadSet files.
+
+    ``config``: ``from, model, top_k, top_k_heads``; optional ``head_score`` (one of :data:`HEAD_SCORES`, default
+    ``mlp_in``) and ``ablation`` (default False: also score heads by real per-head ablation and record
+    ``head_ablation_max_diff`` in the summary)."""
 
     src = Path(config["from"])
     manifest = finished_run(src, "prompts.parquet", "circuits directions")
     _check_min("top-k", config["top_k"], 1)
     _check_min("top-k-heads", config["top_k_heads"], 1)
+    # configs written before these keys existed get the defaults: heads scored at the MLP input, no ablation check
+    config = {**config, "head_score": config.get("head_score", "mlp_in"), "ablation": bool(config.get("ablation"))}
+    _check_choice("head-score", config["head_score"], HEAD_SCORES)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     prompts, directions = read_directions(src)
@@ -142,7 +149,8 @@ def run_components(config: dict[str, Any], out: Path, quiet: bool = False, model
     with RunDir.create(out, command="circuits components", config=config, model_spec=spec,
                        seed=config.get("seed")) as run:
         co = local_components(bridge, prompts, directions, top_k=config["top_k"],
-                                       top_k_heads=config["top_k_heads"])
+                              top_k_heads=config["top_k_heads"], head_score=config["head_score"],
+                              ablation=config["ablation"])
         write_components(run, co)
     return co
 

@@ -17,7 +17,9 @@ def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict
     """Classify a dataset by label readout; write ``predictions.parquet`` and ``metrics.json``; returns the metrics.
 
     ``config``: ``model, data, split, limit_per_label, template, system`` (None or a system prompt),
-    ``scoring, calibrate`` (False, "prior", "content_free", "batch"), ``seed``.
+    ``scoring, calibrate`` (False, "prior", "content_free", "batch"), ``seed``; optional ``prior_cache`` (False: fit the
+    prior again, see :mod:`emocircuits.core.prior_cache`; absent or None: the cache unless
+    ``EMOCIRCUITS_NO_PRIOR_CACHE`` is set). ``metrics.json`` records where the prior came from.
     """
 
     if config["scoring"] not in SCORINGS:
@@ -35,7 +37,8 @@ def run_classify(config: dict[str, Any], out: Path, quiet: bool = False) -> dict
     bridge, spec = load_model(config["model"], progress=not quiet)
     result = classify(bridge, dataset, template=config["template"], system=config.get("system"),
                       scoring=config["scoring"], calibrate=config.get("calibrate", False),
-                      prepend_bos=config.get("prepend_bos"), progress=not quiet)
+                      prepend_bos=config.get("prepend_bos"), prior_cache=config.get("prior_cache"),
+                      progress=not quiet)
     metrics = {**result.metrics, "labels": list(dataset.labels), "config": config, "data_info": dataset.info}
     with RunDir.create(out, command="classify", config=config, model_spec=spec, seed=config["seed"]) as run:
         run.write_table("predictions", result.predictions, "one row per example: id, true, predicted, scores")

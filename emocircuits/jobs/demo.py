@@ -39,6 +39,7 @@ from emocircuits.core.readout import train_split_of
 from emocircuits.data import load_data
 from emocircuits.jobs.circuit_build import run_assemble, run_influence
 from emocircuits.jobs.circuits import run_components, run_directions, run_elicit
+from emocircuits.jobs.inference import PROBE_TABLE_DESCRIPTION
 from emocircuits.jobs.neurons import run_find, run_mask
 from emocircuits.jobs.steer import run_steer
 from emocircuits.methods import tokenviews
@@ -62,7 +63,8 @@ TOUR_FILE = "tour.json"
 
 
 _POSITIVE = ("train_per_label", "test_per_label", "skeletons", "max_new_tokens", "top_k", "influence_prompts",
-             "budget", "steer_skeletons", "events_per_label", "prior_per_label", "folds", "span", "stride", "n_pairs")
+             "budget", "steer_skeletons", "events_per_label", "prior_per_label", "folds", "span", "stride", "n_pairs",
+             "probe_controls")
 
 
 class TourResult(dict):
@@ -196,7 +198,7 @@ def _neurons(cfg: dict[str, Any], out: Path, pair: Any, quiet: bool, step: Calla
         excl += [r.masked_emotion] if ex else []
         lines.append(f"  {r.masked_emotion:<9} {int(r.n_neurons):>3} neurons  {r.acc_normal:.2f} → {r.acc_masked:.2f} "
                      f"(control {r.acc_control:.2f})  {_pp(r.diff)} {_ci(r.ci_low, r.ci_high, pp=True)}  "
-                     f"{'excludes 0' if ex else 'includes 0'}")
+                     f"{'excludes 0' if ex else 'includes 0' + (': no effect beyond the controls' if cfg['controls'] else '')}")
     for line in lines:
         say(line)
     test = load_data(cfg["neurons_data"], split="test", limit_per_label=cfg["test_per_label"], seed=cfg["seed"])
@@ -215,8 +217,12 @@ def _neurons_reading(cfg: dict[str, Any], sel: Any, own: Any, excl: list[str]) -
                else "relative to the unmasked model (no controls)")
     effects = "; ".join(f"{r.masked_emotion} {_pp(r.diff)} {_ci(r.ci_low, r.ci_high, pp=True)} "
                         f"({r.acc_normal:.2f} → {r.acc_masked:.2f})" for r in own.itertuples())
+    null = [r.masked_emotion for r in own.itertuples() if r.masked_emotion not in excl]
+    beyond = "no effect beyond the controls" if k else "no effect beyond the unmasked model"
     finding = (f"the interval excludes 0 for {len(excl)} of {n} ({', '.join(excl)})" if excl
                else f"no interval excludes 0 ({n} emotion{'s' if n > 1 else ''} masked)")
+    if null:
+        finding += f"; for {', '.join(null)} the interval includes 0: {beyond}"
     return (f"Selecting the {100 * cfg['top_rate']:g}% lowest-entropy MLP neurons on {cfg['train_per_label']} training "
             f"dialogues per emotion gave {total} emotion neurons. Zeroing one emotion's set at a time and classifying "
             f"{cfg['test_per_label']} test dialogues per emotion changes accuracy on that emotion's own texts, "
@@ -301,8 +307,12 @@ def _top_heads(head_scores: Any, k: int = 3) -> dict[str, list[str]]:
 def _circuits_reading(cfg: dict[str, Any], acc: Any, dr: Any, beats: int, n_ctl: int, top_heads: dict,
                       steer: dict[str, tuple]) -> str:
     best = max(steer, key=lambda m: steer[m][0])
-    order = ", ".join(f"{m} {a:.2f} {_ci(lo, hi)}" for m, (a, lo, hi, _n) in
-                      sorted(steer.items(), key=lambda kv: -kv[1][0]))
+    ranked = _stands_out(steer[best][1], [hi for m, (_a, _lo, hi, _n) in steer.items() if m != best])
+    items = sorted(steer.items(), key=lambda kv: -kv[1][0]) if ranked else list(steer.items())
+    order = ", ".join(f"{m} {a:.2f} {_ci(lo, hi)}" for m, (a, lo, hi, _n) in items)
+    top = ("" if len(steer) == 1 else
+           f"{best} expresses the target most often (its interval lies above every other method's)." if ranked
+           else "the methods' intervals overlap, so this size does not rank them.")
     n = next(iter(steer.values()))[3]
     sep = ""
     if "circuit" in steer and "residual" in steer:
@@ -318,7 +328,7 @@ def _circuits_reading(cfg: dict[str, Any], acc: Any, dr: Any, beats: int, n_ctl:
             f"skeleton × valence groups are consistent across valences beyond the shuffled-label control at "
             f"{beats} of {n_ctl} site-layers; the heads that write most along them include {heads}. Steering "
             f"{n} emotion-free prompt(s) toward {', '.join(cfg['steer_emotions'])}, the judged accuracy is: {order}; "
-            f"{best} expresses the target most often.{sep} The lexicon judge and the tiny sizes make these "
+            f"{top}{sep} The lexicon judge and the tiny sizes make these "
             "numbers illustrative; the emocircuits circuits commands at full size give the paper's comparison.")
 
 
@@ -329,7 +339,8 @@ def _inference(cfg: dict[str, Any], out: Path, pair: Any, quiet: bool, step: Cal
     patch_sites = [s.strip() for s in str(cfg["patch_sites"]).split(",") if s.strip()]
     inf.windows(spec.n_layers, int(cfg["span"]), int(cfg["stride"]))  # checks the span before any pass
     sub = {k: cfg[k] for k in ("model", "dtype", "seed", "inference_data", "events_per_label", "prior_per_label",
-                               "all_examples", "probe_sites", "folds", "patch_sites", "span", "stride", "n_pairs")}
+                               "all_examples", "probe_sites", "folds", "probe_controls", "random_features",
+                               "patch_sites", "span", "stride", "n_pairs")}
     data = load_data(cfg["inference_data"], split="test", limit_per_label=cfg["events_per_label"], seed=cfg["seed"])
     prior = train_split_of(data, data.labels, per_label=int(cfg["prior_per_label"]))  # the label prior's sample
     with RunDir.create(out / "inference", command="demo inference", config=sub, model_spec=spec,
@@ -343,9 +354,10 @@ def _inference(cfg: dict[str, Any], out: Path, pair: Any, quiet: bool, step: Cal
                                    f"{cfg['events_per_label']}) or pass --all-examples.")
         say(f"events: {ex['n_kept']} of {ex['n_total']} kept (clean accuracy {ex['clean_accuracy']:.2f}"
             f"{'' if cfg['all_examples'] else '; only the correctly classified ones'})")
-        probes = step("inference.probe", lambda: inf.probe(prep, sites=probe_sites, folds=int(cfg["folds"])))
-        run.write_table("probes", probes.table, "site, layer, target, metric, value (80/20), cv_mean, ci_low, ci_high "
-                        "(95% t over folds), control (shuffled labels), selectivity, n_train, n_test")
+        probes = step("inference.probe", lambda: inf.probe(prep, sites=probe_sites, folds=int(cfg["folds"]),
+                                                           controls=int(cfg["probe_controls"]),
+                                                           random_features=bool(cfg["random_features"])))
+        run.write_table("probes", probes.table, PROBE_TABLE_DESCRIPTION)
         pairs = inf.make_pairs(prep.pred, int(cfg["n_pairs"]), int(cfg["seed"]))
         patching = step("inference.patch", lambda: inf.patch(prep, sites=patch_sites, span=int(cfg["span"]),
                                                              stride=int(cfg["stride"]), pairs=pairs,
@@ -356,43 +368,86 @@ def _inference(cfg: dict[str, Any], out: Path, pair: Any, quiet: bool, step: Cal
         best = {str(s): g.loc[g.cv_mean.idxmax()] for s, g in emo.groupby("site", sort=False)}
         flips = {str(s): g.loc[g.flip.idxmax()] for s, g in patching.groupby("site", sort=False)}
         summary = {"examples": ex,
-                   "best_probe": {s: {k: _plain(r[k]) for k in ("layer", "cv_mean", "ci_low", "ci_high", "control")}
-                                  for s, r in best.items()},
+                   "best_probe": {s: {k: _plain(r[k]) for k in _BEST_PROBE_KEYS} for s, r in best.items()},
                    "best_patch": {s: {k: _plain(r[k]) for k in ("start", "end", "flip", "flip_low", "flip_high")}
                                   for s, r in flips.items()}}
         run.write_json("summary", summary, "examples kept, best probe layer per site, best patching window per site")
-    lines = [f"emotion probe ({s}): best layer {int(r.layer)} accuracy {r.cv_mean:.2f} {_ci(r.ci_low, r.ci_high)} "
-             f"vs shuffled-label control {r.control:.2f}" for s, r in best.items()]
+    lines = [_probe_line(s, r) for s, r in best.items()]
     lines += [f"patching {s} (windows of {cfg['span']}, stride {cfg['stride']}, {len(pairs)} pairs): "
               + (f"most flips at layers {int(r.start)}–{int(r.end)}: {r.flip:.2f} {_ci(r.flip_low, r.flip_high)}"
                  if r.flip > 0 else "no window flips any pair [0.00, 0.00]") for s, r in flips.items()]
     for line in lines:
         say(line)
-    return lines, _inference_reading(cfg, ex, emo, best, flips, len(pairs)), ["inference"], None
+    return lines, _inference_reading(cfg, ex, emo, best, flips, len(pairs), patching), ["inference"], None
 
 
 def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def _inference_reading(cfg: dict[str, Any], ex: dict, emo: Any, best: dict, flips: dict, n_pairs: int) -> str:
+_BEST_PROBE_KEYS = ("layer", "cv_mean", "ci_low", "ci_high", "control", "control_std", "control_low", "control_high",
+                    "k_controls", "selectivity", "selectivity_low", "selectivity_high", "random_features",
+                    "random_features_low", "random_features_high")
+
+
+def _probe_line(site: str, r: Any) -> str:
+    """The demo's headline of a site's best probe layer: accuracy, the permutation controls, selectivity."""
+    k = int(r.k_controls)
+    line = (f"emotion probe ({site}): best layer {int(r.layer)} accuracy {r.cv_mean:.2f} {_ci(r.ci_low, r.ci_high)} "
+            f"vs label-permutation control {r.control:.2f} ± {r.control_std:.2f} sd {_ci(r.control_low, r.control_high)} "
+            f"({k} permutation{'s' if k > 1 else ''}); selectivity {r.selectivity:+.2f} "
+            f"{_ci_signed(r.selectivity_low, r.selectivity_high)}")
+    if r.random_features == r.random_features:  # not NaN: the random-feature control ran
+        line += f"; random features {r.random_features:.2f} {_ci(r.random_features_low, r.random_features_high)}"
+    return line
+
+
+def _ci_signed(lo: float, hi: float) -> str:
+    return f"[{lo:+.2f}, {hi:+.2f}]"
+
+
+def _stands_out(best_low: float, others_high: Any) -> bool:
+    """Whether the best item's interval lies above every other item's (only then is it ranked first)."""
+    others = [float(h) for h in others_high]
+    return bool(others) and all(best_low > h for h in others)
+
+
+def _inference_reading(cfg: dict[str, Any], ex: dict, emo: Any, best: dict, flips: dict, n_pairs: int,
+                       patching: Any = None) -> str:
     parts = []
     for s, r in best.items():
-        first = emo[(emo.site == s)].sort_values("layer").iloc[0]
-        verdict = ("above its shuffled-label control" if r.ci_low > r.control else
-                   "but its interval still reaches the shuffled-label control, so this size cannot show decoding")
-        parts.append(f"a last-token probe at {s} is most accurate at layer {int(r.layer)}: {r.cv_mean:.2f} "
-                     f"{_ci(r.ci_low, r.ci_high)} cross-validated (layer {int(first.layer)}: {first.cv_mean:.2f}; "
-                     f"control {r.control:.2f}), {verdict}")
-    patch = [(f"{s} at layers {int(r.start)}–{int(r.end)} flips {r.flip:.0%} {_ci(r.flip_low, r.flip_high)}"
-              f"{' (interval above 0)' if r.flip_low > 0 else ''}") if r.flip > 0 else f"{s}: no window flips any pair"
-             for s, r in flips.items()]
+        rows = emo[emo.site == s]
+        first = rows.sort_values("layer").iloc[0]
+        others = rows[rows.layer != r.layer]
+        k = int(r.k_controls)
+        where = (f"probed at layer {int(r.layer)} only" if others.empty else
+                 f"most accurate at layer {int(r.layer)}" if _stands_out(r.ci_low, others.ci_high) else
+                 f"highest at layer {int(r.layer)} (a point estimate: its interval overlaps other layers', so the "
+                 "layers are not ranked)")
+        sel = f"selectivity {r.selectivity:+.2f} {_ci_signed(r.selectivity_low, r.selectivity_high)}"
+        verdict = (f"above its {k} label-permutation control{'s' if k > 1 else ''} ({sel})" if r.selectivity_low > 0
+                   else f"no effect beyond the controls ({sel} includes 0), so this size cannot show decoding")
+        parts.append(f"a last-token probe at {s} is {where}: {r.cv_mean:.2f} {_ci(r.ci_low, r.ci_high)} on held-out "
+                     f"examples (layer {int(first.layer)}: {first.cv_mean:.2f}; control {r.control:.2f} ± "
+                     f"{r.control_std:.2f} sd), {verdict}")
+    patch = []
+    for s, r in flips.items():
+        if r.flip <= 0:
+            patch.append(f"{s}: no window flips any pair")
+            continue
+        others = (patching[(patching.site == s) & (patching.start != r.start)].flip_high
+                  if patching is not None else [])
+        rank = ("" if len(others) == 0 or _stands_out(r.flip_low, others) else
+                " (its interval overlaps other windows', so the windows are not ranked)")
+        above = " (interval above 0)" if r.flip_low > 0 else " (interval reaches 0)"
+        patch.append(f"{s} at layers {int(r.start)}–{int(r.end)} flips {r.flip:.0%} {_ci(r.flip_low, r.flip_high)}"
+                     f"{above}{rank}")
     kept = ("the events it classified correctly" if not cfg["all_examples"] else "all events")
     return (f"On {ex['n_kept']} appraisal events ({kept}; {ex['n_total']} drawn, {cfg['events_per_label']} per "
             f"emotion), {'; '.join(parts)}. Patching a source event's last-token output into a target event of "
             f"another emotion over windows of {cfg['span']} layers every {cfg['stride']} ({n_pairs} pairs), the "
-            f"window that moves most targets to the source's emotion is: {'; '.join(patch)}. Tak et al. find emotion "
-            "readable from the middle layers on and carried by a window of MLP and attention outputs; sizes this "
-            "small show the measurement, not a confirmation.")
+            f"window with the most targets moved to the source's emotion is: {'; '.join(patch)}. Tak et al. find "
+            "emotion readable from the middle layers on and carried by a window of MLP and attention outputs; sizes "
+            "this small show the measurement, not a confirmation.")
 
 

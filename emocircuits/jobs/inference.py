@@ -22,6 +22,16 @@ CALIBRATION_NAMES = tuple("none" if c is False else c for c in CALIBRATIONS)  # 
 COMMANDS = ("probe", "knockout", "patch", "attribute", "promote", "appraisal")
 
 
+PROBE_TABLE_DESCRIPTION = (
+    "site, layer, target, metric, value (80/20) with value_low/high (Wilson 95%), cv_mean (pooled out-of-fold "
+    "accuracy; R2: fold mean), ci_low, ci_high (accuracy: Wilson 95% over the n_oof held-out examples; R2: 95% t "
+    "over folds, upper end clipped at 1, ci_clipped), control (mean of k_controls label permutations) with "
+    "control_std, control_low, control_high, selectivity (cv_mean - control) with selectivity_low/high "
+    "(bootstrap over examples and permutations; R2: paired t over folds), random_features (Gaussian-feature "
+    "control, NaN when off) with its interval, n_train, n_test")
+"""What ``probes.parquet`` holds (the run directory's description of the table)."""
+
+
 def _sites(text: str, allowed: tuple[str, ...]) -> list[str]:
     sites = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in sites if s not in allowed]
@@ -45,7 +55,7 @@ def validate(cmd: str, cfg: dict[str, Any]) -> None:
 
     if cmd not in COMMANDS:
         raise EmocircuitsError(f"Unknown inference command {cmd!r}; use one of {', '.join(COMMANDS)}.")
-    for key in ("span", "stride", "n_pairs", "folds"):
+    for key in ("span", "stride", "n_pairs", "folds", "controls"):
         if key in cfg and int(cfg[key]) < 1:
             raise EmocircuitsError(f"--{key.replace('_', '-')} must be at least 1 (got {cfg[key]}).")
     if "sites" in cfg:
@@ -86,10 +96,11 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
         summary: dict[str, Any] = {"examples": prep.summary()}
         seed = int(config["seed"])
         if cmd == "probe":
+            # runs made before the option had one shuffled-label draw; a config without it gets today's default
             res = inf.probe(prep, sites=_sites(config["sites"], PROBE_SITES), layers=layers,
-                            folds=int(config["folds"]), seed=seed)
-            run.write_table("probes", res.table, "site, layer, target, metric, value (80/20), cv_mean, ci_low, ci_high "
-                            "(95% t over folds), control (shuffled labels), selectivity, n_train, n_test")
+                            folds=int(config["folds"]), seed=seed, controls=int(config.get("controls", 5)),
+                            random_features=bool(config.get("random_features", False)))
+            run.write_table("probes", res.table, PROBE_TABLE_DESCRIPTION)
             names = []
             for kind, dirs in (("emotion", res.emotion_directions), ("appraisal", res.appraisal_directions)):
                 for name, d in dirs.items():
@@ -100,7 +111,8 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
         elif cmd == "knockout":
             t = inf.knockout(prep, sites=_sites(config["sites"], KNOCKOUT_SITES), span=int(config["span"]),
                              stride=int(config.get("stride", 1)), mode=config["mode"], seed=seed)
-            run.write_table("knockout", t, "site, mode, start, end, unchanged, ci_low, ci_high, accuracy, n")
+            run.write_table("knockout", t, "site, mode, start, end, unchanged, ci_low, ci_high, accuracy, n, "
+                            "accuracy_low, accuracy_high (Wilson 95%)")
             summary["most_disruptive"] = t.loc[t.groupby("site")["unchanged"].idxmin()].to_dict("records")
         elif cmd in ("patch", "attribute"):
             sites = _sites(config["sites"], PROBE_SITES)
@@ -127,12 +139,13 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
                     summary["spearman"] = cmp_.to_dict("records")
         else:
             win = layers or layer_range(spec.n_layers, "middle")[:3]
-            pr = inf.probe(prep, sites=["resid.post"], layers=win, folds=2, seed=42)
+            pr = inf.probe(prep, sites=["resid.post"], layers=win, folds=2, seed=42, controls=1)  # weights only
             if cmd == "promote":
                 t, ctrl = inf.promote(prep, pr.emotion_directions, layers=win, betas=_floats(config["betas"], "betas"),
                                       n_random=int(config["n_random"]), seed=seed, rms_scaled=config["rms_scaled"])
                 run.write_table("promotion", t, "emotion, beta, base_share, steered_share, success, random_mean, "
-                                "random_low, random_high, percentile")
+                                "random_low, random_high, percentile, base_share_low/high and steered_share_low/high "
+                                "(Wilson 95%)")
                 run.write_table("promotion_controls", ctrl, "emotion, beta, control, success")
                 summary["promotion"] = t.to_dict("records")
             else:

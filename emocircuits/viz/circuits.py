@@ -109,7 +109,8 @@ def valence_consistency(cos_valences: pd.DataFrame, control: pd.DataFrame | None
 
 
 def head_importance(head_scores: pd.DataFrame, *, emotions: list[str] | None = None, cols: int = 3) -> go.Figure:
-    """Layer × head grids of head importance (drop of the resid.mid projection), one panel per emotion."""
+    """Layer × head grids of head importance (drop of the MLP input's projection, or of resid.mid's with
+    ``head_score="resid"``), one panel per emotion."""
     df = _need(head_scores, ["emotion", "layer", "head", "score"], "head_importance")
     emos = emotions or order_labels(df.emotion)
     cols = max(1, min(cols, len(emos)))
@@ -124,8 +125,8 @@ def head_importance(head_scores: pd.DataFrame, *, emotions: list[str] | None = N
                       row=i // cols + 1, col=i % cols + 1)
     fig.update_xaxes(title_text="head")
     fig.update_yaxes(title_text="layer")
-    return _style(fig, "Head importance per emotion", "drop of ⟨resid.mid, v_e⟩ at the last token when the head "
-                  "is zeroed", height=320 * rows + 80)
+    return _style(fig, "Head importance per emotion", "drop of ⟨MLP input, v_e⟩ (head score mlp_in) or "
+                  "⟨resid.mid, v_e⟩ (resid) at the last token when the head is zeroed", height=320 * rows + 80)
 
 
 def neuron_contribution_by_layer(neuron_scores: pd.DataFrame, *, top: int = 10, colors: Colors = None) -> go.Figure:

@@ -36,24 +36,44 @@ def _need(df: Any, cols: list[str], what: str) -> pd.DataFrame:
 
 
 def probe_by_layer(table: pd.DataFrame, target: str = "emotion") -> go.Figure:
-    """Probe score (accuracy for emotion, R² for an appraisal) by layer, one line per site with its CV band,
-    and the shuffled-label control dashed."""
+    """Probe score (accuracy for emotion, R² for an appraisal) by layer, one line per site with its 95% band,
+    and the control (mean of the label permutations, with its band when the table has one) dotted.
+
+    Accuracy bands are drawn inside [0, 1] and R² bands at or below 1: tables written before the intervals
+    were range-aware (a t-interval over folds) are clipped, and the title says so."""
     t = _need(table, ["site", "layer", "target", "value", "cv_mean", "ci_low", "ci_high", "control"], "probe_by_layer")
     t = t[t.target == target].sort_values("layer")
     if t.empty:
         raise EmocircuitsError(f"No probe rows for target {target!r}; targets here: {sorted(table.target.unique())}.")
+    metric = t.metric.iloc[0] if "metric" in t else "score"
+    low = 0.0 if metric == "accuracy" else None
+    clipped = False
     fig = go.Figure()
     for site, g in t.groupby("site"):
         c = SITE_COLORS.get(site, "#333333")
-        fig.add_trace(go.Scatter(x=list(g.layer) + list(g.layer[::-1]), y=list(g.ci_high) + list(g.ci_low[::-1]),
+        lo, hi = g.ci_low.clip(lower=low, upper=1.0), g.ci_high.clip(lower=low, upper=1.0)
+        clipped |= bool((lo != g.ci_low).any() or (hi != g.ci_high).any())
+        fig.add_trace(go.Scatter(x=list(g.layer) + list(g.layer[::-1]), y=list(hi) + list(lo[::-1]),
                                  fill="toself", line={"width": 0}, fillcolor=c, opacity=0.15, hoverinfo="skip",
                                  showlegend=False))
-        fig.add_trace(go.Scatter(x=g.layer, y=g.cv_mean, mode="lines+markers", name=f"{site} (CV mean)",
-                                 line={"color": c}))
-        fig.add_trace(go.Scatter(x=g.layer, y=g.control, mode="lines", name=f"{site} control",
+        fig.add_trace(go.Scatter(x=g.layer, y=g.cv_mean, mode="lines+markers", name=f"{site} (CV)",
+                                 line={"color": c}, customdata=list(zip(lo, hi, strict=True)),
+                                 hovertemplate="layer %{x}: %{y:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}]"
+                                               "<extra></extra>"))
+        k = int(g.k_controls.max()) if "k_controls" in g and g.k_controls.notna().any() else 1
+        if {"control_low", "control_high"} <= set(g.columns) and g.control_low.notna().any():
+            fig.add_trace(go.Scatter(x=list(g.layer) + list(g.layer[::-1]),
+                                     y=list(g.control_high) + list(g.control_low[::-1]), fill="toself",
+                                     line={"width": 0}, fillcolor=CONTROL_COLOR, opacity=0.12, hoverinfo="skip",
+                                     showlegend=False))
+        name = f"{site} control (mean of {k} label permutations)" if k > 1 else f"{site} control (shuffled labels)"
+        fig.add_trace(go.Scatter(x=g.layer, y=g.control, mode="lines", name=name,
                                  line={"color": c, "dash": "dot", "width": 1}))
-    metric = t.metric.iloc[0] if "metric" in t else "score"
-    fig.update_layout(title=f"Probe {metric} by layer — {target}", xaxis_title="layer", yaxis_title=metric,
+        if "random_features" in g and g.random_features.notna().any():
+            fig.add_trace(go.Scatter(x=g.layer, y=g.random_features, mode="lines", name=f"{site} random features",
+                                     line={"color": CONTROL_COLOR, "dash": "dash", "width": 1}))
+    note = " (band clipped to the metric's range: a fold t-interval)" if clipped else ""
+    fig.update_layout(title=f"Probe {metric} by layer — {target}{note}", xaxis_title="layer", yaxis_title=metric,
                       template="plotly_white")
     return fig
 

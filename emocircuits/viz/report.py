@@ -363,8 +363,10 @@ def _inference_rules() -> list[FigureRule]:
 
     return [
         FigureRule(("probes.parquet",), "Emotion probe accuracy by layer", lambda f: I.probe_by_layer(f.table("probes.parquet")),
-                   "Logistic-regression accuracy per layer and site (cross-validated mean, 95% CI band); dotted: "
-                   "the same probe on shuffled labels."),
+                   "Logistic-regression accuracy per layer and site (pooled held-out predictions of the CV, Wilson "
+                   "95% band inside [0, 1]); dotted: the same probe on permuted labels (mean of the permutations, "
+                   "grey band: its 95% interval). A layer decodes beyond the controls only where selectivity's "
+                   "interval (probes.parquet) excludes 0; overlapping bands do not rank layers."),
         FigureRule(("knockout.parquet",), "Knockout windows",
                    lambda f: I.window_heatmap(f.table("knockout.parquet"), "unchanged", "Share of predictions unchanged "
                                               "when a layer window's last-token output is knocked out"),

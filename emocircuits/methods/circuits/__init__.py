@@ -58,11 +58,15 @@ from emocircuits.methods.circuits.influence import (  # noqa: F401
     sublayer_sigma,
 )
 from emocircuits.methods.circuits.local_components import (  # noqa: F401
+    HEAD_SCORES,
     KINDS,
     PROMPT_USES,
     ComponentsResult,
     head_contributions,
+    head_norm_drops,
+    head_reads,
     head_scores_ablation,
+    head_scores_captured,
     head_scores_onepass,
     local_components,
     neuron_contributions,

@@ -25,6 +25,7 @@ from emocircuits.methods.inference.prepare import (  # noqa: F401
 )
 from emocircuits.methods.inference.probes import (  # noqa: F401
     ProbeResult,
+    label_permutations,
     probe,
     probe_activations,
 )

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from emocircuits.base.constants import KNOCKOUT_SITES, PROBE_SITES
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.base.stats import mean_ci
+from emocircuits.base.stats import mean_ci, wilson_interval
 from emocircuits.core.interventions import (
     GradTap,
     Intervention,
@@ -43,7 +43,8 @@ def knockout(prep: Prepared, *, sites: Sequence[str] = KNOCKOUT_SITES, span: int
 
     ``mode="zero"``: ``ScaleSite(factor=0)``; ``"noise"``: norm-matched Gaussian noise (seeded per prompt).
     Table: ``site, mode, start, end, unchanged`` (share of predictions equal to the clean ones),
-    ``ci_low, ci_high`` (bootstrap over examples), ``accuracy`` (share correct), ``n``.
+    ``ci_low, ci_high`` (bootstrap over examples, inside [0, 1]), ``accuracy`` (share correct) with
+    ``accuracy_low, accuracy_high`` (Wilson 95%), ``n``.
     """
     sites = _check_sites(sites, ("attn.out", "mlp.out", "resid.post", "resid.mid"))
     if mode not in KNOCKOUT_MODES:
@@ -55,8 +56,11 @@ def knockout(prep: Prepared, *, sites: Sequence[str] = KNOCKOUT_SITES, span: int
                                 else Noise(site, w, positions="last", seed=seed))
             pred = prep.predict(iv).argmax(-1).numpy()
             m, lo, hi = mean_ci((pred == prep.pred).astype(float), n_boot=n_boot, seed=seed)
+            hits = int((pred == prep.true).sum())
+            a_lo, a_hi = wilson_interval(hits, len(prep))
             rows.append({"site": site, "mode": mode, "start": w[0], "end": w[-1], "unchanged": m, "ci_low": lo,
-                         "ci_high": hi, "accuracy": float((pred == prep.true).mean()), "n": len(prep)})
+                         "ci_high": hi, "accuracy": hits / len(prep), "n": len(prep), "accuracy_low": a_lo,
+                         "accuracy_high": a_hi})
     return pd.DataFrame(rows)
 
 

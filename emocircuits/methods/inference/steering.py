@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.stats import wilson_interval
 from emocircuits.core.components import Direction
 from emocircuits.core.interventions import (
     AddDirection,
@@ -47,7 +48,8 @@ def promote(prep: Prepared, directions: Mapping[str, Direction], *, layers: Sequ
     ``(s − p)/p`` when falling). Controls: ``n_random`` random unit directions (one per run, the same at
     every layer), same β; one pass per control serves every emotion. Returns
     ``(table, controls)``: table ``emotion, beta, base_share, steered_share, success, random_mean,
-    random_low, random_high, percentile``; controls ``emotion, beta, control, success``.
+    random_low, random_high, percentile`` and the shares' Wilson 95% intervals (``base_share_low, _high``,
+    ``steered_share_low, _high``); controls ``emotion, beta, control, success``.
     """
     if n_random < 0:
         raise EmocircuitsError(f"n_random must be at least 0 (got {n_random}).")
@@ -75,8 +77,12 @@ def promote(prep: Prepared, directions: Mapping[str, Direction], *, layers: Sequ
             sh = _shares(prep.predict(iv).argmax(-1).numpy(), len(labs))
             s = _success(base[j], sh[j])
             c = controls[(controls.emotion == e) & (controls.beta == float(beta))]["success"].to_numpy()
+            n = len(prep)
+            b_lo, b_hi = wilson_interval(round(base[j] * n), n)
+            s_lo, s_hi = wilson_interval(round(sh[j] * n), n)
             rows.append({"emotion": e, "beta": float(beta), "base_share": float(base[j]), "steered_share": float(sh[j]),
-                         "success": s, "random_mean": float(c.mean()) if len(c) else float("nan"),
+                         "base_share_low": b_lo, "base_share_high": b_hi, "steered_share_low": s_lo,
+                         "steered_share_high": s_hi, "success": s, "random_mean": float(c.mean()) if len(c) else float("nan"),
                          "random_low": float(np.quantile(c, 0.025)) if len(c) else float("nan"),
                          "random_high": float(np.quantile(c, 0.975)) if len(c) else float("nan"),
                          "percentile": float((c < s).mean() * 100) if len(c) else float("nan")})
