@@ -209,3 +209,24 @@ def test_bad_input_is_one_sentence(tiny_llama):
     with pytest.raises(EmocircuitsError, match="Unknown intervention type"):
         Intervention.from_dict({"type": "Explode"})
     assert active_hook_count(bridge) == 0
+
+
+def test_interventions_save_in_the_components_format(tmp_path):
+    """One save format for value objects: a JSON header naming tensors, the tensors in safetensors beside it."""
+    import json
+
+    from emocircuits.core.components import Direction
+    from emocircuits.core.interventions import AddDirection, AddToNeurons, Intervention, ZeroHeads
+    from emocircuits.core.units import HeadSet, NeuronSet
+
+    shift = {0: torch.arange(2.0), 2: torch.ones(1)}
+    combo = (AddToNeurons(NeuronSet({0: (1, 3), 2: (0,)}), shift, 0.5, "last")
+             + ZeroHeads(HeadSet(((1, 0),))) + AddDirection({1: torch.randn(8)}, "resid.post", (1,), 2.0))
+    path = combo.save(tmp_path / "combo")
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "emocircuits.component" and (tmp_path / "combo.safetensors").is_file()
+    assert "__tensor__" in json.dumps(doc) and "[0.0, 1.0]" not in json.dumps(doc)  # tensors by name, not inline
+    assert Intervention.load(tmp_path / "combo") == combo
+    direction = Direction({"resid.post": {0: torch.ones(4)}}, "d")
+    direction.save(tmp_path / "d")
+    assert json.loads((tmp_path / "d.json").read_text())["format"] == doc["format"]

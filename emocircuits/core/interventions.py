@@ -20,6 +20,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -27,7 +28,7 @@ import torch
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import spec_of
 from emocircuits.core.sites import SITES, hook_name, neuron_write_site, reading_fn, site_info
-from emocircuits.core.units import HeadSet, NeuronSet
+from emocircuits.core.units import HeadSet, NeuronSet, Store, _get, _put, read_value, write_value
 
 Positions = str | tuple[int, ...]
 
@@ -212,17 +213,8 @@ class Intervention:
     def apply(self, model: Any) -> Iterator[Intervention]:
         """Attach the hooks for the duration of the block; they are removed even on exceptions."""
         pairs = self.hooks(model)  # validates before anything is attached
-        handles = []
-        try:
-            for name, fn in pairs:
-                point = model.hook_dict[name]
-                handles.append((point, point.add_hook(_wrap(fn))))
+        with attached(model, [(name, _wrap(fn)) for name, fn in pairs]):
             yield self
-        finally:
-            for point, handle in reversed(handles):
-                handle.hook.remove()
-                if handle in point.fwd_hooks:
-                    point.fwd_hooks.remove(handle)
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
@@ -235,20 +227,32 @@ class Intervention:
         right = other.items if isinstance(other, Compose) else (other,)
         return Compose(tuple(left) + tuple(right))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, store: Store | None = None) -> dict[str, Any]:
+        """A JSON-able doc; tensors go into ``store`` (``{name: Tensor}``) and the doc names them, or, without
+        a store, are written inline as nested lists."""
         out: dict[str, Any] = {"type": type(self).__name__}
         for f in fields(self):
-            out[f.name] = _encode(getattr(self, f.name))
+            out[f.name] = _encode(getattr(self, f.name), store, f.name)
         return out
 
     @staticmethod
-    def from_dict(data: Mapping[str, Any]) -> Intervention:
-        data = dict(data)
+    def from_dict(data: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | None = None) -> Intervention:
+        data = {k: v for k, v in data.items() if k not in ("format", "version", "tensors")}
         name = data.pop("type", None)
         if name not in _REGISTRY:
             raise EmocircuitsError(f"Unknown intervention type {name!r}; known types are {sorted(_REGISTRY)}.")
         cls = _REGISTRY[name]
-        return cls(**{k: _decode(v) for k, v in data.items()})
+        return cls(**{k: _decode(v, tensors or {}) for k, v in data.items()})
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path.json`` and ``path.safetensors``, the same format components use; returns the JSON path."""
+        store: Store = {}
+        return write_value(path, type(self).__name__, self.to_dict(store), store)
+
+    @staticmethod
+    def load(path: str | Path) -> Intervention:
+        """Read what ``save(path)`` wrote."""
+        return Intervention.from_dict(*read_value(path, "intervention"))
 
 
 def _wrap(fn: HookFn) -> Callable[..., torch.Tensor | None]:
@@ -258,35 +262,40 @@ def _wrap(fn: HookFn) -> Callable[..., torch.Tensor | None]:
     return hook
 
 
-def _encode(value: Any) -> Any:
+def _encode(value: Any, store: Store | None, name: str) -> Any:
     if isinstance(value, torch.Tensor):
-        return {"__tensor__": value.detach().cpu().tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+        dtype = str(value.dtype).removeprefix("torch.")
+        if store is None:
+            return {"__tensor__": value.detach().cpu().tolist(), "dtype": dtype}
+        return {"__tensor__": _put(store, name, value), "dtype": dtype}
     if isinstance(value, NeuronSet):
         return {"__neurons__": value.pairs()}
     if isinstance(value, HeadSet):
         return {"__heads__": [list(h) for h in value.heads]}
     if isinstance(value, Intervention):
-        return value.to_dict()
+        return value.to_dict(store)
     if isinstance(value, tuple | list):
-        return [_encode(v) for v in value]
+        return [_encode(v, store, f"{name}.{i}") for i, v in enumerate(value)]
     if isinstance(value, Mapping):
-        return {str(k): _encode(v) for k, v in value.items()}
+        return {str(k): _encode(v, store, f"{name}.{k}") for k, v in value.items()}
     return value
 
 
-def _decode(value: Any) -> Any:
+def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     if isinstance(value, Mapping):
         if "__tensor__" in value:
+            if isinstance(value["__tensor__"], str):  # a name in the tensor store
+                return _get(tensors, value["__tensor__"])
             return torch.tensor(value["__tensor__"], dtype=getattr(torch, value["dtype"]))
         if "__neurons__" in value:
             return NeuronSet.from_pairs(value["__neurons__"])
         if "__heads__" in value:
             return HeadSet(tuple(tuple(h) for h in value["__heads__"]))
         if "type" in value and value["type"] in _REGISTRY:
-            return Intervention.from_dict(value)
-        return {(int(k) if str(k).lstrip("-").isdigit() else k): _decode(v) for k, v in value.items()}
+            return Intervention.from_dict(value, tensors)
+        return {(int(k) if str(k).lstrip("-").isdigit() else k): _decode(v, tensors) for k, v in value.items()}
     if isinstance(value, list):
-        return tuple(_decode(v) for v in value)
+        return tuple(_decode(v, tensors) for v in value)
     return value
 
 
@@ -607,21 +616,12 @@ class Noise(Intervention):
 
 
 @contextlib.contextmanager
-def observe(model: Any, site: str, layers: Sequence[int],
-            callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
-    """Call ``callback(layer, value)`` with the site's reading on every forward pass; stores nothing.
-
-    ``value`` is ``[batch, pos, ...]`` after the site's reading transform (e.g. act(gate) for
-    ``neuron.silu_only``). Hooks are removed on exit.
-    """
-    read = reading_fn(model, site)
-    names = [(layer, hook_name(model, site, layer)) for layer in layers]
+def attached(model: Any, pairs: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+    """The one place hooks are attached: ``(hook name, fn)`` pairs for the duration of the block, removed in
+    reverse order on exit, exceptions included."""
     handles = []
     try:
-        for layer, name in names:
-            def fn(x: torch.Tensor, hook: Any = None, _layer: int = layer) -> None:
-                callback(_layer, read(x))
-
+        for name, fn in pairs:
             point = model.hook_dict[name]
             handles.append((point, point.add_hook(fn)))
         yield
@@ -630,6 +630,25 @@ def observe(model: Any, site: str, layers: Sequence[int],
             handle.hook.remove()
             if handle in point.fwd_hooks:
                 point.fwd_hooks.remove(handle)
+
+
+@contextlib.contextmanager
+def observe(model: Any, site: str, layers: Sequence[int],
+            callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    """Call ``callback(layer, value)`` with the site's reading on every forward pass; stores nothing.
+
+    ``value`` is ``[batch, pos, ...]`` after the site's reading transform (e.g. act(gate) for
+    ``neuron.silu_only``). Hooks are removed on exit.
+    """
+    read = reading_fn(model, site)
+
+    def reader(layer: int) -> HookFn:
+        def fn(x: torch.Tensor, hook: Any = None) -> None:
+            callback(layer, read(x))
+        return fn
+
+    with attached(model, [(hook_name(model, site, layer), reader(layer)) for layer in layers]):
+        yield
 
 
 @contextlib.contextmanager
@@ -682,16 +701,11 @@ def run_until(model: Any, model_input: torch.Tensor, site: str, layer: int | Non
     def stop(x: torch.Tensor, hook: Any = None) -> None:
         raise _ForwardStopped
 
-    point = model.hook_dict[name]
-    handle = point.add_hook(stop)  # attached last, so it runs after every other hook on this point
-    try:
-        model(model_input, **forward_kwargs)
-    except _ForwardStopped:
-        pass
-    finally:
-        handle.hook.remove()
-        if handle in point.fwd_hooks:
-            point.fwd_hooks.remove(handle)
+    with attached(model, [(name, stop)]):  # attached last, so it runs after every other hook on this point
+        try:
+            model(model_input, **forward_kwargs)
+        except _ForwardStopped:
+            pass
 
 
 def _shift_map(shift: Mapping[int, Any]) -> dict[int, torch.Tensor]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from emocircuits.base.constants import SUBLAYER_SITES
 from emocircuits.base.errors import EmocircuitsError
@@ -55,33 +56,38 @@ class Component:
 
     def save(self, path: str | Path) -> Path:
         """Write ``path.json`` and ``path.safetensors`` (atomically, tensors first); returns the JSON path."""
-
-        json_path, tensor_path = _paths(path)
         store: Store = {}
-        doc = self.to_dict(store)
-        write_tensors(tensor_path, store, metadata={"format": FORMAT, "type": type(self).__name__})
-        write_json(json_path, {"format": FORMAT, "version": VERSION, **doc, "tensors": tensor_path.name})
-        return json_path
+        return write_value(path, type(self).__name__, self.to_dict(store), store)
 
     @classmethod
     def load(cls, path: str | Path) -> Any:
         """Read what ``save(path)`` wrote (``path`` with or without the ``.json`` suffix)."""
-        json_path, tensor_path = _paths(path)
-        if not json_path.exists():
-            raise EmocircuitsError(f"No component file at {json_path}; write one with .save(path) first.")
-        try:
-            doc = json.loads(json_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise EmocircuitsError(f"{json_path} line {exc.lineno} is not valid JSON; save the component again.") from None
-        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-            raise EmocircuitsError(f"{json_path} is not an emocircuits component file (format {FORMAT} "
-                                   f"version {VERSION}); save the component again.")
-        tensors: dict[str, torch.Tensor] = {}
-        if tensor_path.exists():
-            from safetensors.torch import load_file
+        return cls.from_dict(*read_value(path, "component"))
 
-            tensors = load_file(str(tensor_path))
-        return cls.from_dict(doc, tensors)
+
+def write_value(path: str | Path, type_name: str, doc: Mapping[str, Any], store: Store) -> Path:
+    """The one save format of value objects (components and interventions): ``path.json`` (the doc, where each
+    tensor is a name) beside ``path.safetensors`` (the tensors), each written atomically, tensors first."""
+    json_path, tensor_path = _paths(path)
+    write_tensors(tensor_path, store, metadata={"format": FORMAT, "type": type_name})
+    write_json(json_path, {"format": FORMAT, "version": VERSION, **doc, "tensors": tensor_path.name})
+    return json_path
+
+
+def read_value(path: str | Path, what: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(doc, tensors)`` of a file :func:`write_value` wrote; one sentence when it is missing or not ours."""
+    json_path, tensor_path = _paths(path)
+    if not json_path.exists():
+        raise EmocircuitsError(f"No {what} file at {json_path}; write one with .save(path) first.")
+    try:
+        doc = json.loads(json_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EmocircuitsError(f"{json_path} line {exc.lineno} is not valid JSON; save the {what} again.") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise EmocircuitsError(f"{json_path} is not an emocircuits {what} file (format {FORMAT} "
+                               f"version {VERSION}); save the {what} again.")
+    tensors: dict[str, torch.Tensor] = load_file(str(tensor_path)) if tensor_path.exists() else {}
+    return doc, tensors
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:

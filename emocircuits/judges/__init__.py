@@ -24,6 +24,7 @@ from emocircuits.judges.panel import (  # noqa: F401
     check_judge_name,
     get_judge,
     judge_dataset,
+    judge_panel,
 )
 from emocircuits.judges.protocol import (  # noqa: F401
     NONE,

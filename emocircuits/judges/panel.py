@@ -83,6 +83,19 @@ def get_judge(name: str, *, model: Any = None, labels: Sequence[str] = EKMAN6, *
         raise EmocircuitsError(f"Judge {name!r} got an unknown option ({exc}); check the option names.") from exc
 
 
+def judge_panel(judges: Sequence[Any], *, model: Any = None, emotions: Sequence[str] = EKMAN6) -> list[Judge]:
+    """Judges from names (:func:`get_judge`) or ready judge objects, kept in order; the one way analyses build them.
+
+    A judge reads with Ekman's six labels whenever ``emotions`` are among them, so a reply steered toward one
+    emotion is judged against all six (a one-label judge could only agree); other schemes are read as given.
+    """
+    labels = tuple(EKMAN6) if set(emotions) <= set(EKMAN6) else tuple(emotions)
+    out = [get_judge(j, model=model, labels=labels) if isinstance(j, str) else j for j in judges]
+    if not out:
+        raise EmocircuitsError("No judges given; pass at least one judge (e.g. lexicon).")
+    return out
+
+
 def accuracy(frame: pd.DataFrame, targets: Sequence[str]) -> dict[str, Any]:
     """Share of rows where ``predicted == target``: ``accuracy``, ``per_label`` (per target), ``none_rate``, ``n``."""
     if len(frame) != len(targets):

@@ -35,6 +35,7 @@ from emocircuits.methods.circuits.elicit import (  # noqa: F401
     elicitation_items,
     judge_replies,
     messages,
+    pooled_accuracy,
     prompt_ids,
     select_skeletons,
 )

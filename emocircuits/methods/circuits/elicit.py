@@ -16,7 +16,7 @@ from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.stats import accuracy_ci
 from emocircuits.core.generation import encode_prompts, generate
 from emocircuits.core.runner import Runner
-from emocircuits.judges.panel import get_judge
+from emocircuits.judges.panel import judge_panel
 
 SYSTEM_TEMPLATE = "Always reply in {emotion}. Keep the reply to at most two sentences."
 
@@ -117,16 +117,6 @@ class Elicitation:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _judge_objects(judges: Sequence[Any], model: Any, emotions: Sequence[str]) -> list[Any]:
-
-    out = []
-    for j in judges:
-        out.append(get_judge(j, model=model, labels=tuple(emotions)) if isinstance(j, str) else j)
-    if not out:
-        raise EmocircuitsError("No judges given; pass at least one judge (e.g. lexicon).")
-    return out
-
-
 def judge_replies(replies: pd.DataFrame, judges: Sequence[Any], *, accept: str = "first", n_boot: int = 1000,
                   seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Judge ``replies.reply`` against ``replies.emotion`` with judge objects; returns
@@ -164,25 +154,29 @@ def judge_replies(replies: pd.DataFrame, judges: Sequence[Any], *, accept: str =
     return replies, verdict_df, accuracy_table(verdict_df, n_boot=n_boot, seed=seed)
 
 
+def pooled_accuracy(frame: pd.DataFrame, correct: str, *, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Share of ``frame[correct]`` per emotion × valence, plus pooled ``"all"`` rows, with bootstrap 95% CIs over
+    rows: ``[{emotion, valence, n, accuracy, ci_low, ci_high}, ...]`` (emotions and valences in first-seen order)."""
+    rows = []
+    for e in list(dict.fromkeys(frame["emotion"])) + ["all"]:
+        for v in list(dict.fromkeys(frame["valence"])) + ["all"]:
+            m = np.ones(len(frame), dtype=bool)
+            if e != "all":
+                m &= (frame["emotion"] == e).to_numpy()
+            if v != "all":
+                m &= (frame["valence"] == v).to_numpy()
+            ok = frame[correct].to_numpy()[m].astype(np.float64)
+            lo, hi = accuracy_ci(ok, n_boot, seed) if len(ok) else (math.nan, math.nan)
+            rows.append({"emotion": e, "valence": v, "n": int(len(ok)),
+                         "accuracy": float(ok.mean()) if len(ok) else math.nan, "ci_low": lo, "ci_high": hi})
+    return rows
+
+
 def accuracy_table(verdicts: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Share judged as the target per judge × emotion × valence (plus pooled ``"all"`` rows), with
     bootstrap 95% CIs over prompts: ``judge, emotion, valence, n, accuracy, ci_low, ci_high``."""
-    rows = []
-    for judge, jd in verdicts.groupby("judge", sort=False):
-        emos = list(dict.fromkeys(jd["emotion"])) + ["all"]
-        vals = list(dict.fromkeys(jd["valence"])) + ["all"]
-        for e in emos:
-            for v in vals:
-                m = np.ones(len(jd), dtype=bool)
-                if e != "all":
-                    m &= (jd["emotion"] == e).to_numpy()
-                if v != "all":
-                    m &= (jd["valence"] == v).to_numpy()
-                ok = jd["correct"].to_numpy()[m].astype(np.float64)
-                lo, hi = accuracy_ci(ok, n_boot, seed) if len(ok) else (math.nan, math.nan)
-                rows.append({"judge": judge, "emotion": e, "valence": v, "n": int(len(ok)),
-                             "accuracy": float(ok.mean()) if len(ok) else math.nan, "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"judge": judge, **row} for judge, jd in verdicts.groupby("judge", sort=False)
+                         for row in pooled_accuracy(jd, "correct", n_boot=n_boot, seed=seed)])
 
 
 def elicit(model: Any, data: Sequence[Any], *, emotions: Sequence[str] = EKMAN6, valences: Sequence[str] = VALENCES,
@@ -194,7 +188,7 @@ def elicit(model: Any, data: Sequence[Any], *, emotions: Sequence[str] = EKMAN6,
     objects; ``accept``: ``first`` (the first judge agrees), ``all``, ``any`` or a judge name."""
 
     items = elicitation_items(data, emotions=emotions, valences=valences, limit=limit)
-    judge_objs = _judge_objects(judges, model, emotions)
+    judge_objs = judge_panel(judges, model=model, emotions=emotions)
     gen = generate(model, messages(items), max_new_tokens=max_new_tokens, max_tokens=max_tokens, progress=progress)
     items["reply"] = [t.strip() for t in gen.texts]
     items["finish"] = gen.finish

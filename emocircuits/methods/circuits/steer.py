@@ -32,17 +32,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.seeds import derive_seed
-from emocircuits.base.stats import accuracy_ci
 from emocircuits.core.components import Circuit, Direction
 from emocircuits.core.generation import encode_prompts, generate
 from emocircuits.core.interventions import AddDirection
 from emocircuits.core.models import spec_of
 from emocircuits.core.runner import Runner
-from emocircuits.judges.panel import get_judge
-from emocircuits.methods.circuits.elicit import SYSTEM_TEMPLATE
+from emocircuits.judges.panel import judge_panel
+from emocircuits.methods.circuits.elicit import SYSTEM_TEMPLATE, pooled_accuracy
 from emocircuits.methods.circuits.influence import NEUTRAL_SYSTEM, neutral_items
 from emocircuits.methods.circuits.local_components import random_heads
 from emocircuits.methods.neurons.find import random_control
@@ -190,37 +188,12 @@ class SteerResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _judges(judges: Sequence[Any], model: Any, emotions: Sequence[str]) -> list[Any]:
-
-    labels = tuple(EKMAN6) if set(emotions) <= set(EKMAN6) else tuple(emotions)
-    out = [get_judge(j, model=model, labels=labels) if isinstance(j, str) else j for j in judges]
-    if not out:
-        raise EmocircuitsError("No judges given; pass at least one judge (e.g. lexicon).")
-    return out
-
-
 def steer_accuracy(replies: pd.DataFrame, judge_names: Sequence[str], *, n_boot: int = 1000,
                    seed: int = 0) -> pd.DataFrame:
     """Accuracy per judge × method × emotion × valence (``"all"`` pooled) with bootstrap 95% CIs."""
-
-    rows = []
-    for judge in judge_names:
-        col = f"correct_{judge}"
-        for method, md in replies.groupby("method", sort=False):
-            emos = list(dict.fromkeys(md["emotion"])) + ["all"]
-            vals = list(dict.fromkeys(md["valence"])) + ["all"]
-            for e in emos:
-                for v in vals:
-                    m = np.ones(len(md), dtype=bool)
-                    if e != "all":
-                        m &= (md["emotion"] == e).to_numpy()
-                    if v != "all":
-                        m &= (md["valence"] == v).to_numpy()
-                    ok = md[col].to_numpy()[m].astype(np.float64)
-                    lo, hi = accuracy_ci(ok, n_boot, seed) if len(ok) else (math.nan, math.nan)
-                    rows.append({"judge": judge, "method": method, "emotion": e, "valence": v, "n": int(len(ok)),
-                                 "accuracy": float(ok.mean()) if len(ok) else math.nan, "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"judge": judge, "method": method, **row} for judge in judge_names
+                         for method, md in replies.groupby("method", sort=False)
+                         for row in pooled_accuracy(md, f"correct_{judge}", n_boot=n_boot, seed=seed)])
 
 
 def steer_quality(replies: pd.DataFrame) -> pd.DataFrame:
@@ -320,7 +293,7 @@ def steer_compare(model: Any, prompts: pd.DataFrame, *, emotions: Sequence[str] 
             f.insert(0, "method", m)
             frames.append(f)
     replies = pd.concat(frames, ignore_index=True)
-    judge_objs = _judges(judges, model, emotions)
+    judge_objs = judge_panel(judges, model=model, emotions=emotions)
     texts = replies["reply"].astype(str).tolist()
     targets = replies["emotion"].astype(str).tolist()
     for j in judge_objs:

@@ -18,8 +18,9 @@ from emocircuits.core.generation import generate
 from emocircuits.core.interventions import ScaleHeads, ScaleNeurons
 from emocircuits.core.models import spec_of
 from emocircuits.core.units import HeadSet, NeuronSet
+from emocircuits.judges.panel import judge_panel
 from emocircuits.methods.circuits.directions import capture_last, reference_direction
-from emocircuits.methods.circuits.elicit import _judge_objects, messages, prompt_ids
+from emocircuits.methods.circuits.elicit import messages, prompt_ids
 from emocircuits.methods.circuits.local_components import prompt_rows, random_heads
 from emocircuits.methods.neurons.find import random_control
 
@@ -87,7 +88,7 @@ def judged_cell(model: Any, items: pd.DataFrame, emotion: str, kind: str, comp: 
     ``emotion``. Returns ``judged_base, judged_top, judged_random`` (share judged as ``emotion``) and
     ``judged_diff, judged_ci_low, judged_ci_high`` (bootstrap over prompts of top − random)."""
 
-    judge_obj = _judge_objects([judge], model, EKMAN6)[0]
+    judge_obj = judge_panel([judge], model=model, emotions=EKMAN6)[0]
     msgs = messages(items)
 
     def correct(intervention: Any) -> np.ndarray:
