@@ -94,10 +94,12 @@ def test_prefix_reuse_on_embedded_model(smol):
     kw = dict(reading="gated", tokens="all", template="chat_lee", max_tokens=700)  # 6 texts in 2 batches
     shared, whole = _stats(model, data, True, **kw), _stats(model, data, False, **kw)
     assert torch.equal(shared.totals, whole.totals)
-    n_diff = int((shared.counts != whole.counts).sum())
-    # a real model's value within float rounding of 0 may flip between two matmul shapes: allow a handful
-    # out of ~276k counts (30 layers x 1536 neurons x 6 emotions)
-    assert n_diff <= 10, n_diff
+    gap = (shared.counts.long() - whole.counts.long()).abs()
+    n_diff = int((gap > 0).sum())
+    # a real model's value within float rounding of 0 may flip between two matmul shapes: each flip moves one
+    # count by one, and flips stay rare (at most 1 in 10,000 of the ~276k counts: 30 layers x 1536 neurons x
+    # 6 emotions; 12 were seen with transformers 5.23 and torch 2.13 on a 2-core machine)
+    assert int(gap.max()) <= 1 and n_diff <= 1e-4 * gap.numel(), (int(gap.max()), n_diff)
     preds = {}
     for share in (True, False):
         ro = LabelReadout(model, data.labels, "chat_lee", share_prefix=share)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from emocircuits.base.constants import DEFAULT_TEMPLATE, EKMAN6, LABEL_ALIASES
-from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.core.prompts import PromptTemplate
 from emocircuits.core.readout import LabelReadout
 from emocircuits.judges.protocol import NONE, _argmax_labels, _check_inputs, _softmax, verdict_frame
@@ -36,7 +36,7 @@ class SelfJudge:
                  scoring: str = "first_token", calibrate: bool | str = False, name: str = "self") -> None:
 
         if model is None:
-            raise EmocircuitsError("The self judge needs a loaded model; pass model=... (CLI: --model SPEC).")
+            raise EmocircuitsError(f"The self judge needs a loaded model; pass {spell('model=...', '--model SPEC')}.")
         self.name = name
         self.labels = tuple(labels)
         self.readout = LabelReadout(model, self.labels, template or DEFAULT_TEMPLATE, scoring, calibrate)

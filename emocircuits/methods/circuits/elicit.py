@@ -84,7 +84,7 @@ def elicitation_items(data: Sequence[Any], *, emotions: Sequence[str] = EKMAN6,
                              "scenario": meta["scenario"], "event": event,
                              "system": system_template.format(emotion=emo), "user": user})
     if not rows:
-        raise EmocircuitsError("No skeleton has an event of the requested valences; check --data and the valences.")
+        raise EmocircuitsError("No skeleton has an event of the requested valences; check the data (its SEV skeletons) and the valences.")
     return pd.DataFrame(rows)
 
 
