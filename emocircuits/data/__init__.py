@@ -311,7 +311,7 @@ def _read_csv_records(path: Path, encoding: str, delimiter: str = ",") -> list[_
                     continue
                 if len(rec) != len(header):
                     raise EmocircuitsError(
-                        f"{path}, line {lineno}: {len(rec)} field(s) but the header has {len(header)}; "
+                        f"{path}, line {lineno}: {len(rec)} fields but the header has {len(header)}; "
                         f"{_header_advice(path, header_line, delimiter)}."
                     )
                 if span > 1 and any(_swallowed_row(c, len(header), delimiter) for c in rec):
