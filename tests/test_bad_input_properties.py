@@ -106,3 +106,34 @@ def test_envent_reader_never_raises_another_exception(ratings, emotion, text):
     w.writerow(cols)
     w.writerow([emotion, text, *ratings.values()])
     _load("envent", "e.csv", buf.getvalue().encode("cp1252", errors="replace"))
+
+
+# ----------------------------------------------------------------------------- the neurons.json reader
+
+pair_values = st.one_of(st.none(), st.integers(-3, 10**6), st.floats(allow_nan=True), st.text(max_size=3),
+                        st.lists(st.integers(-2, 50) | st.floats(0, 9) | st.none(), max_size=4))
+neurons_docs = st.fixed_dictionaries(
+    {"neurons": st.dictionaries(st.sampled_from([*EKMAN, "joy"]), st.lists(pair_values, max_size=4) | json_values,
+                                max_size=7)},
+    optional={"labels": st.just(list(EKMAN)) | json_values, "n_layers": json_values, "d_mlp": json_values,
+              "ranked": json_values | st.dictionaries(st.sampled_from(EKMAN), st.lists(pair_values, max_size=3)),
+              "config": json_values})
+
+
+@SETTINGS
+@given(neurons_docs | json_values)
+def test_neurons_json_reader_never_raises_another_exception(doc):
+    from emocircuits.methods.neurons import Selection
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "neurons.json"
+        path.write_text(json.dumps(doc))
+        try:
+            sel = Selection.load(path)
+        except EmocircuitsError as exc:
+            assert "\n" not in str(exc)
+            return
+    # a clean value: integer pairs, emotions of its labels, something to mask
+    assert any(len(s) for s in sel.sets.values()) and set(sel.sets) <= set(sel.labels)
+    for s in sel.sets.values():
+        assert all(isinstance(x, int) and x >= 0 for p in s.pairs() for x in p)
