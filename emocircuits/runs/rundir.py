@@ -195,7 +195,7 @@ class RunDir:
 
 
 # The keys every manifest has, with their JSON types: the schema checked whenever a manifest is read.
-MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {"command": str, "config": dict, "status": str, "files": dict}
+MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {"command": str, "config": dict}
 
 
 def resolve_paths(value: Any, cwd: Path | str | None) -> Any:
