@@ -11,6 +11,7 @@ Data spec strings (``load_data(spec)`` and every CLI ``--data``):
 ``sev:PATH``                SEV skeleton JSONL (scenario + events per valence)
 ``envent:PATH``             crowd-enVENT CSV (cp1252; emotion, generated_text, hidden_emo_text, ratings)
 ``jsonl:PATH``/``csv:PATH`` generic files with ``text`` and ``label`` (other fields -> ``meta``)
+``tsv:PATH``                the same as ``csv:`` with tab-separated columns
 ==========================  =========================================================================
 
 Splits: files with a ``split`` field (the built-ins) use it; emoprism and SEV files without one are split
@@ -18,6 +19,12 @@ Splits: files with a ``split`` field (the built-ins) use it; emoprism and SEV fi
 of ``seed``, so a ``test`` split never changes between runs. ``jsonl:``, ``csv:`` and ``envent:`` files
 without a ``split`` field have no split of their own: they are used whole, and asking them for a split
 raises. ``seed`` only drives ``limit_per_label`` sampling.
+
+Every text file is read with a UTF-8 byte-order mark tolerated (Windows editors and Excel write one).
+A text must be a non-blank string: a blank text, or a list/object where a text belongs, is refused with
+the file and line (never classified as ``""`` or a Python repr). A CSV quote that is opened and not closed
+on its line and swallows what looks like another row is refused, so the rows read are the rows in the
+file.
 """
 
 from __future__ import annotations
@@ -217,7 +224,7 @@ def _read_json_records(path: Path) -> list[_Row]:
     """JSON lines, or (``.json``/``.json.gz``) a JSON array / JSON lines; one object per record."""
     _check_file(path)
     try:
-        with _open_text(path) as fh:
+        with _open_text(path, encoding="utf-8-sig") as fh:
             text = fh.read()
     except (UnicodeDecodeError, OSError, EOFError) as e:
         raise EmocircuitsError(
@@ -254,24 +261,63 @@ def _read_json_records(path: Path) -> list[_Row]:
     return rows
 
 
-def _read_csv_records(path: Path, encoding: str) -> list[_Row]:
+_DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "bar"}
+
+
+def _header_advice(path: Path, header_line: str, delimiter: str) -> str:
+    """What the header looks like and how to read such a file (for a field-count mismatch)."""
+    shown = header_line.strip()[:60]
+    for other in ("\t", ";", "|"):
+        if other != delimiter and other in header_line and delimiter not in header_line:
+            how = (f"read it as tsv:{path}" if other == "\t"
+                   else "re-save it comma-separated (or tab-separated and read it as tsv:PATH)")
+            return (f"the header {shown!r} looks {_DELIMITER_NAMES[other]}-separated, not "
+                    f"{_DELIMITER_NAMES[delimiter]}-separated; {how}")
+    return f"the header is {shown!r}; fix the quoting or the number of columns on that line"
+
+
+def _swallowed_row(value: str, width: int, delimiter: str) -> bool:
+    """Whether a multi-line field holds a line that is itself a whole row (an unclosed quote ate it)."""
+    if "\n" not in value and "\r" not in value:
+        return False
+    for piece in value.splitlines()[1:]:
+        try:
+            fields = next(csv.reader([piece], delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        if len(fields) == width and all(f.strip() for f in fields):
+            return True
+    return False
+
+
+def _read_csv_records(path: Path, encoding: str, delimiter: str = ",") -> list[_Row]:
     _check_file(path)
+    line = 0
     try:
         with _open_text(path, encoding=encoding) as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, delimiter=delimiter, strict=True)
             header = next(reader, None)
             if header is None:
                 return []
+            header_line = delimiter.join(header)
             header = [h.strip() for h in header]
+            if len(header) == 1 and any(d in header_line for d in _DELIMITER_NAMES if d != delimiter):
+                raise EmocircuitsError(f"{path}, line 1: {_header_advice(path, header_line, delimiter)}.")
             rows = []
+            line = reader.line_num
             for rec in reader:
-                lineno = reader.line_num
+                lineno, span, line = line + 1, reader.line_num - line, reader.line_num
                 if not rec or all(not c.strip() for c in rec):
                     continue
                 if len(rec) != len(header):
                     raise EmocircuitsError(
                         f"{path}, line {lineno}: {len(rec)} fields but the header has {len(header)}; "
-                        "fix the quoting or the number of columns on that line."
+                        f"{_header_advice(path, header_line, delimiter)}."
+                    )
+                if span > 1 and any(_swallowed_row(c, len(header), delimiter) for c in rec):
+                    raise EmocircuitsError(
+                        f"{path}, line {lineno}: a quote opened on this line runs on over {span} lines and "
+                        "swallows what looks like another row; close the quote on that line."
                     )
                 rows.append(_Row(dict(zip(header, rec, strict=True)), f"{path}, line {lineno}"))
             return rows
@@ -280,7 +326,21 @@ def _read_csv_records(path: Path, encoding: str) -> list[_Row]:
             f"{path} is not valid {encoding} ({e.reason} at byte {e.start}); re-save it as {encoding}."
         ) from e
     except csv.Error as e:
-        raise EmocircuitsError(f"{path}: malformed CSV ({e}); fix the quoting in that file.") from e
+        raise EmocircuitsError(
+            f"{path}, after line {line}: malformed CSV ({e}), probably a quote that is opened and never "
+            "closed; fix the quoting in that file."
+        ) from e
+
+
+def _text(value: Any, row: _Row, name: str) -> str:
+    """A field that must hold text: a non-blank string (numbers are read as their digits)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        kind = {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+        raise EmocircuitsError(f"{row.where}: field {name!r} is {kind}, not text; give it a string.")
+    text = str(value).strip()
+    if not text:
+        raise EmocircuitsError(f"{row.where}: field {name!r} is blank; give it some text or remove that row.")
+    return text
 
 
 def _require(row: _Row, *names: str) -> None:
@@ -319,7 +379,7 @@ class _LabelMapper:
 def _dialogue_text(value: Any, row: _Row) -> str:
     """A dialogue field as text: a string, or a list of turns (strings or {speaker, text} objects)."""
     if isinstance(value, str):
-        return value.strip()
+        return _text(value, row, "dialogue")
     if isinstance(value, list):
         turns = []
         for i, t in enumerate(value):
@@ -327,11 +387,13 @@ def _dialogue_text(value: Any, row: _Row) -> str:
                 turns.append(t.strip())
             elif isinstance(t, dict) and "text" in t:
                 spk = t.get("speaker") or ("A" if i % 2 == 0 else "B")
-                turns.append(f"{spk}: {str(t['text']).strip()}")
+                turns.append(f"{spk}: {_text(t['text'], row, f'dialogue turn {i + 1}')}")
             else:
                 raise EmocircuitsError(
                     f"{row.where}: turn {i + 1} of 'dialogue' is neither text nor {{speaker, text}}."
                 )
+        if not any(turns):
+            raise EmocircuitsError(f"{row.where}: field 'dialogue' has no text in any turn; give it some text.")
         return "\n".join(turns)
     raise EmocircuitsError(f"{row.where}: field 'dialogue' must be a string or a list of turns.")
 
@@ -357,7 +419,7 @@ def _load_labelled(
         f = row.fields
         meta = {k: v for k, v in f.items() if k not in (text_field, "label", "id", "split", group_field)}
         grp = f.get(group_field)
-        text = _dialogue_text(f[text_field], row) if dialogue else str(f[text_field]).strip()
+        text = _dialogue_text(f[text_field], row) if dialogue else _text(f[text_field], row, text_field)
         out.append(
             (
                 Example(
@@ -398,7 +460,7 @@ def _load_envent(
         ident = row.fields.get("text_id") or row.fields.get("id") or f"{id_prefix}-{n:06d}"
         out.append(
             (
-                Example(str(ident), str(row.fields[text_field]).strip(), lab, None, meta),
+                Example(str(ident), _text(row.fields[text_field], row, text_field), lab, None, meta),
                 row.fields.get("split"),
             )
         )
@@ -432,12 +494,12 @@ def _load_sev(
                 "valence": valence,
                 "event": events[valence],
             }
-            text = f"{str(f['scenario']).strip()} {str(events[valence]).strip()}"
+            text = f"{_text(f['scenario'], row, 'scenario')} {_text(events[valence], row, f'events.{valence}')}"
             out.append((Example(f"{skel}:{valence}", text, valence, skel, meta), f.get("split")))
     return out
 
 
-_PREFIXES = ("builtin", "emoprism", "sev", "envent", "jsonl", "csv")
+_PREFIXES = ("builtin", "emoprism", "sev", "envent", "jsonl", "csv", "tsv")
 _BUILTINS = {
     "dialogues": ("emoprism", "dialogues.jsonl"),
     "sev": ("sev", "sev.jsonl"),
@@ -499,7 +561,7 @@ def load_data(
         default_split: with ``split=None``, the split to use when the data has a split of its own (the
             built-ins, SEV, emoprism, files with a ``split`` field); data without one is used whole.
 
-    A ``jsonl:``, ``csv:`` or ``envent:`` file without a ``split`` field has no split of its own: asking
+    A ``jsonl:``, ``csv:``, ``tsv:`` or ``envent:`` file without a ``split`` field has no split of its own: asking
     it for ``train`` or ``test`` raises (use ``split=None``), and ``Dataset.info["split"]`` records
     ``"all"``.
     """
@@ -559,9 +621,10 @@ def load_data(
             pairs = _load_labelled(
                 _read_json_records(path), mapper, id_prefix="jsonl", text_field=text_field or "text"
             )
-        else:  # csv
+        else:  # csv / tsv
             pairs = _load_labelled(
-                _read_csv_records(path, "utf-8-sig"), mapper, id_prefix="csv", text_field=text_field or "text"
+                _read_csv_records(path, "utf-8-sig", "\t" if kind == "tsv" else ","), mapper, id_prefix=kind,
+                text_field=text_field or "text",
             )
         splits = _assign_splits(pairs, by_group=False, where=str(path))
     if mapper.dropped:

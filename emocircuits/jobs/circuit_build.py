@@ -24,7 +24,7 @@ from emocircuits.methods.circuits.influence import (
     InfluenceResult,
     sublayer_influence,
 )
-from emocircuits.runs.rundir import RunDir, finished_run
+from emocircuits.runs.rundir import RunDir, finished_run, read_table
 
 
 def parse_floats(text: str | Sequence[float], name: str = "alphas") -> list[float]:
@@ -85,7 +85,6 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
     """Circuits from an influence run and a components run (whose directions run gives the prompts for Δμ).
     Config: ``influence``, ``components`` (run dirs), ``k_total`` (None = 560 · n_layers / 28),
     ``neuron_share``, ``min_neurons``, ``min_heads``, ``cap_ratio``, ``groups`` (Δμ groups: all | accepted)."""
-    import pandas as pd
 
     inf_dir, comp_dir = Path(config["influence"]), Path(config["components"])
     inf_manifest = finished_run(inf_dir, "influence.parquet", "circuits influence")
@@ -103,9 +102,9 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
         raise EmocircuitsError(f"--groups {config['groups']!r} is not valid; use all or accepted.")
     config = {**config, "model": config.get("model") or inf_manifest["config"]["model"],
               "dtype": config.get("dtype") or inf_manifest["config"].get("dtype", "float32")}
-    table = pd.read_parquet(inf_dir / "influence.parquet")
-    ns, hs = pd.read_parquet(comp_dir / "neuron_scores.parquet"), pd.read_parquet(comp_dir / "head_scores.parquet")
-    prompts = pd.read_parquet(dir_path / "prompts.parquet")
+    table = read_table(inf_dir / "influence.parquet")
+    ns, hs = read_table(comp_dir / "neuron_scores.parquet"), read_table(comp_dir / "head_scores.parquet")
+    prompts = read_table(dir_path / "prompts.parquet")
     emotions = [e for e in dict.fromkeys(table["emotion"]) if e in set(ns["emotion"])]
     bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits assemble", config=config, model_spec=spec,

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.components import Direction
@@ -18,7 +16,7 @@ from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.directions import GROUP_MODES, emotion_directions
 from emocircuits.methods.circuits.elicit import ACCEPT_MODES, elicit
 from emocircuits.methods.circuits.local_components import HEAD_SCORES, local_components, top_sets
-from emocircuits.runs.rundir import RunDir, finished_run, read_manifest
+from emocircuits.runs.rundir import RunDir, finished_run, read_manifest, read_table
 
 
 def read_components(src: Path, top_k: int | None = None) -> tuple[dict[str, NeuronSet], dict[str, HeadSet]]:
@@ -26,8 +24,8 @@ def read_components(src: Path, top_k: int | None = None) -> tuple[dict[str, Neur
     from its score tables."""
     manifest = finished_run(Path(src), "neuron_scores.parquet", "circuits components")
     if top_k is not None:
-        return top_sets(pd.read_parquet(Path(src) / "neuron_scores.parquet"),
-                        pd.read_parquet(Path(src) / "head_scores.parquet"), top_k)
+        return top_sets(read_table(Path(src) / "neuron_scores.parquet"),
+                        read_table(Path(src) / "head_scores.parquet"), top_k)
     comp = manifest.get("components", {})
     return ({e: NeuronSet.load(Path(src) / f) for e, f in comp.get("neurons", {}).items()},
             {e: HeadSet.load(Path(src) / f) for e, f in comp.get("heads", {}).items()})
@@ -90,7 +88,6 @@ def run_elicit(config: dict[str, Any], out: Path, quiet: bool = False, model_pai
 
 def run_directions(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:
     """Emotion directions from an elicit run's prompts; writes Direction files and cosine tables."""
-    import pandas as pd
 
     src = Path(config["from"])
     manifest = finished_run(src, "replies.parquet", "circuits elicit")
@@ -99,7 +96,7 @@ def run_directions(config: dict[str, Any], out: Path, quiet: bool = False, model
     _check_min("shuffles", config["shuffles"], 0)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
-    replies = pd.read_parquet(src / "replies.parquet")
+    replies = read_table(src / "replies.parquet")
     bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits directions", config=config, model_spec=spec,
                        seed=config["seed"]) as run:
@@ -157,10 +154,9 @@ def run_components(config: dict[str, Any], out: Path, quiet: bool = False, model
 
 def read_directions(path: Path) -> tuple[Any, dict[str, Any]]:
     """The prompts table and ``{emotion: Direction}`` of a directions run."""
-    import pandas as pd
 
     manifest = read_manifest(path)
-    prompts = pd.read_parquet(Path(path) / "prompts.parquet")
+    prompts = read_table(Path(path) / "prompts.parquet")
     return prompts, {e: Direction.load(Path(path) / f) for e, f in manifest.get("directions", {}).items()}
 
 
