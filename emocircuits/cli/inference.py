@@ -12,8 +12,7 @@ from typing import Any
 
 import typer
 
-from emocircuits.base.constants import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE
-from emocircuits.base.constants import PROBE_SEED
+from emocircuits.base.constants import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE, PROBE_SEED
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.options import apply_preset, at_least, finite, number_list, option, split_list
 

@@ -126,6 +126,12 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
                      drop_unknown=bool(config.get("drop_unknown", False)))
     data, rating_note = _ratings_for(cmd, data, config, quiet)
     pairs_given = load_pairs(config["pairs"]) if config.get("pairs") else None
+    if pairs_given is not None:
+        known = {ex.id for ex in data}
+        unknown = sorted({x for p in pairs_given for x in p if x not in known})
+        if unknown:
+            raise EmocircuitsError(f"{config['pairs']}: {len(unknown)} example id(s) of the pairs are not in "
+                                   f"{config['data']} (first: {unknown[0]!r}); pairs must name the data's ids.")
     bridge, spec = load_for_config(config, quiet, model_pair)
     layers = layer_range(spec.n_layers, config["layers"]) if config.get("layers") else None
     if "span" in config:
