@@ -21,6 +21,8 @@ class Setting:
 
     value: Any
     source: str
+    commands: tuple[str, ...] | None = None
+    """The commands it applies to (None: every command that has the setting)."""
 
 
 PRESETS: dict[str, dict[str, Setting]] = {
@@ -29,7 +31,8 @@ PRESETS: dict[str, dict[str, Setting]] = {
         "template": Setting("tak2025", "paper, Readout: plain few-shot prompt (joy, sadness demos), no chat template"),
         "calibration": Setting("none", "paper, Readout: argmax over the label tokens' logits, uncalibrated"),
         "all_examples": Setting(False, "paper, Readout: analyses keep only correctly predicted samples"),
-        "sites": Setting("attn.out,mlp.out,resid.post", "paper, Probing: attention output, MLP output, residual stream"),
+        "sites": Setting("attn.out,mlp.out,resid.post", "paper, Probing: attention output, MLP output, residual stream",
+                         ("inference probe", "inference patch", "inference attribute")),
         "standardise": Setting(False, "authors' public code (issue 24): raw activations into the probes"),
         "stratify": Setting(False, "authors' public code (issue 24): unstratified split"),
         "test_share": Setting(0.2, "paper, Probing: 80/20 split"),
@@ -69,7 +72,7 @@ def resolve(name: str, config: Mapping[str, Any], explicit: Iterable[str], comma
     applied: dict[str, Any] = {}
     notes = []
     for key, setting in PRESETS[name].items():
-        if key not in config:
+        if key not in config or (setting.commands is not None and command not in setting.commands):
             continue
         if key in explicit and config[key] != setting.value:
             notes.append(f"preset {name}: --{key.replace('_', '-')} {config[key]} given, overriding the preset's "
