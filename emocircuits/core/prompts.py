@@ -7,6 +7,10 @@ of the six leading-space Ekman labels, while the bare forms split into pieces (`
 ``dis|g|ust``). ``chat_lee`` keeps Lee et al.'s exact prompt with no cue, so the label follows the
 assistant header's newline and is scored without a leading space. A user template uses the leading-space
 form when its text ends in ``:`` and the bare form otherwise.
+
+Named after the papers: ``tak2025`` (Tak et al.'s plain few-shot readout, written from the paper's
+description, demonstrations ours) and ``lee2025`` (Lee et al.'s printed prompt; the same as ``chat_lee``).
+Every other template is the toolkit's own.
 """
 
 from __future__ import annotations
