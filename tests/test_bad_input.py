@@ -48,6 +48,9 @@ def world(tmp_path_factory) -> dict[str, str]:
                                             {"text": "Stop shouting at me!", "label": "anger"}])
     unknown = _jsonl(root / "unknown.jsonl", [{"text": "So dull.", "label": "boredom"}])
     (root / "not_json.jsonl").write_text("this is not json\n")
+    badrating = _jsonl(root / "bad_rating.jsonl", [{"text": t, "label": lab, "appraisal": {"pleasantness": "high"}}
+                                                   for lab, t in texts.items()])
+    (root / "pairs.csv").write_text("source_id,target_id\nnosuch-1,nosuch-2\n")
     find = root / "find"
     r = runner.invoke(app, ["neurons", "find", "--model", "tiny-llama", "--data", f"jsonl:{six}", "--top-rate", "0.05",
                             "--out", str(find), "--quiet"])
@@ -88,7 +91,8 @@ def world(tmp_path_factory) -> dict[str, str]:
             "layer999": str(variant("l999", add=[999, 0])), "layer_neg": str(variant("lneg", add=[-1, 0])),
             "index_big": str(variant("ibig", add=[0, 10**6])), "bare": str(variant("bare")),
             "smol": str(root / "smol" / "neurons.json"), "onlycfg": str(root / "onlycfg"), "sweep": str(sweep),
-            "sweep_bad_layers": str(bad_layers)}
+            "sweep_bad_layers": str(bad_layers),
+            "badrating": str(badrating), "pairs": str(root / "pairs.csv")}
 
 
 def _bad_input_three(root: Path, six: Path, find: Path, doc: dict, variant) -> dict[str, str]:
@@ -188,6 +192,7 @@ def R(id: str, argv: str, phrase: str, **kw) -> Row:  # noqa: N802 - a table con
 MASK = "neurons mask --neurons {neurons} --data jsonl:{six} --controls 0 --quiet --out {out}"
 CLASSIFY = "classify --model tiny-llama --data jsonl:{six} --quiet --out {out}"
 FIND = "neurons find --model tiny-llama --data jsonl:{six} --quiet --out {out}"
+PROBE = "inference probe --model tiny-llama --data jsonl:{six} --quiet --out {out}"
 JUDGE = "judge --judge lexicon --data jsonl:{six} --quiet --out {out}"
 
 CLI_ROWS: list[Row] = [
@@ -305,6 +310,21 @@ CLI_ROWS: list[Row] = [
     R("classify-bad-calibration", CLASSIFY + " --calibration wrong", "Unknown calibration 'wrong'", no_model=True),
     R("classify-bad-ensemble", CLASSIFY + " --template chat_short+chat_shrt", "unknown: 'chat_shrt'", no_model=True),
     R("find-ensemble-template", FIND + " --template chat_short+fewshot", "only classification reads", no_model=True),
+    # issue 24: data fields, label schemes, ratings, presets, estimator settings, pairs
+    R("inference-wrong-text-field", PROBE + " --text-field story", "missing field(s) story", no_model=True),
+    R("inference-empty-labels", PROBE + " --labels ,", "names no label", no_model=True),
+    R("inference-label-absent", PROBE.replace("{six}", "{one}") + " --labels anger,fear", "occur in no row",
+      no_model=True),
+    R("inference-non-numeric-rating", "inference probe --model tiny-llama --data jsonl:{badrating} --quiet --out {out}",
+      "is 'high', not a number", no_model=True),
+    R("inference-wrong-label-field", PROBE + " --label-field emotion", "missing field(s) emotion", no_model=True),
+    R("inference-unknown-preset", PROBE + " --preset nosuch", "--preset 'nosuch' is not allowed", no_model=True),
+    R("inference-test-share-1", PROBE + " --test-share 1", "--test-share 1.0 is not allowed", no_model=True),
+    R("inference-pairs-unknown-ids", "inference patch --model tiny-llama --data jsonl:{six} --pairs {pairs} --quiet "
+      "--out {out}", "are not in", no_model=True),
+    R("find-wrong-label-field", FIND + " --label-field emotion", "missing field(s) emotion", no_model=True),
+    R("find-empty-labels", FIND + " --labels ,", "names no label", no_model=True),
+    R("find-label-absent", FIND.replace("{six}", "{one}") + " --labels anger,fear", "occur in no row", no_model=True),
     R("find-bad-tokens", FIND + " --tokens words", "--tokens 'words' is not valid; use one of all, text, last", no_model=True),
 ]
 

@@ -14,7 +14,7 @@ import typer
 
 from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.cli.options import finite, number_list, option, share
+from emocircuits.cli.options import finite, number_list, option, share, split_list
 
 circuits_app = typer.Typer(help="Emotion circuits (Wang et al. 2025): elicit, directions, components, validate, "
                            "influence, assemble, steer.",
@@ -41,6 +41,9 @@ def elicit_cmd(
     seed: int = option("--seed"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
+    labels: str | None = option("--labels"),
+    text_field: str | None = option("--text-field"),
+    label_field: str | None = option("--label-field"),
 ) -> None:
     """Prompt each skeleton x valence to reply in each emotion, judge the replies, score accuracy."""
     from emocircuits.jobs.circuits import run_elicit
@@ -48,6 +51,11 @@ def elicit_cmd(
     config = {"model": model, "data": data, "split": split, "limit": limit, "judges": list(judges or ["lexicon"]),
               "accept": accept, "emotions": list(emotions or EKMAN6), "max_new_tokens": max_new_tokens,
               "dtype": dtype, "seed": seed}
+    for key, value in (("labels", split_list(labels)), ("text_field", text_field), ("label_field", label_field)):
+        if value is not None:  # recorded only when given: earlier runs' configs stay as they were
+            config[key] = value
+    if labels is not None and not config["labels"]:
+        raise EmocircuitsError(f"--labels {labels!r} names no label; pass comma-separated labels, e.g. positive,negative.")
     el = run_elicit(config, out, quiet)
     acc = el.accuracy[el.accuracy.valence == "all"]
     for judge, d in acc.groupby("judge", sort=False):

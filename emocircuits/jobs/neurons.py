@@ -107,6 +107,9 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     stats = None
     if config["ratio_mode"] == "reselect" and ratio is not None:
         stats = load_find_stats(config.get("neurons"), sel, source)
+    if config.get("labels") and [str(x).strip().lower() for x in config["labels"]] != list(sel.labels):
+        raise EmocircuitsError(f"--labels {','.join(config['labels'])} differs from the neurons' emotions "
+                               f"{','.join(sel.labels)}; masking reads the scheme the neurons were found with.")
     data = load_job_data(config, "test", labels=sel.labels, quiet=quiet)
     given = config.get("model")
     config["model"] = given or rec_spec or "default"
