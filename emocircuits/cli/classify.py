@@ -31,9 +31,7 @@ def classify_cmd(
     split: str | None = option("--split"),
     limit_per_label: int | None = option("--limit-per-label"),
     template: str = option("--template", DEFAULT_CLASSIFY_TEMPLATE),
-    system: str | None = typer.Option(
-        None, "--system", help="System prompt for a chat template (replaces its own) or a user template string."
-    ),
+    system: str | None = option("--system", None),
     scoring: str = typer.Option("first_token", "--scoring", help="first_token or full_label."),
     calibrate: bool | None = typer.Option(
         None, "--calibrate/--no-calibrate", help="--no-calibrate: no calibration (as --calibration none)."

@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 
-from emocircuits.base.constants import LAYER_RANGES
+from emocircuits.base.constants import EMOTION_SYSTEMS, LAYER_RANGES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.presets import preset_names, resolve
 from emocircuits.core.prompts import template_names
@@ -43,6 +43,15 @@ def at_least(low: float) -> Callable[[str], Callable[[Any], Any]]:
             return value
         return check
     return make
+
+
+def positive(flag: str) -> Callable[[Any], Any]:
+    """A check: a finite number > 0 (None passes)."""
+    def check(value: Any) -> Any:
+        if value is not None and not (math.isfinite(float(value)) and value > 0):
+            raise _bad(flag, value, "use a finite number > 0")
+        return value
+    return check
 
 
 def share(flag: str) -> Callable[[Any], Any]:
@@ -187,10 +196,26 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
         48, per_command=True, check=at_least(1)),
     Opt(("--judge",), "Judge, repeatable: lexicon, self, embedding, hf:DIR, llm:SPEC (default: the command's).",
         None, per_command=True),
+    Opt(("--min-new-tokens",), "Generate at least N new tokens before an end of turn may stop a reply.", 0,
+        check=at_least(0)),
+    Opt(("--repetition-penalty",), "Divide the logit of every token already in the sequence by this (HF's rule; "
+        "1 = none).", 1.0, check=positive),
+    Opt(("--no-repeat-ngram-size",), "Never repeat an n-gram of this size (0 = off).", 0, check=at_least(0)),
+    Opt(("--system",), f"System prompt (default: the command's). classify: replaces a chat template's own (or a "
+        f"user template string); circuits elicit: the emotion instruction, a name ({', '.join(EMOTION_SYSTEMS)}) "
+        "or a text containing {emotion}; influence and steering: the emotion-free prompt, a text.", None,
+        per_command=True),
+    Opt(("--prompt-system",), f"The prompting method's emotion instruction: a name ({', '.join(EMOTION_SYSTEMS)}) "
+        "or a text containing {emotion} (default: short, elicit's).", None),
+    Opt(("--site",), "Residual steering: the site whose direction is added, resid.post (the layer output, "
+        "as the paper) or resid.mid.", "resid.post"),
+    Opt(("--band",), "Residual steering layers A-B (default: the paper's band 11-20 of 28, scaled).", None),
     Opt(("--scale",), "Steering strength: s of s·Δμ for circuit/random (default 1), α for residual (default 8).",
         None, per_command=True, check=finite),
     # inputs from earlier runs
-    Opt(("--from",), "Run directory of the step before (the command's help names it).", ...),
+    Opt(("--from",), "Run directory of the step before (the command's help names it).", ..., per_command=True),
+    Opt(("--directions",), "Run directory of `circuits directions`: enough for residual, prompt and none steering "
+        "(no assemble run needed).", None),
     Opt(("--neurons",), "neurons.json written by `neurons find` (or its run directory).", ...),
     Opt(("--groups",), "Groups of prompts used: accepted (every emotion's reply accepted) | all.", "accepted",
         per_command=True),
