@@ -453,6 +453,16 @@ def _dialogue_text(value: Any, row: _Row) -> str:
 
 
 # ------------------------------------------------------------------------------------------ loaders
+def _labelled_rows(rows: list[_Row], mapper: _LabelMapper, text_field: str, label_field: str,
+                   appraisals: Sequence[str] | None) -> Iterator[tuple[int, _Row, str, dict[str, Any], dict[str, float]]]:
+    """``(row number, row, label, other fields, ratings)`` of every row whose label is in the scheme."""
+    for n, row in enumerate(rows):
+        _require(row, text_field, label_field)
+        lab = mapper(row.fields[label_field], row)
+        if lab is not None:
+            yield (n, row, lab, *_split_ratings(row, appraisals))
+
+
 def _load_labelled(
     rows: list[_Row],
     mapper: _LabelMapper,
@@ -467,13 +477,8 @@ def _load_labelled(
     """Rows with a text field and a label field: JSONL/CSV texts, or EmoPrism dialogues (``dialogue=True``:
     the text may be a list of turns, the group is the ``topic``). Ratings and other fields go to ``meta``."""
     out = []
-    for n, row in enumerate(rows):
-        _require(row, text_field, label_field)
-        lab = mapper(row.fields[label_field], row)
-        if lab is None:
-            continue
+    for n, row, lab, rest, ratings in _labelled_rows(rows, mapper, text_field, label_field, appraisals):
         f = row.fields
-        rest, ratings = _split_ratings(row, appraisals)
         meta = {k: v for k, v in rest.items() if k not in (text_field, label_field, "id", "split", group_field)}
         meta.update(ratings)
         grp = f.get(group_field)
@@ -498,12 +503,7 @@ def _load_envent(
     appraisals: Sequence[str] | None = None,
 ) -> list[tuple[Example, str | None]]:
     out = []
-    for n, row in enumerate(rows):
-        _require(row, text_field, label_field)
-        lab = mapper(row.fields[label_field], row)
-        if lab is None:
-            continue
-        rest, ratings = _split_ratings(row, appraisals)
+    for n, row, lab, rest, ratings in _labelled_rows(rows, mapper, text_field, label_field, appraisals):
         meta: dict[str, Any] = {k: v for k, v in rest.items() if k not in ("split", text_field)}
         meta.update(ratings)
         ident = row.fields.get("text_id") or row.fields.get("id") or f"{id_prefix}-{n:06d}"
