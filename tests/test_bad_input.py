@@ -48,6 +48,9 @@ def world(tmp_path_factory) -> dict[str, str]:
                                             {"text": "Stop shouting at me!", "label": "anger"}])
     unknown = _jsonl(root / "unknown.jsonl", [{"text": "So dull.", "label": "boredom"}])
     (root / "not_json.jsonl").write_text("this is not json\n")
+    badrating = _jsonl(root / "bad_rating.jsonl", [{"text": t, "label": lab, "appraisal": {"pleasantness": "high"}}
+                                                   for lab, t in texts.items()])
+    (root / "pairs.csv").write_text("source_id,target_id\nnosuch-1,nosuch-2\n")
     find = root / "find"
     r = runner.invoke(app, ["neurons", "find", "--model", "tiny-llama", "--data", f"jsonl:{six}", "--top-rate", "0.05",
                             "--out", str(find), "--quiet"])
@@ -80,13 +83,70 @@ def world(tmp_path_factory) -> dict[str, str]:
                      '[analysis.intervention]\ntype = "ScaleHeads"\nheads = "{layers}:all"\nfactor = "{factor}"\n'
                      '[grid]\nlayers = ["0"]\nfactor = [0.0]\n')
     bad_layers = root / "sweep_bad_layers.toml"
-    bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]'))
-    return {"root": str(root), "six": str(six), "one": str(one), "unknown": str(unknown),
+    bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]')
+                          .replace("limit_per_label = 1", 'limit_per_label = 1\nsplit = "all"'))
+    extra = _bad_input_three(root, six, find, doc, variant)
+    return {**extra, "root": str(root), "six": str(six), "one": str(one), "unknown": str(unknown),
             "not_json": str(root / "not_json.jsonl"), "find": str(find), "neurons": str(find / "neurons.json"),
             "layer999": str(variant("l999", add=[999, 0])), "layer_neg": str(variant("lneg", add=[-1, 0])),
             "index_big": str(variant("ibig", add=[0, 10**6])), "bare": str(variant("bare")),
             "smol": str(root / "smol" / "neurons.json"), "onlycfg": str(root / "onlycfg"), "sweep": str(sweep),
-            "sweep_bad_layers": str(bad_layers)}
+            "sweep_bad_layers": str(bad_layers),
+            "badrating": str(badrating), "pairs": str(root / "pairs.csv")}
+
+
+def _bad_input_three(root: Path, six: Path, find: Path, doc: dict, variant) -> dict[str, str]:
+    """The files of issue 29's classes: damaged artefacts, data rows that are not text, environment faults."""
+    w: dict[str, str] = {}
+    # 3. neurons.json edited by hand
+    w["pair3"] = str(variant("pair3", add=[0, 1, 2]))
+    w["pair_null"] = str(variant("pairnull", add=None))
+    w["pair_str"] = str(variant("pairstr", add=[0, "seven"]))
+    w["pair_float"] = str(variant("pairfloat", add=[0, 7.9]))
+    w["emotion_unknown"] = str(variant("emounk", neurons={**doc["neurons"], "joy": [[0, 1]]}))
+    w["all_empty"] = str(variant("allempty", neurons={e: [] for e in doc["neurons"]}))
+    # 3. a manifest missing a key, a truncated safetensors / parquet
+    nocfg = root / "find_nocfg"
+    shutil.copytree(find, nocfg)
+    m = json.loads((nocfg / "manifest.json").read_text())
+    del m["config"]
+    (nocfg / "manifest.json").write_text(json.dumps(m))
+    w["find_nocfg"] = str(nocfg)
+    trunc = root / "find_trunc"
+    shutil.copytree(find, trunc)
+    stats = (trunc / "neuron_stats.safetensors").read_bytes()
+    (trunc / "neuron_stats.safetensors").write_bytes(stats[: len(stats) // 2])
+    w["find_trunc"] = str(trunc)
+    elicit = root / "elicit_trunc"
+    elicit.mkdir()
+    (elicit / "manifest.json").write_text(json.dumps({"command": "circuits elicit", "config": {"model": "tiny-llama"},
+                                                      "status": "complete", "files": {}}))
+    import pandas as pd
+
+    pd.DataFrame({"a": list(range(100))}).to_parquet(elicit / "replies.parquet")
+    data = (elicit / "replies.parquet").read_bytes()
+    (elicit / "replies.parquet").write_bytes(data[: len(data) // 2])
+    w["elicit_trunc"] = str(elicit)
+    # 4. data rows that are not text
+    w["blank"] = str(_jsonl(root / "blank.jsonl", [{"text": "    ", "label": "anger"}]))
+    w["list_text"] = str(_jsonl(root / "list.jsonl", [{"text": ["a", "b"], "label": "anger"}]))
+    w["obj_text"] = str(_jsonl(root / "obj.jsonl", [{"text": {"a": 1}, "label": "anger"}]))
+    (root / "unclosed.csv").write_text('text,label\n"I said hi,anger\nbye,sadness\nok",fear\nfine,fear\n')
+    (root / "unclosed_eof.csv").write_text('text,label\nhi,anger\n"I said hi,anger\n')
+    (root / "semicolon.csv").write_text("text;label\nhi;anger\n")
+    (root / "tab.csv").write_text("text\tlabel\nhi\tanger\n")
+    for name in ("unclosed", "unclosed_eof", "semicolon", "tab"):
+        w[name] = str(root / f"{name}.csv")
+    # 10. environment faults
+    (root / "latin1.toml").write_bytes((root / "sweep.toml").read_bytes().replace(b"[sweep]", b"# caf\xe9\n[sweep]"))
+    w["latin1_toml"] = str(root / "latin1.toml")
+    (root / "cfglist").mkdir()
+    (root / "cfglist" / "config.json").write_text("[1, 2]")
+    w["cfglist"] = str(root / "cfglist")
+    # 6. a sweep whose data file is missing
+    (root / "sweep_nodata.toml").write_text((root / "sweep.toml").read_text().replace(str(six), str(root / "gone.jsonl")))
+    w["sweep_nodata"] = str(root / "sweep_nodata.toml")
+    return w
 
 
 # ----------------------------------------------------------------------------- out-directory set-ups
@@ -132,12 +192,13 @@ def R(id: str, argv: str, phrase: str, **kw) -> Row:  # noqa: N802 - a table con
 MASK = "neurons mask --neurons {neurons} --data jsonl:{six} --controls 0 --quiet --out {out}"
 CLASSIFY = "classify --model tiny-llama --data jsonl:{six} --quiet --out {out}"
 FIND = "neurons find --model tiny-llama --data jsonl:{six} --quiet --out {out}"
+PROBE = "inference probe --model tiny-llama --data jsonl:{six} --quiet --out {out}"
 JUDGE = "judge --judge lexicon --data jsonl:{six} --quiet --out {out}"
 
 CLI_ROWS: list[Row] = [
     # 1. a neurons.json naming a layer or index outside the model: refused, never silently dropped
     R("mask-layer-999", MASK.replace("{neurons}", "{layer999}"), "layers 0..2", no_model=True),
-    R("mask-layer-minus-1", MASK.replace("{neurons}", "{layer_neg}"), "layers 0..2", no_model=True),
+    R("mask-layer-minus-1", MASK.replace("{neurons}", "{layer_neg}"), "two non-negative integers", no_model=True),
     R("mask-layer-999-range", MASK.replace("{neurons}", "{layer999}") + " --layers bottom", "layer 999",
       no_model=True),
     R("mask-index-too-big", MASK.replace("{neurons}", "{index_big}"), "neurons 0..95", no_model=True),
@@ -249,8 +310,83 @@ CLI_ROWS: list[Row] = [
     R("classify-bad-calibration", CLASSIFY + " --calibration wrong", "Unknown calibration 'wrong'", no_model=True),
     R("classify-bad-ensemble", CLASSIFY + " --template chat_short+chat_shrt", "unknown: 'chat_shrt'", no_model=True),
     R("find-ensemble-template", FIND + " --template chat_short+fewshot", "only classification reads", no_model=True),
+    # issue 24: data fields, label schemes, ratings, presets, estimator settings, pairs
+    R("inference-wrong-text-field", PROBE + " --text-field story", "missing field(s) story", no_model=True),
+    R("inference-empty-labels", PROBE + " --labels ,", "names no label", no_model=True),
+    R("inference-label-absent", PROBE.replace("{six}", "{one}") + " --labels anger,fear", "occur in no row",
+      no_model=True),
+    R("inference-non-numeric-rating", "inference probe --model tiny-llama --data jsonl:{badrating} --quiet --out {out}",
+      "is 'high', not a number", no_model=True),
+    R("inference-wrong-label-field", PROBE + " --label-field emotion", "missing field(s) emotion", no_model=True),
+    R("inference-unknown-preset", PROBE + " --preset nosuch", "--preset 'nosuch' is not allowed", no_model=True),
+    R("inference-test-share-1", PROBE + " --test-share 1", "--test-share 1.0 is not allowed", no_model=True),
+    R("inference-pairs-unknown-ids", "inference patch --model tiny-llama --data jsonl:{six} --pairs {pairs} --quiet "
+      "--out {out}", "are not in", no_model=True),
+    R("find-wrong-label-field", FIND + " --label-field emotion", "missing field(s) emotion", no_model=True),
+    R("find-empty-labels", FIND + " --labels ,", "names no label", no_model=True),
+    R("find-label-absent", FIND.replace("{six}", "{one}") + " --labels anger,fear", "occur in no row", no_model=True),
     R("find-bad-tokens", FIND + " --tokens words", "--tokens 'words' is not valid; use one of all, text, last", no_model=True),
 ]
+
+
+# ----------------------------------------------------------------------------- Bad input III (issue 29), by class
+# Each class is fixed by one mechanism; its rows check that mechanism on the named cases.
+
+# 3. files the toolkit wrote, damaged or hand-edited: a schema check on read (Selection.from_json for
+#    neurons.json; runs.read_manifest / read_table / read_tensors for manifests, Parquet, safetensors)
+CLASS_3 = [
+    R("c3-neurons-pair-of-three", MASK.replace("{neurons}", "{pair3}"), "not a pair of two non-negative integers",
+      no_model=True),
+    R("c3-neurons-null-pair", MASK.replace("{neurons}", "{pair_null}"), "null, not a pair", no_model=True),
+    R("c3-neurons-string-index", MASK.replace("{neurons}", "{pair_str}"), "`emocircuits neurons find`", no_model=True),
+    R("c3-neurons-float-index", MASK.replace("{neurons}", "{pair_float}"), "[0, 7.9]", no_model=True),
+    R("c3-neurons-unknown-emotion", MASK.replace("{neurons}", "{emotion_unknown}"), "'joy' in 'neurons' are not in",
+      no_model=True),
+    R("c3-neurons-all-empty", MASK.replace("{neurons}", "{all_empty}"), "would mask nothing", no_model=True),
+    R("c3-manifest-missing-key", "rerun {find_nocfg} --out {out}", "has no 'config' entry", no_model=True),
+    R("c3-truncated-safetensors", MASK.replace("{neurons}", "{find_trunc}") + " --ratio-mode reselect --ratio 0.05",
+      "re-create it with `emocircuits neurons find`", no_model=True),
+    R("c3-truncated-parquet", "circuits directions --from {elicit_trunc} --out {out}",
+      "re-create it with `emocircuits circuits elicit`", no_model=True),
+]
+
+# 4. data rows that are not text: one text check (data._text), the CSV reader counts what it reads
+CLASS_4 = [
+    R("c4-blank-text", CLASSIFY.replace("{six}", "{blank}"), "blank.jsonl, line 1: field 'text' is blank",
+      no_model=True),
+    R("c4-list-text", CLASSIFY.replace("{six}", "{list_text}"), "field 'text' is a list", no_model=True),
+    R("c4-object-text", JUDGE.replace("{six}", "{obj_text}"), "field 'text' is an object", no_model=True),
+    R("c4-unclosed-quote-swallows", CLASSIFY.replace("jsonl:{six}", "csv:{unclosed}"), "line 2: a quote opened",
+      no_model=True),
+    R("c4-unclosed-quote-at-end", CLASSIFY.replace("jsonl:{six}", "csv:{unclosed_eof}"), "never closed",
+      no_model=True),
+    R("c4-semicolon-csv", CLASSIFY.replace("jsonl:{six}", "csv:{semicolon}"), "looks semicolon-separated",
+      no_model=True),
+    R("c4-tab-csv", FIND.replace("jsonl:{six}", "csv:{tab}"), "read it as tsv:", no_model=True),
+]
+
+# 6. refusals leave --out exactly as it was (runs.RunDir writes aside and swaps in at the end)
+CLASS_6 = [
+    R("c6-find-one-label", FIND.replace("{six}", "{one}"), "No tokens were counted", out="absent"),
+    R("c6-find-one-label-over-a-run", FIND.replace("{six}", "{one}"), "No tokens were counted", out="unchanged",
+      setup=lambda out, w: shutil.copytree(w["find"], out)),
+    R("c6-sweep-missing-data", "sweep {sweep_nodata} --quiet --out {out}", "does not exist", out="absent"),
+]
+
+# 8. sweeps whose cells fail exit non-zero with a summary line
+CLASS_8 = [
+    R("c8-sweep-all-cells-fail", "sweep {sweep_bad_layers} --quiet --out {out}", "1 of 1 cells failed; see",
+      out="any"),
+]
+
+# 10. environment faults: one sentence each
+CLASS_10 = [
+    R("c10-out-under-a-file", CLASSIFY.replace("{out}", "{six}/sub"), "cannot be created"),
+    R("c10-sweep-toml-not-utf8", "sweep {latin1_toml} --quiet --out {out}", "is not UTF-8 text", no_model=True),
+    R("c10-config-json-a-list", "info {cfglist}", "holds a JSON list, not an object", out="any", no_model=True),
+]
+
+CLI_ROWS += CLASS_3 + CLASS_4 + CLASS_6 + CLASS_8 + CLASS_10
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:
@@ -427,7 +563,7 @@ API_ROWS = [
     ("positions-beyond-prompt", _api_positions_beyond_prompt, "outside a prompt"),
     ("batch-calibration-one-label", _api_batch_calibration_one_label, "several labels"),
     ("mask-layer-outside-model", _api_mask_layer_outside, "layers 0..2"),
-    ("condition-set-negative-layer", _api_condition_set_negative_layer, "layer -1"),
+    ("condition-set-negative-layer", _api_condition_set_negative_layer, "two non-negative integers"),
     ("split-of-splitless-file", _api_split_of_splitless_file, "split=None"),
     ("unknown-label-python-advice", _api_unknown_label_names_python_args, "drop_unknown=True"),
 ]

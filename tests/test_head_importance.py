@@ -173,7 +173,7 @@ def test_components_job_head_score_and_ablation(tmp_path, sev):
     di, co = tmp_path / "di", tmp_path / "co"
     with RunDir.create(di, command="circuits directions", config={"model": "tiny-llama"}, model_spec=spec) as run:
         run.write_table("prompts", prompts, "elicitation items")
-        files = {e: str(d.save(di / "directions" / e).relative_to(di)) for e, d in _directions(spec).items()}
+        files = {e: str(d.save(run.path / "directions" / e).relative_to(run.path)) for e, d in _directions(spec).items()}
         run.update(directions=files)
     base = {"from": str(di), "model": None, "top_k": 2, "top_k_heads": None}
     with pytest.raises(EmocircuitsError, match="--head-score 'raw' is not valid"):

@@ -216,7 +216,9 @@ def test_sweep_cli_prints_failed_cells_with_reasons(tmp_path):
 
     cfg = write_config(tmp_path, layers='["0", "7"]', factors="[0.0]")
     result = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "cli"), "--quiet"])
-    assert result.exit_code == 0, result.output
+    # cells that failed make the sweep exit non-zero with a summary line (issue 29, class 8)
+    assert result.exit_code == 1 and isinstance(result.exception, EmocircuitsError), result.output
+    assert "1 of 2 cells failed; see" in str(result.exception) and "results.parquet" in str(result.exception)
     assert '"n_failed": 1' in result.output
     assert "1 of 2 cells failed" in result.output and "layers='7'" in result.output and "out of range" in result.output
 

@@ -66,3 +66,16 @@ DEMO_SIZES: dict[str, object] = {
     "patch_sites": "attn.out,mlp.out", "span": 3, "stride": 4, "n_pairs": 8,
 }
 """Sizes of ``emocircuits demo`` (its options default to these)."""
+
+EMOTION_SYSTEMS: dict[str, str] = {
+    "short": "Always reply in {emotion}. Keep the reply to at most two sentences.",
+    "two_lines": "Always reply in {emotion}.\nKeep the reply to at most two sentences.",
+    "emotion_only": "Always reply in {emotion}.",
+}
+"""Named emotion-instruction system prompts (``{emotion}`` is filled in) of ``circuits elicit`` and the prompting
+method of steering; ``short`` is the default. ``two_lines`` is the same instruction split by a newline: a
+newline alone turns the directions measurably (issue 30), so the exact text is a setting, not a detail."""
+DEFAULT_EMOTION_SYSTEM = "short"
+"""The default of :data:`EMOTION_SYSTEMS` (today's elicitation prompt)."""
+NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
+"""The emotion-free system prompt of sublayer influence and of the steering comparison."""

@@ -14,7 +14,7 @@ import typer
 
 from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.cli.options import finite, number_list, option, share
+from emocircuits.cli.options import at_least, finite, number_list, option, share, split_list
 
 circuits_app = typer.Typer(help="Emotion circuits (Wang et al. 2025): elicit, directions, components, validate, "
                            "influence, assemble, steer.",
@@ -37,17 +37,26 @@ def elicit_cmd(
     accept: str = typer.Option("first", "--accept", help="first (the first judge agrees) | all | any | a judge name."),
     emotions: list[str] = option("--emotion"),
     max_new_tokens: int = option("--max-new-tokens", 100),
+    system: str | None = option("--system", None),
     dtype: str = option("--dtype"),
     seed: int = option("--seed"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
+    labels: str | None = option("--labels"),
+    text_field: str | None = option("--text-field"),
+    label_field: str | None = option("--label-field"),
 ) -> None:
     """Prompt each skeleton x valence to reply in each emotion, judge the replies, score accuracy."""
     from emocircuits.jobs.circuits import run_elicit
 
     config = {"model": model, "data": data, "split": split, "limit": limit, "judges": list(judges or ["lexicon"]),
               "accept": accept, "emotions": list(emotions or EKMAN6), "max_new_tokens": max_new_tokens,
-              "dtype": dtype, "seed": seed}
+              "dtype": dtype, "seed": seed, "system": system}
+    for key, value in (("labels", split_list(labels)), ("text_field", text_field), ("label_field", label_field)):
+        if value is not None:  # recorded only when given: earlier runs' configs stay as they were
+            config[key] = value
+    if labels is not None and not config["labels"]:
+        raise EmocircuitsError(f"--labels {labels!r} names no label; pass comma-separated labels, e.g. positive,negative.")
     el = run_elicit(config, out, quiet)
     acc = el.accuracy[el.accuracy.valence == "all"]
     for judge, d in acc.groupby("judge", sort=False):
@@ -61,7 +70,11 @@ def directions_cmd(
     model: str | None = option("--model", None),
     groups: str = option("--groups"),
     n_boot: int = option("--n-boot", 200),
-    shuffles: int = typer.Option(20, "--shuffles", help="Random-label control: shuffles of emotions within groups."),
+    shuffles: int = typer.Option(20, "--shuffles", help="Random-label control: shuffles of emotions within groups.",
+                                 callback=at_least(0)("--shuffles")),
+    last_after_final_norm: bool = typer.Option(False, "--last-after-final-norm/--last-before-final-norm",
+                                               help="Read the last layer's resid.post direction after the final "
+                                               "norm (the paper's hidden_states[-1]) instead of before it."),
     seed: int = option("--seed"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
@@ -70,7 +83,7 @@ def directions_cmd(
     from emocircuits.jobs.circuits import run_directions
 
     config = {"from": str(source), "model": model, "groups": groups, "n_boot": n_boot, "shuffles": shuffles,
-              "seed": seed}
+              "seed": seed, "last_after_final_norm": last_after_final_norm}
     dr = run_directions(config, out, quiet)
     ctl = dr.control.dropna(subset=["real"])
     beat = f"; cross-valence cosine beats the shuffled control at {int(ctl.beats.sum())}/{len(ctl)} site-layers" \
@@ -90,6 +103,15 @@ def components_cmd(
                                    "drop of the un-normalised resid.mid projection)."),
     ablation: bool = typer.Option(False, "--ablation", help="Score heads by real per-head ablation (one pass per "
                                   "head) and record the largest difference to the one-pass scores."),
+    use: str = typer.Option("used", "--use", help="Prompts read per emotion: used (the groups the directions "
+                            "used) | accepted (accepted replies) | all; each falls back to the next when empty."),
+    max_samples: int | None = typer.Option(None, "--max-samples", help="At most N prompts per emotion (the first, "
+                                           "after --per-valence; unset: all).", callback=at_least(1)("--max-samples")),
+    per_valence: int | None = typer.Option(None, "--per-valence", help="At most N prompts per emotion and valence, "
+                                           "drawn with --seed (stratified; unset: all).",
+                                           callback=at_least(1)("--per-valence")),
+    layers: str | None = option("--layers", None),
+    seed: int = option("--seed"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
 ) -> None:
@@ -98,7 +120,8 @@ def components_cmd(
     from emocircuits.jobs.circuits import run_components
 
     config = {"from": str(source), "model": model, "top_k": top_k, "top_k_heads": top_k_heads,
-              "head_score": head_score, "ablation": ablation}
+              "head_score": head_score, "ablation": ablation, "use": use, "max_samples": max_samples,
+              "per_valence": per_valence, "layers": layers, "seed": seed}
     co = run_components(config, out, quiet)
     if ablation:
         typer.echo(f"heads scored by per-head ablation ({head_score}); largest difference to the one-pass scores "
@@ -163,6 +186,16 @@ def influence_cmd(
     sigma_from: str = typer.Option("output", "--sigma-from", help="σ from the sublayer output | resid."),
     ref_fraction: float = typer.Option(1 / 6, "--ref-fraction", help="Share of last layers averaged into v_ref.",
                                        callback=share("--ref-fraction")),
+    ref_layers: str | None = typer.Option(None, "--ref-layers", help="Layers A-B averaged into v_ref, or paper "
+                                          "(the authors' stable segment 21-25 of 28, scaled); default: the last "
+                                          "ceil(--ref-fraction · n) layers."),
+    ref_anchor: str | None = typer.Option(None, "--ref-anchor", help="SITE:LAYER the v_ref directions are "
+                                          "sign-aligned to (default: the last layer's resid.post)."),
+    sigma_prompts: str = typer.Option("neutral", "--sigma-prompts", help="σ measured over the emotion-free "
+                                      "influence prompts (neutral) or the elicitation prompts of the directions "
+                                      "run (elicit; the paper, with --sigma-from resid)."),
+    layers: str | None = option("--layers", None),
+    system: str | None = option("--system", None),
     max_prompts: int | None = option("--max-prompts"),
     method: str = typer.Option("fast", "--engine", help="fast (last token only, KV cache) | full (re-runs whole prompts; the reference)."),
     out: Path = option("--out"),
@@ -173,7 +206,8 @@ def influence_cmd(
 
     config = {"from": str(source), "model": model, "alphas": alphas, "emotions": list(emotions or []),
               "readout": readout, "sigma_from": sigma_from, "ref_fraction": ref_fraction, "max_prompts": max_prompts,
-              "method": method}
+              "method": method, "ref_layers": ref_layers, "ref_anchor": ref_anchor, "sigma_prompts": sigma_prompts,
+              "layers": layers, "system": system}
     res = run_influence(config, out, quiet)
     for e, d in res.table.groupby("emotion", sort=False):
         top = d.nlargest(3, "influence")
@@ -212,7 +246,8 @@ def assemble_cmd(
 
 @circuits_app.command("steer")
 def steer_compare_cmd(
-    source: Path = option("--from"),
+    source: Path | None = option("--from", None),
+    directions: Path | None = option("--directions"),
     model: str | None = option("--model", None),
     data: str = option("--data", "builtin:sev"),
     split: str = option("--split", "test"),
@@ -221,22 +256,30 @@ def steer_compare_cmd(
     methods: str = typer.Option("circuit,residual,prompt,none,random", "--methods", help="Comma-separated methods."),
     scale: float = option("--scale", 1.0),
     alpha: float = typer.Option(8.0, "--alpha", help="Residual steering: α · RMS(h) · v.", callback=finite("--alpha")),
-    band: str | None = typer.Option(None, "--band", help="Residual steering layers A-B (default: the paper's band, "
-                                    "scaled)."),
+    band: str | None = option("--band"),
+    site: str = option("--site"),
     n_random: int = option("--n-random", 3),
     judges: list[str] = option("--judge"),
     max_new_tokens: int = option("--max-new-tokens"),
+    min_new_tokens: int = option("--min-new-tokens"),
+    repetition_penalty: float = option("--repetition-penalty"),
+    no_repeat_ngram_size: int = option("--no-repeat-ngram-size"),
+    system: str | None = option("--system", None),
+    prompt_system: str | None = option("--prompt-system"),
     seed: int = option("--seed"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
 ) -> None:
-    """Circuit vs residual steering vs prompting vs nothing vs random circuits: judged accuracy and text quality."""
+    """Circuit vs residual steering vs prompting vs nothing vs random circuits: judged accuracy and text quality.
+    --from: a `circuits assemble` run; residual, prompt and none alone need only --directions."""
     from emocircuits.jobs.steer import run_steer
 
-    config = {"from": str(source), "model": model, "data": data, "split": split, "limit": limit,
+    config = {"from": None if source is None else str(source),
+              "directions": None if directions is None else str(directions), "model": model, "data": data, "split": split, "limit": limit,
               "emotions": list(emotions or []), "methods": methods, "scale": scale, "alpha": alpha, "band": band,
               "n_random": n_random, "judges": list(judges or ["lexicon"]), "max_new_tokens": max_new_tokens,
-              "seed": seed}
+              "seed": seed, "site": site, "min_new_tokens": min_new_tokens, "repetition_penalty": repetition_penalty,
+              "no_repeat_ngram_size": no_repeat_ngram_size, "system": system, "prompt_system": prompt_system}
     res = run_steer(config, out, quiet)
     pooled = res.accuracy[(res.accuracy.emotion == "all") & (res.accuracy.valence == "all")]
     quality = res.quality[res.quality.emotion == "all"].set_index("method")
@@ -255,16 +298,26 @@ def steer_cmd(
     method: str = typer.Option("prompt", "--method", help="circuit | residual | prompt | random."),
     scale: float | None = option("--scale"),
     circuits: Path | None = typer.Option(None, "--circuits", help="Run directory of `emocircuits circuits assemble` "
-                                         "(needed by circuit, random and residual)."),
+                                         "(needed by circuit and random; or --directions for residual)."),
+    directions: Path | None = option("--directions"),
+    band: str | None = option("--band"),
+    site: str = option("--site"),
     model: str | None = option("--model", None),
     max_new_tokens: int = option("--max-new-tokens"),
+    min_new_tokens: int = option("--min-new-tokens"),
+    repetition_penalty: float = option("--repetition-penalty"),
+    no_repeat_ngram_size: int = option("--no-repeat-ngram-size"),
+    system: str | None = option("--system", None),
+    prompt_system: str | None = option("--prompt-system"),
     seed: int = option("--seed"),
 ) -> None:
     """Steered and unsteered replies to one message, side by side."""
     from emocircuits.jobs.steer import steer_from_runs
 
-    r = steer_from_runs(text, emotion, method, scale=scale, circuits=circuits, model=model,
-                        max_new_tokens=max_new_tokens, seed=seed)
+    r = steer_from_runs(text, emotion, method, scale=scale, circuits=circuits, directions=directions, model=model,
+                        max_new_tokens=max_new_tokens, seed=seed, band=band, site=site, system=system,
+                        prompt_system=prompt_system, min_new_tokens=min_new_tokens,
+                        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
     typer.echo(f"[unsteered]\n{r['unsteered']}\n\n[{r['method']} {r['emotion']}"
                + (f", scale {r['scale']:g}" if r["scale"] is not None else "") + f"]\n{r['steered']}")
 

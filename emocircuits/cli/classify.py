@@ -31,9 +31,7 @@ def classify_cmd(
     split: str | None = option("--split"),
     limit_per_label: int | None = option("--limit-per-label"),
     template: str = option("--template", DEFAULT_CLASSIFY_TEMPLATE),
-    system: str | None = typer.Option(
-        None, "--system", help="System prompt for a chat template (replaces its own) or a user template string."
-    ),
+    system: str | None = option("--system", None),
     scoring: str = typer.Option("first_token", "--scoring", help="first_token or full_label."),
     calibrate: bool | None = typer.Option(
         None, "--calibrate/--no-calibrate", help="--no-calibrate: no calibration (as --calibration none)."
@@ -45,6 +43,8 @@ def classify_cmd(
     labels: str | None = option("--labels"),
     prepend_bos: bool | None = option("--prepend-bos/--no-prepend-bos"),
     drop_unknown: bool = option("--drop-unknown"),
+    text_field: str | None = option("--text-field"),
+    label_field: str | None = option("--label-field"),
     no_prior_cache: bool = typer.Option(False, "--no-prior-cache", help="Fit the prior calibration again instead "
                                         "of reading it from the cache (as EMOCIRCUITS_NO_PRIOR_CACHE=1)."),
 ) -> None:
@@ -59,6 +59,7 @@ def classify_cmd(
     calibrate = calibrate if isinstance(calibrate, bool) else None
     labels, prepend_bos, drop_unknown = given(labels), given(prepend_bos), given(drop_unknown, False)
     no_prior_cache = given(no_prior_cache, False)
+    text_field, label_field = given(text_field), given(label_field)
     if calibration not in (None, "none", "prior", "content_free", "batch"):
         raise EmocircuitsError(f"Unknown calibration {calibration!r}; use none, prior, content_free or batch.")
     if calibrate is False or calibration == "none":
@@ -73,6 +74,8 @@ def classify_cmd(
         "split": split,
         "labels": parse_labels(labels),
         "drop_unknown": drop_unknown,
+        "text_field": text_field,
+        "label_field": label_field,
         "limit_per_label": limit_per_label,
         "template": template,
         "system": system,

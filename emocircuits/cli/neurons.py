@@ -15,7 +15,7 @@ import typer
 from emocircuits.base.constants import DEFAULT_CONTROLS, DEFAULT_TEMPLATE, FLOOR_ACC, STABILITY_RESAMPLES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.classify import parse_labels
-from emocircuits.cli.options import number_list, option, share
+from emocircuits.cli.options import apply_preset, number_list, option, share
 
 neurons_app = typer.Typer(help="Emotion neurons (Lee et al. 2025): find, mask, sweep.", no_args_is_help=True)
 
@@ -47,6 +47,7 @@ def _summarise_stability(out: Path) -> str | None:
 
 @neurons_app.command("find")
 def find_cmd(
+    ctx: typer.Context,
     model: str = option("--model"),
     data: str = option("--data"),
     split: str | None = option("--split"),
@@ -67,6 +68,9 @@ def find_cmd(
     labels: str | None = option("--labels"),
     prepend_bos: bool | None = option("--prepend-bos/--no-prepend-bos"),
     drop_unknown: bool = option("--drop-unknown"),
+    text_field: str | None = option("--text-field"),
+    label_field: str | None = option("--label-field"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Collect per-emotion activation statistics and select the lowest-entropy neurons (RQ1)."""
     from emocircuits.jobs.neurons import run_find
@@ -74,7 +78,8 @@ def find_cmd(
     config = {"model": model, "data": data, "split": split, "limit_per_label": limit_per_label, "template": template,
               "activation": activation, "tokens": tokens, "top_rate": top_rate, "assign": assign, "dtype": dtype,
               "seed": seed, "labels": parse_labels(labels), "drop_unknown": drop_unknown, "prepend_bos": prepend_bos,
-              "stability": stability}
+              "stability": stability, "text_field": text_field, "label_field": label_field}
+    config = apply_preset(ctx, preset, config, "neurons find")
     _, sel = run_find(config, out, quiet)
     typer.echo(f"{_summarise_find(sel)}\n-> {out}/neurons.json")
     line = _summarise_stability(out)
@@ -106,6 +111,7 @@ def effects_table(effects: Any) -> str:
 
 @neurons_app.command("mask")
 def mask_cmd(
+    ctx: typer.Context,
     neurons_file: Path = option("--neurons"),
     model: str | None = option("--model", None),
     data: str = option("--data"),
@@ -126,6 +132,10 @@ def mask_cmd(
         "--allow-other-model", help="Apply neurons found on another model (other weights) anyway.")] = False,
     prepend_bos: bool | None = option("--prepend-bos/--no-prepend-bos"),
     drop_unknown: bool = option("--drop-unknown"),
+    labels: str | None = option("--labels"),
+    text_field: str | None = option("--text-field"),
+    label_field: str | None = option("--label-field"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Mask emotion neurons and measure classification accuracy per true label, with random controls (RQ2)."""
     from emocircuits.jobs.neurons import run_mask
@@ -134,7 +144,10 @@ def mask_cmd(
               "limit_per_label": limit_per_label, "template": template, "layers": layers, "ratio": ratio,
               "ratio_mode": ratio_mode, "controls": controls, "emotions": list(emotions or []), "dtype": dtype,
               "seed": seed, "allow_other_model": allow_other_model, "drop_unknown": drop_unknown,
-              "prepend_bos": prepend_bos}
+              "prepend_bos": prepend_bos, "text_field": text_field, "label_field": label_field}
+    if labels is not None:
+        config["labels"] = parse_labels(labels)
+    config = apply_preset(ctx, preset, config, "neurons mask")
     res = run_mask(config, out, quiet)
     typer.echo(effects_table(res.effects))
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import typer
 
-from emocircuits.base.constants import LAYER_RANGES
+from emocircuits.base.constants import EMOTION_SYSTEMS, LAYER_RANGES
 from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.presets import preset_names, resolve
 from emocircuits.core.prompts import template_names
 
 _UNSET: Any = object()
@@ -42,6 +43,15 @@ def at_least(low: float) -> Callable[[str], Callable[[Any], Any]]:
             return value
         return check
     return make
+
+
+def positive(flag: str) -> Callable[[Any], Any]:
+    """A check: a finite number > 0 (None passes)."""
+    def check(value: Any) -> Any:
+        if value is not None and not (math.isfinite(float(value)) and value > 0):
+            raise _bad(flag, value, "use a finite number > 0")
+        return value
+    return check
 
 
 def share(flag: str) -> Callable[[Any], Any]:
@@ -101,6 +111,26 @@ class Opt:
 
 _TEMPLATES = ", ".join(template_names())
 
+
+def one_of(names: list[str]) -> Callable[[str], Callable[[Any], Any]]:
+    """A check: one of ``names`` (None passes)."""
+    def make(flag: str) -> Callable[[Any], Any]:
+        def check(value: Any) -> Any:
+            if value is not None and value not in names:
+                raise _bad(flag, repr(value), f"use one of {', '.join(names)}")
+            return value
+        return check
+    return make
+
+
+def field_name(flag: str) -> Callable[[Any], Any]:
+    """A check: a non-empty field name."""
+    def check(value: Any) -> Any:
+        if value is not None and not str(value).strip():
+            raise _bad(flag, repr(value), "name a field of the data file, e.g. text")
+        return value
+    return check
+
 VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     # what to run on
     Opt(("--model",), "Model spec: default (the embedded SmolLM2-135M-Instruct), a .gguf path, a local HF dir, "
@@ -113,7 +143,8 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
         "find and test to measure, else all).", None, per_command=True),
     Opt(("--limit-per-label",), "At most N examples per label (seeded, stratified).", None, check=at_least(1)),
     Opt(("--limit",), "At most N SEV skeletons (round-robin over themes).", None, check=at_least(1)),
-    Opt(("--template",), f"Prompt template: one of {_TEMPLATES}, names joined by + (an ensemble; classify only), "
+    Opt(("--template",), f"Prompt template: one of {_TEMPLATES} (tak2025 and lee2025 are written from those "
+        "papers; the others are the toolkit's own), names joined by + (an ensemble; classify only), "
         "or a string containing {text} (prefix chat: for a chat user turn); default: the command's.",
         None, per_command=True),
     Opt(("--calibration",), "Readout calibration: prior (a label prior fitted on the data's train split, else on "
@@ -123,7 +154,18 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     Opt(("--emotion",), "Emotion(s), repeatable (default: every emotion the command's input has).", None,
         per_command=True),
     Opt(("--drop-unknown",), "Skip rows whose label is outside the label scheme instead of stopping.", False),
-    Opt(("--labels",), "Comma-separated label scheme, e.g. anger,joy (default: Ekman's six).", None),
+    Opt(("--labels",), "Comma-separated label scheme, e.g. anger,joy (default: Ekman's six; SEV: valences); "
+        "every label must occur in the data.", None),
+    Opt(("--text-field",), "Field (column) holding the text (default: text; emoprism dialogue; envent "
+        "generated_text, or hidden_emo_text for the masked texts).", None, check=field_name),
+    Opt(("--label-field",), "Field (column) holding the label (default: label; envent emotion).", None,
+        check=field_name),
+    Opt(("--appraisals",), "Comma-separated appraisal rating names to read (top-level columns or a nested "
+        "appraisal object); default: the 21 crowd-enVENT names that the file has.", None),
+    Opt(("--preset",), f"A paper's settings: {', '.join(preset_names())} (README, Paper presets); explicit flags "
+        "override it, with a note.", None, check=one_of(preset_names())),
+    Opt(("--pairs",), "CSV/JSONL of source_id,target_id patching pairs (e.g. pairs.json of an earlier run, or "
+        "another tool's); default: --n-pairs random pairs.", None),
     Opt(("--prepend-bos/--no-prepend-bos",), "Put BOS before plain-text prompts (default: what the model's own "
         "tokenizer does).", None),
     # randomness and statistics
@@ -154,10 +196,26 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
         48, per_command=True, check=at_least(1)),
     Opt(("--judge",), "Judge, repeatable: lexicon, self, embedding, hf:DIR, llm:SPEC (default: the command's).",
         None, per_command=True),
+    Opt(("--min-new-tokens",), "Generate at least N new tokens before an end of turn may stop a reply.", 0,
+        check=at_least(0)),
+    Opt(("--repetition-penalty",), "Divide the logit of every token already in the sequence by this (HF's rule; "
+        "1 = none).", 1.0, check=positive),
+    Opt(("--no-repeat-ngram-size",), "Never repeat an n-gram of this size (0 = off).", 0, check=at_least(0)),
+    Opt(("--system",), f"System prompt (default: the command's). classify: replaces a chat template's own (or a "
+        f"user template string); circuits elicit: the emotion instruction, a name ({', '.join(EMOTION_SYSTEMS)}) "
+        "or a text containing {emotion}; influence and steering: the emotion-free prompt, a text.", None,
+        per_command=True),
+    Opt(("--prompt-system",), f"The prompting method's emotion instruction: a name ({', '.join(EMOTION_SYSTEMS)}) "
+        "or a text containing {emotion} (default: short, elicit's).", None),
+    Opt(("--site",), "Residual steering: the site whose direction is added, resid.post (the layer output, "
+        "as the paper) or resid.mid.", "resid.post"),
+    Opt(("--band",), "Residual steering layers A-B (default: the paper's band 11-20 of 28, scaled).", None),
     Opt(("--scale",), "Steering strength: s of s·Δμ for circuit/random (default 1), α for residual (default 8).",
         None, per_command=True, check=finite),
     # inputs from earlier runs
-    Opt(("--from",), "Run directory of the step before (the command's help names it).", ...),
+    Opt(("--from",), "Run directory of the step before (the command's help names it).", ..., per_command=True),
+    Opt(("--directions",), "Run directory of `circuits directions`: enough for residual, prompt and none steering "
+        "(no assemble run needed).", None),
     Opt(("--neurons",), "neurons.json written by `neurons find` (or its run directory).", ...),
     Opt(("--groups",), "Groups of prompts used: accepted (every emotion's reply accepted) | all.", "accepted",
         per_command=True),
@@ -178,6 +236,24 @@ def given(value: Any, default: Any = None) -> Any:
     """``value``, or ``default`` when a command function is called from Python with the option left out (typer
     then passes its ``OptionInfo``)."""
     return default if isinstance(value, typer.models.OptionInfo) else value
+
+
+def apply_preset(ctx: typer.Context, preset: str | None, config: dict[str, Any], command: str) -> dict[str, Any]:
+    """``config`` with ``preset``'s settings (:func:`emocircuits.base.presets.resolve`), the flags given on the
+    command line kept; prints the preset and each override (stderr). No preset: ``config`` unchanged."""
+    if preset is None:
+        return config
+    explicit = {name for name in ctx.params
+                if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    out, notes = resolve(preset, config, explicit, command)
+    for note in notes:
+        typer.echo(note, err=True)
+    return out
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """``a,b,c`` as a list (None stays None)."""
+    return None if value is None else [s.strip() for s in value.split(",") if s.strip()]
 
 
 def option(flag: str, default: Any = _UNSET) -> Any:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.options import option
 
 
@@ -29,6 +30,8 @@ def sweep_cmd(
     typer.echo(json.dumps(result.summary()))
     if result.n_failed_total:
         typer.echo(failed_cells_text(result.table), err=True)
+        raise EmocircuitsError(f"{result.n_failed_total} of {result.n_cells} cells failed; see "
+                               f"{Path(out) / 'results.parquet'} (the reasons are listed above).")
 
 
 def rerun_cmd(

@@ -175,6 +175,7 @@ def resolve_spec(spec: str) -> _Resolved:
                 f"Directory {spec!r} has no config.json, so it is not a Hugging Face model directory; "
                 "point at the folder that holds config.json and the weight files."
             )
+        _check_config_json(path / "config.json")
         return _Resolved("hf_dir", path, path.name)
     if path.exists():
         raise EmocircuitsError(f"Model spec {spec!r} is a file but not a .gguf file; {_known_specs_sentence()}.")
@@ -188,6 +189,20 @@ def resolve_spec(spec: str) -> _Resolved:
             )
         return _Resolved("hf_dir", cached, spec)
     raise EmocircuitsError(f"Unknown model spec {spec!r}; {_known_specs_sentence()}.")
+
+
+def _check_config_json(file: Path) -> None:
+    """A model folder's config.json must be a readable JSON object (checked before transformers reads it)."""
+    import json
+
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise EmocircuitsError(f"{str(file)!r} cannot be read as JSON ({type(exc).__name__}); the model folder is "
+                               "damaged, so download or copy the model again.") from exc
+    if not isinstance(doc, dict):
+        raise EmocircuitsError(f"{str(file)!r} holds a JSON {type(doc).__name__}, not an object; the model folder is "
+                               "damaged, so download or copy the model again.")
 
 
 def _cached_hub_snapshot(repo_id: str) -> Path | None:
@@ -294,7 +309,7 @@ def load_model(
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(str(directory))
             hf_model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
-    except (OSError, ValueError, KeyError) as exc:  # a folder with config.json but no tokenizer/weights
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a folder with config.json but no tokenizer/weights
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise EmocircuitsError(
             f"Could not load the model from {str(directory)!r} ({first}); "

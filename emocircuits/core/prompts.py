@@ -7,6 +7,10 @@ of the six leading-space Ekman labels, while the bare forms split into pieces (`
 ``dis|g|ust``). ``chat_lee`` keeps Lee et al.'s exact prompt with no cue, so the label follows the
 assistant header's newline and is scored without a leading space. A user template uses the leading-space
 form when its text ends in ``:`` and the bare form otherwise.
+
+Named after the papers: ``tak2025`` (Tak et al.'s plain few-shot readout, written from the paper's
+description, demonstrations ours) and ``lee2025`` (Lee et al.'s printed prompt; the same as ``chat_lee``).
+Every other template is the toolkit's own.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from emocircuits.base.constants import DEFAULT_TEMPLATE
+from emocircuits.base.constants import DEFAULT_TEMPLATE, LABEL_ALIASES
 from emocircuits.base.errors import EmocircuitsError
 
 LEE_SYSTEM = (
@@ -69,6 +73,17 @@ FEWSHOT_DEMOS: tuple[tuple[str, str], ...] = (
     ("We got the keys to our first home today and danced around the empty living room.", "happiness"),
     ("It's been a month since my dog died and I still put out his bowl every morning.", "sadness"),
     ("I opened the door and my brother, who I thought was in Australia, was standing there.", "surprise"),
+)
+
+
+# Tak et al. (2025) read emotions with a plain few-shot prompt (no chat template) whose demonstrations are
+# a joy and a sadness example, and take the argmax over the label tokens' logits at the last position. The
+# paper gives the shape, not the wording the toolkit could quote: these two event descriptions are written
+# for emocircuits in the crowd-enVENT style ("I felt ... when ..."). ``joy`` is shown as ``happiness`` when
+# the scheme is Ekman's six.
+TAK_DEMOS: tuple[tuple[str, str], ...] = (
+    ("I felt joy when my sister called to say she had passed her final exam.", "joy"),
+    ("I felt sadness when the old oak in our yard had to be cut down.", "sadness"),
 )
 
 
@@ -134,7 +149,8 @@ class PromptTemplate:
         if self.kind == "plain":
             if self.fewshot:  # header (text before {text}), demos in the scheme, then the query
                 header = self.user.split("{text}")[0].replace("{labels}", lab)
-                demos = "".join(f"Text: {d}\nEmotion: {y}\n\n" for d, y in self.fewshot if y in labels)
+                demos = "".join(f"Text: {d}\nEmotion: {_demo_label(y, labels)}\n\n" for d, y in self.fewshot
+                                if _demo_label(y, labels) is not None)
                 return f"{header}{demos}Text: {text}\nEmotion:"
             return fmt(self.user) + self.answer_prefix
         messages = []
@@ -155,6 +171,15 @@ class PromptTemplate:
             head = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
             return head + ((" " + self.answer_prefix.strip()) if self.answer_prefix else "")
         return head + self.answer_prefix
+
+
+def _demo_label(label: str, labels: Sequence[str]) -> str | None:
+    """A demonstration's label in the scheme's spelling (``joy`` shown as ``happiness`` in Ekman's six), or
+    None when the scheme has no such label (the demonstration is left out)."""
+    if label in labels:
+        return label
+    alias = LABEL_ALIASES.get(label)
+    return alias if alias in labels else None
 
 
 _warned: set[str] = set()
@@ -212,6 +237,16 @@ TEMPLATES: dict[str, PromptTemplate] = {
         kind="plain",
         user="Classify the emotion of each text as one of: {labels}.\n\n{text}",
         fewshot=FEWSHOT_DEMOS,
+    ),
+    # the papers' prompts by name (written from the papers; see each constant's comment)
+    "tak2025": PromptTemplate(
+        "tak2025",
+        kind="plain",
+        user="Classify the emotion of each text as one of: {labels}.\n\n{text}",
+        fewshot=TAK_DEMOS,
+    ),
+    "lee2025": PromptTemplate(
+        "lee2025", kind="chat", system=LEE_SYSTEM, user=LEE_USER, label_space=False, add_special_tokens=False
     ),
     "elicit": PromptTemplate(
         "elicit", kind="chat", system=ELICIT_SYSTEM_EMOTION, user=ELICIT_USER, add_special_tokens=False

@@ -11,6 +11,7 @@ Data spec strings (``load_data(spec)`` and every CLI ``--data``):
 ``sev:PATH``                SEV skeleton JSONL (scenario + events per valence)
 ``envent:PATH``             crowd-enVENT CSV (cp1252; emotion, generated_text, hidden_emo_text, ratings)
 ``jsonl:PATH``/``csv:PATH`` generic files with ``text`` and ``label`` (other fields -> ``meta``)
+``tsv:PATH``                the same as ``csv:`` with tab-separated columns
 ==========================  =========================================================================
 
 Splits: files with a ``split`` field (the built-ins) use it; emoprism and SEV files without one are split
@@ -18,6 +19,20 @@ Splits: files with a ``split`` field (the built-ins) use it; emoprism and SEV fi
 of ``seed``, so a ``test`` split never changes between runs. ``jsonl:``, ``csv:`` and ``envent:`` files
 without a ``split`` field have no split of their own: they are used whole, and asking them for a split
 raises. ``seed`` only drives ``limit_per_label`` sampling.
+
+Every text file is read with a UTF-8 byte-order mark tolerated (Windows editors and Excel write one).
+A text must be a non-blank string: a blank text, or a list/object where a text belongs, is refused with
+the file and line (never classified as ``""`` or a Python repr). A CSV quote that is opened and not closed
+on its line and swallows what looks like another row is refused, so the rows read are the rows in the
+file.
+
+Fields: ``text_field`` and ``label_field`` name the text and label fields of any file (defaults: ``text`` /
+``label``; emoprism ``dialogue`` / ``label``; crowd-enVENT ``generated_text`` / ``emotion``). Appraisal
+ratings are read from top-level columns, or from a nested object (``"appraisal": {"pleasantness": 4}``, also
+``appraisals`` / ``ratings``), by default the 21 crowd-enVENT names (:data:`APPRAISAL_COLUMNS`), else the
+names in ``appraisals``; every rating read lands in ``Example.meta`` as a float. A rating that is not a
+number (``"high"``, an object) stops the load with its file and line; ``Dataset.info["ratings"]`` records
+which columns were found and how many rows rate all of them (:func:`rated_only` keeps those rows).
 """
 
 from __future__ import annotations
@@ -66,6 +81,8 @@ APPRAISAL_COLUMNS: tuple[str, ...] = (
     "effort",
 )
 ENVENT_TEXT_FIELDS = ("generated_text", "hidden_emo_text")
+RATING_OBJECTS = ("appraisal", "appraisals", "ratings")
+"""Keys of a nested ratings object in a JSON row (``{"appraisal": {"pleasantness": 4, ...}}``)."""
 
 __all__ = [
     "APPRAISAL_COLUMNS",
@@ -77,6 +94,8 @@ __all__ = [
     "load_data",
     "stratified_split",
     "known_specs",
+    "load_pairs",
+    "rated_only",
 ]
 
 
@@ -217,7 +236,7 @@ def _read_json_records(path: Path) -> list[_Row]:
     """JSON lines, or (``.json``/``.json.gz``) a JSON array / JSON lines; one object per record."""
     _check_file(path)
     try:
-        with _open_text(path) as fh:
+        with _open_text(path, encoding="utf-8-sig") as fh:
             text = fh.read()
     except (UnicodeDecodeError, OSError, EOFError) as e:
         raise EmocircuitsError(
@@ -254,24 +273,63 @@ def _read_json_records(path: Path) -> list[_Row]:
     return rows
 
 
-def _read_csv_records(path: Path, encoding: str) -> list[_Row]:
+_DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "bar"}
+
+
+def _header_advice(path: Path, header_line: str, delimiter: str) -> str:
+    """What the header looks like and how to read such a file (for a field-count mismatch)."""
+    shown = header_line.strip()[:60]
+    for other in ("\t", ";", "|"):
+        if other != delimiter and other in header_line and delimiter not in header_line:
+            how = (f"read it as tsv:{path}" if other == "\t"
+                   else "re-save it comma-separated (or tab-separated and read it as tsv:PATH)")
+            return (f"the header {shown!r} looks {_DELIMITER_NAMES[other]}-separated, not "
+                    f"{_DELIMITER_NAMES[delimiter]}-separated; {how}")
+    return f"the header is {shown!r}; fix the quoting or the number of columns on that line"
+
+
+def _swallowed_row(value: str, width: int, delimiter: str) -> bool:
+    """Whether a multi-line field holds a line that is itself a whole row (an unclosed quote ate it)."""
+    if "\n" not in value and "\r" not in value:
+        return False
+    for piece in value.splitlines()[1:]:
+        try:
+            fields = next(csv.reader([piece], delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        if len(fields) == width and all(f.strip() for f in fields):
+            return True
+    return False
+
+
+def _read_csv_records(path: Path, encoding: str, delimiter: str = ",") -> list[_Row]:
     _check_file(path)
+    line = 0
     try:
         with _open_text(path, encoding=encoding) as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, delimiter=delimiter, strict=True)
             header = next(reader, None)
             if header is None:
                 return []
+            header_line = delimiter.join(header)
             header = [h.strip() for h in header]
+            if len(header) == 1 and any(d in header_line for d in _DELIMITER_NAMES if d != delimiter):
+                raise EmocircuitsError(f"{path}, line 1: {_header_advice(path, header_line, delimiter)}.")
             rows = []
+            line = reader.line_num
             for rec in reader:
-                lineno = reader.line_num
+                lineno, span, line = line + 1, reader.line_num - line, reader.line_num
                 if not rec or all(not c.strip() for c in rec):
                     continue
                 if len(rec) != len(header):
                     raise EmocircuitsError(
                         f"{path}, line {lineno}: {len(rec)} fields but the header has {len(header)}; "
-                        "fix the quoting or the number of columns on that line."
+                        f"{_header_advice(path, header_line, delimiter)}."
+                    )
+                if span > 1 and any(_swallowed_row(c, len(header), delimiter) for c in rec):
+                    raise EmocircuitsError(
+                        f"{path}, line {lineno}: a quote opened on this line runs on over {span} lines and "
+                        "swallows what looks like another row; close the quote on that line."
                     )
                 rows.append(_Row(dict(zip(header, rec, strict=True)), f"{path}, line {lineno}"))
             return rows
@@ -280,7 +338,21 @@ def _read_csv_records(path: Path, encoding: str) -> list[_Row]:
             f"{path} is not valid {encoding} ({e.reason} at byte {e.start}); re-save it as {encoding}."
         ) from e
     except csv.Error as e:
-        raise EmocircuitsError(f"{path}: malformed CSV ({e}); fix the quoting in that file.") from e
+        raise EmocircuitsError(
+            f"{path}, after line {line}: malformed CSV ({e}), probably a quote that is opened and never "
+            "closed; fix the quoting in that file."
+        ) from e
+
+
+def _text(value: Any, row: _Row, name: str) -> str:
+    """A field that must hold text: a non-blank string (numbers are read as their digits)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        kind = {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+        raise EmocircuitsError(f"{row.where}: field {name!r} is {kind}, not text; give it a string.")
+    text = str(value).strip()
+    if not text:
+        raise EmocircuitsError(f"{row.where}: field {name!r} is blank; give it some text or remove that row.")
+    return text
 
 
 def _require(row: _Row, *names: str) -> None:
@@ -290,6 +362,48 @@ def _require(row: _Row, *names: str) -> None:
         raise EmocircuitsError(
             f"{row.where}: missing field(s) {', '.join(missing)} (fields present: {have}); add them or fix the file."
         )
+
+
+def _rating(value: Any, name: str, row: _Row) -> float | None:
+    """One appraisal rating as a float (None: not rated); anything else that is not a number raises."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise EmocircuitsError(
+            f"{row.where}: appraisal rating {name!r} is {json.dumps(value)}, not a number; write one number per "
+            f"rating (e.g. {name}: 3) or leave {name} out with {spell('appraisals=[...]', '--appraisals a,b,...')}."
+        )
+    try:
+        out = float(value)
+    except ValueError:
+        raise EmocircuitsError(
+            f"{row.where}: appraisal rating {name!r} is {value!r}, not a number; ratings must be numbers "
+            f"(fix the file, or leave {name} out with {spell('appraisals=[...]', '--appraisals a,b,...')})."
+        ) from None
+    return None if out != out else out  # NaN: not rated
+
+
+def _split_ratings(row: _Row, names: Sequence[str] | None) -> tuple[dict[str, Any], dict[str, float]]:
+    """``(other fields, ratings)`` of a row: ratings from a nested object (:data:`RATING_OBJECTS`) and from
+    top-level columns named in ``names`` (default :data:`APPRAISAL_COLUMNS`)."""
+    wanted = tuple(names) if names is not None else APPRAISAL_COLUMNS
+    rest: dict[str, Any] = {}
+    ratings: dict[str, float] = {}
+    for k, v in row.fields.items():
+        if k in RATING_OBJECTS and isinstance(v, dict):
+            for name, value in v.items():
+                if names is not None and name not in wanted:
+                    continue
+                r = _rating(value, str(name), row)
+                if r is not None:
+                    ratings[str(name)] = r
+        elif k in wanted:
+            r = _rating(v, k, row)
+            if r is not None:
+                ratings[k] = r
+        else:
+            rest[k] = v
+    return rest, ratings
 
 
 class _LabelMapper:
@@ -319,7 +433,7 @@ class _LabelMapper:
 def _dialogue_text(value: Any, row: _Row) -> str:
     """A dialogue field as text: a string, or a list of turns (strings or {speaker, text} objects)."""
     if isinstance(value, str):
-        return value.strip()
+        return _text(value, row, "dialogue")
     if isinstance(value, list):
         turns = []
         for i, t in enumerate(value):
@@ -327,37 +441,48 @@ def _dialogue_text(value: Any, row: _Row) -> str:
                 turns.append(t.strip())
             elif isinstance(t, dict) and "text" in t:
                 spk = t.get("speaker") or ("A" if i % 2 == 0 else "B")
-                turns.append(f"{spk}: {str(t['text']).strip()}")
+                turns.append(f"{spk}: {_text(t['text'], row, f'dialogue turn {i + 1}')}")
             else:
                 raise EmocircuitsError(
                     f"{row.where}: turn {i + 1} of 'dialogue' is neither text nor {{speaker, text}}."
                 )
+        if not any(turns):
+            raise EmocircuitsError(f"{row.where}: field 'dialogue' has no text in any turn; give it some text.")
         return "\n".join(turns)
     raise EmocircuitsError(f"{row.where}: field 'dialogue' must be a string or a list of turns.")
 
 
 # ------------------------------------------------------------------------------------------ loaders
+def _labelled_rows(rows: list[_Row], mapper: _LabelMapper, text_field: str, label_field: str,
+                   appraisals: Sequence[str] | None) -> Iterator[tuple[int, _Row, str, dict[str, Any], dict[str, float]]]:
+    """``(row number, row, label, other fields, ratings)`` of every row whose label is in the scheme."""
+    for n, row in enumerate(rows):
+        _require(row, text_field, label_field)
+        lab = mapper(row.fields[label_field], row)
+        if lab is not None:
+            yield (n, row, lab, *_split_ratings(row, appraisals))
+
+
 def _load_labelled(
     rows: list[_Row],
     mapper: _LabelMapper,
     *,
     id_prefix: str,
     text_field: str,
+    label_field: str = "label",
     group_field: str = "group",
     dialogue: bool = False,
+    appraisals: Sequence[str] | None = None,
 ) -> list[tuple[Example, str | None]]:
-    """Rows with a text field and a ``label``: JSONL/CSV texts, or EmoPrism dialogues (``dialogue=True``:
-    the text may be a list of turns, the group is the ``topic``). Other fields go to ``meta``."""
+    """Rows with a text field and a label field: JSONL/CSV texts, or EmoPrism dialogues (``dialogue=True``:
+    the text may be a list of turns, the group is the ``topic``). Ratings and other fields go to ``meta``."""
     out = []
-    for n, row in enumerate(rows):
-        _require(row, text_field, "label")
-        lab = mapper(row.fields["label"], row)
-        if lab is None:
-            continue
+    for n, row, lab, rest, ratings in _labelled_rows(rows, mapper, text_field, label_field, appraisals):
         f = row.fields
-        meta = {k: v for k, v in f.items() if k not in (text_field, "label", "id", "split", group_field)}
+        meta = {k: v for k, v in rest.items() if k not in (text_field, label_field, "id", "split", group_field)}
+        meta.update(ratings)
         grp = f.get(group_field)
-        text = _dialogue_text(f[text_field], row) if dialogue else str(f[text_field]).strip()
+        text = _dialogue_text(f[text_field], row) if dialogue else _text(f[text_field], row, text_field)
         out.append(
             (
                 Example(
@@ -374,31 +499,17 @@ def _load_labelled(
 
 
 def _load_envent(
-    rows: list[_Row], mapper: _LabelMapper, *, id_prefix: str, text_field: str
+    rows: list[_Row], mapper: _LabelMapper, *, id_prefix: str, text_field: str, label_field: str = "emotion",
+    appraisals: Sequence[str] | None = None,
 ) -> list[tuple[Example, str | None]]:
     out = []
-    for n, row in enumerate(rows):
-        _require(row, text_field, "emotion")
-        lab = mapper(row.fields["emotion"], row)
-        if lab is None:
-            continue
-        meta: dict[str, Any] = {}
-        for k, v in row.fields.items():
-            if k in ("split",):
-                continue
-            if k in APPRAISAL_COLUMNS and v not in (None, ""):
-                try:
-                    meta[k] = float(v)
-                except ValueError as e:
-                    raise EmocircuitsError(
-                        f"{row.where}: appraisal column {k!r} has non-numeric value {v!r}; ratings must be numbers."
-                    ) from e
-            elif k != text_field:
-                meta[k] = v
+    for n, row, lab, rest, ratings in _labelled_rows(rows, mapper, text_field, label_field, appraisals):
+        meta: dict[str, Any] = {k: v for k, v in rest.items() if k not in ("split", text_field)}
+        meta.update(ratings)
         ident = row.fields.get("text_id") or row.fields.get("id") or f"{id_prefix}-{n:06d}"
         out.append(
             (
-                Example(str(ident), str(row.fields[text_field]).strip(), lab, None, meta),
+                Example(str(ident), _text(row.fields[text_field], row, text_field), lab, None, meta),
                 row.fields.get("split"),
             )
         )
@@ -432,12 +543,12 @@ def _load_sev(
                 "valence": valence,
                 "event": events[valence],
             }
-            text = f"{str(f['scenario']).strip()} {str(events[valence]).strip()}"
+            text = f"{_text(f['scenario'], row, 'scenario')} {_text(events[valence], row, f'events.{valence}')}"
             out.append((Example(f"{skel}:{valence}", text, valence, skel, meta), f.get("split")))
     return out
 
 
-_PREFIXES = ("builtin", "emoprism", "sev", "envent", "jsonl", "csv")
+_PREFIXES = ("builtin", "emoprism", "sev", "envent", "jsonl", "csv", "tsv")
 _BUILTINS = {
     "dialogues": ("emoprism", "dialogues.jsonl"),
     "sev": ("sev", "sev.jsonl"),
@@ -473,6 +584,55 @@ def _assign_splits(
     return [(ex, s) for (ex, _), s in zip(pairs, splits, strict=True)]
 
 
+def _ratings_info(examples: Sequence[Example], names: Sequence[str] | None) -> dict[str, Any]:
+    """Which rating columns the examples carry and how many examples rate all of them."""
+    wanted = tuple(names) if names is not None else APPRAISAL_COLUMNS
+    seen = {k for ex in examples for k, v in ex.meta.items() if isinstance(v, float)}
+    cols = [a for a in wanted if a in seen]
+    complete = sum(all(isinstance(ex.meta.get(a), float) for a in cols) for ex in examples) if cols else 0
+    return {"columns": cols, "rows": len(examples), "rated_rows": complete}
+
+
+def rated_only(data: Dataset, names: Sequence[str] | None = None) -> tuple[Dataset, str]:
+    """The examples that rate every appraisal column found (or ``names``), and one sentence on what was kept.
+
+    Raises, saying what the file holds, when no example has ratings."""
+    cols = list(names) if names is not None else [
+        a for a in APPRAISAL_COLUMNS if any(isinstance(ex.meta.get(a), float) for ex in data)]
+    src = data.info.get("path", data.name)
+    if not cols:
+        fields = ", ".join(data.info.get("fields") or sorted({k for ex in data for k in ex.meta})) or "none"
+        raise EmocircuitsError(
+            f"{src} holds no appraisal ratings (its fields: {fields}); this analysis needs them as numeric columns "
+            f"named like {', '.join(APPRAISAL_COLUMNS[:3])}, ..., a nested \"appraisal\" object, or named columns "
+            f"({spell('appraisals=[...]', '--appraisals a,b,...')})."
+        )
+    kept = data.filter(lambda ex: all(isinstance(ex.meta.get(a), float) for a in cols))
+    dropped = len(data) - len(kept)
+    if not len(kept):
+        raise EmocircuitsError(
+            f"{src}: no example rates all of {', '.join(cols)}; choose the columns to use with "
+            f"{spell('appraisals=[...]', '--appraisals a,b,...')}."
+        )
+    note = (f"ratings: {len(cols)} columns; kept all {len(kept)} examples" if not dropped else
+            f"ratings: {len(cols)} columns; dropped {dropped} of {len(data)} examples that do not rate all of them")
+    return kept, note
+
+
+def load_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """``(source_id, target_id)`` pairs from a CSV (header ``source_id,target_id``) or JSONL file."""
+    path = Path(path).expanduser()
+    rows = (_read_json_records(path) if path.suffix in (".jsonl", ".json", ".gz")
+            else _read_csv_records(path, "utf-8-sig"))
+    out = []
+    for row in rows:
+        _require(row, "source_id", "target_id")
+        out.append((str(row.fields["source_id"]).strip(), str(row.fields["target_id"]).strip()))
+    if not out:
+        raise EmocircuitsError(f"{path} holds no pairs; write one source_id,target_id per row.")
+    return out
+
+
 def load_data(
     spec: str,
     *,
@@ -483,6 +643,8 @@ def load_data(
     drop_unknown: bool = False,
     text_field: str | None = None,
     default_split: str | None = None,
+    label_field: str | None = None,
+    appraisals: Sequence[str] | None = None,
 ) -> Dataset:
     """Load a dataset from a data spec string (see the module docstring for the forms).
 
@@ -498,8 +660,13 @@ def load_data(
             ``generated_text`` or ``hidden_emo_text`` for crowd-enVENT).
         default_split: with ``split=None``, the split to use when the data has a split of its own (the
             built-ins, SEV, emoprism, files with a ``split`` field); data without one is used whole.
+        label_field: the field holding the label (``label``; ``emotion`` for crowd-enVENT).
+        appraisals: the rating names to read (top-level columns or a nested ratings object); default the
+            21 crowd-enVENT names. A name no row has raises.
 
-    A ``jsonl:``, ``csv:`` or ``envent:`` file without a ``split`` field has no split of its own: asking
+    An explicit ``labels`` scheme must be non-empty and every label in it must occur in the file.
+
+    A ``jsonl:``, ``csv:``, ``tsv:`` or ``envent:`` file without a ``split`` field has no split of its own: asking
     it for ``train`` or ``test`` raises (use ``split=None``), and ``Dataset.info["split"]`` records
     ``"all"``.
     """
@@ -531,6 +698,13 @@ def load_data(
             )
     else:
         path = Path(arg).expanduser()
+    if kind == "sev" and (text_field or label_field or appraisals):
+        raise EmocircuitsError(
+            f"{spec}: SEV files have fixed fields (scenario, events per valence), so text/label fields and "
+            "appraisal names do not apply; leave them out."
+        )
+    if appraisals is not None and not [a for a in appraisals if str(a).strip()]:
+        raise EmocircuitsError(f"The appraisal names {list(appraisals)} name no rating; pass comma-separated names.")
     scheme = tuple(labels) if labels is not None else (VALENCES if kind == "sev" else EKMAN6)
     if not scheme or len(set(scheme)) != len(scheme):
         raise EmocircuitsError(f"Label scheme {list(scheme)} must be a non-empty list of distinct labels.")
@@ -542,27 +716,47 @@ def load_data(
         pairs = _load_sev(_read_json_records(path), scheme, drop_unknown)
         splits = _assign_splits(pairs, by_group=True, where=str(path))
     else:
+        names = None if appraisals is None else tuple(str(a).strip() for a in appraisals if str(a).strip())
         if kind == "envent":
-            tf = text_field or "generated_text"
+            tf, lf = text_field or "generated_text", label_field or "emotion"
             rows = _read_csv_records(path, "cp1252")
-            if rows and tf not in rows[0].fields:
+        else:
+            tf = text_field or ("dialogue" if kind == "emoprism" else "text")
+            lf = label_field or "label"
+            rows = (_read_csv_records(path, "utf-8-sig", "\t" if kind == "tsv" else ",") if kind in ("csv", "tsv")
+                    else _read_json_records(path))
+        for what, fname in (("text", tf), ("label", lf)):
+            if rows and kind in ("csv", "tsv", "envent") and fname not in rows[0].fields:  # JSON: per row, below
+                hint = (f" (crowd-enVENT text columns: {', '.join(ENVENT_TEXT_FIELDS)})"
+                        if kind == "envent" and what == "text" else "")
                 raise EmocircuitsError(
-                    f"{path}: text column {tf!r} not found; crowd-enVENT text columns are {', '.join(ENVENT_TEXT_FIELDS)}."
+                    f"{path}: {what} column {fname!r} not found; the file's columns are "
+                    f"{', '.join(sorted(rows[0].fields))}{hint}; name the {what} field with "
+                    f"{spell(f'{what}_field', f'--{what}-field')}."
                 )
-            pairs = _load_envent(rows, mapper, id_prefix="envent", text_field=tf)
-        elif kind == "emoprism":
-            pairs = _load_labelled(
-                _read_json_records(path), mapper, id_prefix="emoprism", text_field=text_field or "dialogue",
-                group_field="topic", dialogue=True,
-            )
-        elif kind == "jsonl":
-            pairs = _load_labelled(
-                _read_json_records(path), mapper, id_prefix="jsonl", text_field=text_field or "text"
-            )
-        else:  # csv
-            pairs = _load_labelled(
-                _read_csv_records(path, "utf-8-sig"), mapper, id_prefix="csv", text_field=text_field or "text"
-            )
+        if kind == "envent":
+            pairs = _load_envent(rows, mapper, id_prefix="envent", text_field=tf, label_field=lf, appraisals=names)
+        else:
+            pairs = _load_labelled(rows, mapper, id_prefix=kind, text_field=tf, label_field=lf,
+                                   group_field="topic" if kind == "emoprism" else "group",
+                                   dialogue=kind == "emoprism", appraisals=names)
+        info["fields"] = sorted(rows[0].fields) if rows else []
+        info["ratings"] = _ratings_info([ex for ex, _ in pairs], names)
+        if names is not None:
+            absent = [a for a in names if a not in info["ratings"]["columns"]]
+            if absent:
+                raise EmocircuitsError(
+                    f"{path}: no row rates {', '.join(absent)}; the file's fields are {', '.join(info['fields'])} "
+                    f"(nested rating objects: {', '.join(RATING_OBJECTS)})."
+                )
+        if labels is not None:
+            present = {ex.label for ex, _ in pairs}
+            missing = [lab for lab in scheme if lab not in present]
+            if missing:
+                raise EmocircuitsError(
+                    f"{path}: label(s) {', '.join(missing)} of the scheme occur in no row (labels present: "
+                    f"{', '.join(sorted(present)) or 'none'}); drop them from the scheme or fix the label field."
+                )
         splits = _assign_splits(pairs, by_group=False, where=str(path))
     if mapper.dropped:
         info["dropped"] = dict(sorted(mapper.dropped.items()))

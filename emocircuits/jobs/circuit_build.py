@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from emocircuits.base.constants import NEUTRAL_SYSTEM
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_for_config
+from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.jobs.circuits import read_directions
 from emocircuits.methods.circuits.assemble import (
     PAPER_HEADS,
@@ -19,12 +21,15 @@ from emocircuits.methods.circuits.assemble import (
 )
 from emocircuits.methods.circuits.influence import (
     ALPHAS,
+    DIR_SITE,
     READOUTS,
     SIGMA_FROM,
+    SIGMA_PROMPTS,
     InfluenceResult,
+    paper_ref_layers,
     sublayer_influence,
 )
-from emocircuits.runs.rundir import RunDir, finished_run
+from emocircuits.runs.rundir import RunDir, finished_run, read_table
 
 
 def parse_floats(text: str | Sequence[float], name: str = "alphas") -> list[float]:
@@ -38,10 +43,26 @@ def parse_floats(text: str | Sequence[float], name: str = "alphas") -> list[floa
     return vals
 
 
+def parse_anchor(text: str | Sequence[Any] | None) -> tuple[str, int] | None:
+    """``"resid.post:27"`` (or ``[site, layer]``) → ``("resid.post", 27)``; None stays None (the default
+    anchor: the last layer's ``resid.post``). One sentence on bad input."""
+    if text is None:
+        return None
+    site, _, layer = (str(text).partition(":") if isinstance(text, str) else (str(text[0]), ":", str(text[1])))
+    if site not in DIR_SITE.values() or not layer.strip().isdigit():
+        raise EmocircuitsError(f"--ref-anchor {text!r} is not valid; use SITE:LAYER with SITE resid.mid or "
+                               "resid.post, e.g. resid.post:27.")
+    return site, int(layer)
+
+
 def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> InfluenceResult:
     """Sublayer influence from a directions run's prompts and directions. Config: ``from`` (directions run),
     ``model``/``dtype`` (default: that run's), ``alphas``, ``emotions`` (empty = all), ``readout``,
-    ``sigma_from``, ``ref_fraction``, ``max_prompts``, ``method``."""
+    ``sigma_from``, ``ref_fraction``, ``max_prompts``, ``method``; and (absent in older runs, defaulting to
+    what those did) ``ref_layers`` (``A-B`` or ``paper``: the authors' 21–25 of 28 scaled; None: the last
+    ``ceil(ref_fraction · n)`` layers), ``ref_anchor`` (``SITE:LAYER``; None: the last layer's resid.post),
+    ``sigma_prompts`` (neutral | elicit), ``layers`` (the sublayers scanned, a range; None: all) and
+    ``system`` (the emotion-free system prompt)."""
 
     src = Path(config["from"])
     manifest = finished_run(src, "prompts.parquet", "circuits directions")
@@ -53,6 +74,18 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
                                f"{', '.join(SIGMA_FROM)}.")
     if config.get("max_prompts") is not None and config["max_prompts"] < 1:
         raise EmocircuitsError(f"--max-prompts must be at least 1 (got {config['max_prompts']}).")
+    # keys added after the first runs; their defaults are what those runs did
+    config = {**config, "ref_layers": config.get("ref_layers"), "ref_anchor": config.get("ref_anchor"),
+              "sigma_prompts": config.get("sigma_prompts", "neutral"), "layers": config.get("layers"),
+              "system": config.get("system") or NEUTRAL_SYSTEM}
+    if config["ref_layers"] not in (None, "paper"):
+        check_layer_range(config["ref_layers"], "ref_layers")
+    if config["layers"] is not None:
+        check_layer_range(config["layers"], "layers")
+    anchor = parse_anchor(config["ref_anchor"])
+    if config["sigma_prompts"] not in SIGMA_PROMPTS:
+        raise EmocircuitsError(f"--sigma-prompts {config['sigma_prompts']!r} is not valid; use one of "
+                               f"{', '.join(SIGMA_PROMPTS)}.")
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     prompts, directions = read_directions(src)
@@ -61,10 +94,17 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     if bad:
         raise EmocircuitsError(f"--emotion {bad[0]!r} has no direction in {str(src)!r}; it has {', '.join(directions)}.")
     bridge, spec = load_for_config(config, quiet, model_pair)
+    ref_layers = (None if config["ref_layers"] is None else paper_ref_layers(spec.n_layers)
+                  if config["ref_layers"] == "paper" else layer_range(spec.n_layers, config["ref_layers"]))
+    layers = None if config["layers"] is None else layer_range(spec.n_layers, config["layers"])
+    if anchor is not None and not 0 <= anchor[1] < spec.n_layers:
+        raise EmocircuitsError(f"--ref-anchor layer {anchor[1]} is not a layer of the model (0-{spec.n_layers - 1}).")
     with RunDir.create(out, command="circuits influence", config=config, model_spec=spec,
                        seed=config.get("seed")) as run:
         res = sublayer_influence(bridge, prompts, directions, alphas=alphas, emotions=emotions,
-                                 ref_fraction=float(config.get("ref_fraction", 1 / 6)),
+                                 ref_fraction=float(config.get("ref_fraction", 1 / 6)), ref_layers=ref_layers,
+                                 ref_anchor=anchor, layers=layers, sigma_prompts=config["sigma_prompts"],
+                                 system=config["system"],
                                  readout=config.get("readout", "final.norm"),
                                  sigma_from=config.get("sigma_from", "output"), method=config.get("method", "fast"),
                                  max_prompts=config.get("max_prompts"), progress=not quiet)
@@ -85,7 +125,6 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
     """Circuits from an influence run and a components run (whose directions run gives the prompts for Δμ).
     Config: ``influence``, ``components`` (run dirs), ``k_total`` (None = 560 · n_layers / 28),
     ``neuron_share``, ``min_neurons``, ``min_heads``, ``cap_ratio``, ``groups`` (Δμ groups: all | accepted)."""
-    import pandas as pd
 
     inf_dir, comp_dir = Path(config["influence"]), Path(config["components"])
     inf_manifest = finished_run(inf_dir, "influence.parquet", "circuits influence")
@@ -103,9 +142,9 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
         raise EmocircuitsError(f"--groups {config['groups']!r} is not valid; use all or accepted.")
     config = {**config, "model": config.get("model") or inf_manifest["config"]["model"],
               "dtype": config.get("dtype") or inf_manifest["config"].get("dtype", "float32")}
-    table = pd.read_parquet(inf_dir / "influence.parquet")
-    ns, hs = pd.read_parquet(comp_dir / "neuron_scores.parquet"), pd.read_parquet(comp_dir / "head_scores.parquet")
-    prompts = pd.read_parquet(dir_path / "prompts.parquet")
+    table = read_table(inf_dir / "influence.parquet")
+    ns, hs = read_table(comp_dir / "neuron_scores.parquet"), read_table(comp_dir / "head_scores.parquet")
+    prompts = read_table(dir_path / "prompts.parquet")
     emotions = [e for e in dict.fromkeys(table["emotion"]) if e in set(ns["emotion"])]
     bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits assemble", config=config, model_spec=spec,

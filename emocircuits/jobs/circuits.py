@@ -6,19 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.components import Direction
 from emocircuits.core.models import load_for_config
+from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.core.units import HeadSet, NeuronSet
 from emocircuits.data import load_data
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.directions import GROUP_MODES, emotion_directions
-from emocircuits.methods.circuits.elicit import ACCEPT_MODES, elicit
-from emocircuits.methods.circuits.local_components import HEAD_SCORES, local_components, top_sets
-from emocircuits.runs.rundir import RunDir, finished_run, read_manifest
+from emocircuits.methods.circuits.elicit import ACCEPT_MODES, elicit, system_template
+from emocircuits.methods.circuits.local_components import HEAD_SCORES, PROMPT_USES, local_components, top_sets
+from emocircuits.runs.rundir import RunDir, finished_run, read_manifest, read_table
 
 
 def read_components(src: Path, top_k: int | None = None) -> tuple[dict[str, NeuronSet], dict[str, HeadSet]]:
@@ -26,8 +25,8 @@ def read_components(src: Path, top_k: int | None = None) -> tuple[dict[str, Neur
     from its score tables."""
     manifest = finished_run(Path(src), "neuron_scores.parquet", "circuits components")
     if top_k is not None:
-        return top_sets(pd.read_parquet(Path(src) / "neuron_scores.parquet"),
-                        pd.read_parquet(Path(src) / "head_scores.parquet"), top_k)
+        return top_sets(read_table(Path(src) / "neuron_scores.parquet"),
+                        read_table(Path(src) / "head_scores.parquet"), top_k)
     comp = manifest.get("components", {})
     return ({e: NeuronSet.load(Path(src) / f) for e, f in comp.get("neurons", {}).items()},
             {e: HeadSet.load(Path(src) / f) for e, f in comp.get("heads", {}).items()})
@@ -68,15 +67,18 @@ def run_elicit(config: dict[str, Any], out: Path, quiet: bool = False, model_pai
     _check_emotions(config["emotions"])
     _check_min("limit", config["limit"], 1)
     _check_min("max-new-tokens", config["max_new_tokens"], 1)
+    config = {**config, "system": config.get("system")}  # configs written before the key: the default template
+    system = system_template(config["system"])
     if config["accept"] not in ACCEPT_MODES and config["accept"] not in config["judges"]:
         raise EmocircuitsError(f"--accept {config['accept']!r} is not valid; use one of "
                                f"{', '.join(ACCEPT_MODES)} or one of the --judge names.")
     split = None if config["split"] in (None, "all") else config["split"]
-    data = load_data(config["data"], split=split)
+    data = load_data(config["data"], split=split, labels=config.get("labels"), text_field=config.get("text_field"),
+                     label_field=config.get("label_field"))
     bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits elicit", config=config, model_spec=spec, seed=config["seed"]) as run:
         el = elicit(bridge, data, emotions=config["emotions"], limit=config["limit"],
-                             judges=config["judges"], accept=config["accept"],
+                             system=system, judges=config["judges"], accept=config["accept"],
                              max_new_tokens=config["max_new_tokens"], seed=config["seed"], progress=not quiet)
         run.write_table("replies", el.replies, "one row per skeleton x valence x emotion: prompt, reply, "
                         "pred_<judge>, accepted")
@@ -90,21 +92,23 @@ def run_elicit(config: dict[str, Any], out: Path, quiet: bool = False, model_pai
 
 def run_directions(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:
     """Emotion directions from an elicit run's prompts; writes Direction files and cosine tables."""
-    import pandas as pd
 
     src = Path(config["from"])
     manifest = finished_run(src, "replies.parquet", "circuits elicit")
     _check_choice("groups", config["groups"], GROUP_MODES)
     _check_min("n-boot", config["n_boot"], 0)
     _check_min("shuffles", config["shuffles"], 0)
+    # configs written before the key existed: the last layer read before the final norm
+    config = {**config, "last_after_final_norm": bool(config.get("last_after_final_norm", False))}
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
-    replies = pd.read_parquet(src / "replies.parquet")
+    replies = read_table(src / "replies.parquet")
     bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits directions", config=config, model_spec=spec,
                        seed=config["seed"]) as run:
         dr = emotion_directions(bridge, replies, groups=config["groups"], n_boot=config["n_boot"],
-                                         n_shuffle=config["shuffles"], seed=config["seed"])
+                                         n_shuffle=config["shuffles"], seed=config["seed"],
+                                         last_after_final_norm=config["last_after_final_norm"])
         write_directions(run, dr)
     return dr
 
@@ -140,27 +144,38 @@ def run_components(config: dict[str, Any], out: Path, quiet: bool = False, model
     # configs written before these keys existed get the defaults: heads scored at the MLP input, no ablation check
     config = {**config, "head_score": config.get("head_score", "mlp_in"), "ablation": bool(config.get("ablation"))}
     _check_choice("head-score", config["head_score"], HEAD_SCORES)
+    # prompt subsets (configs written before them: every used prompt of every layer)
+    config = {**config, "use": config.get("use", "used"), "layers": config.get("layers"),
+              "max_samples": config.get("max_samples"), "per_valence": config.get("per_valence"),
+              "seed": int(config.get("seed") or 0)}
+    _check_choice("use", config["use"], PROMPT_USES)
+    _check_min("max-samples", config["max_samples"], 1)
+    _check_min("per-valence", config["per_valence"], 1)
+    if config["layers"] is not None:
+        check_layer_range(config["layers"], "layers")
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     prompts, directions = read_directions(src)
     bridge, spec = load_for_config(config, quiet, model_pair)
     for d in directions.values():
         d.validate(spec)
+    layers = None if config["layers"] is None else layer_range(spec.n_layers, config["layers"])
     with RunDir.create(out, command="circuits components", config=config, model_spec=spec,
                        seed=config.get("seed")) as run:
         co = local_components(bridge, prompts, directions, top_k=config["top_k"],
                               top_k_heads=config["top_k_heads"], head_score=config["head_score"],
-                              ablation=config["ablation"])
+                              ablation=config["ablation"], use=config["use"], layers=layers,
+                              max_samples=config["max_samples"], per_valence=config["per_valence"],
+                              seed=config["seed"])
         write_components(run, co)
     return co
 
 
 def read_directions(path: Path) -> tuple[Any, dict[str, Any]]:
     """The prompts table and ``{emotion: Direction}`` of a directions run."""
-    import pandas as pd
 
     manifest = read_manifest(path)
-    prompts = pd.read_parquet(Path(path) / "prompts.parquet")
+    prompts = read_table(Path(path) / "prompts.parquet")
     return prompts, {e: Direction.load(Path(path) / f) for e, f in manifest.get("directions", {}).items()}
 
 

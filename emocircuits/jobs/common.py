@@ -48,7 +48,8 @@ def load_job_data(config: dict[str, Any], default_split: str | None, *, labels: 
     scheme = labels or config.get("labels") or None
     ds = load_data(config["data"], split=_split(split), default_split=default_split if split is None else None,
                    limit_per_label=config.get("limit_per_label"), seed=config.get("seed", 0), labels=scheme,
-                   drop_unknown=bool(config.get("drop_unknown", False)))
+                   drop_unknown=bool(config.get("drop_unknown", False)), text_field=config.get("text_field"),
+                   label_field=config.get("label_field"), appraisals=config.get("appraisals"))
     per_label = {lab: len(exs) for lab, exs in ds.by_label().items()}
     config["split_used"] = ds.info.get("split", split or "all")
     config["n_per_label"] = per_label

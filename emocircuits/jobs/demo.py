@@ -122,7 +122,8 @@ def run_tour(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
         timings[name], cpu[name] = time.perf_counter() - t, time.process_time() - c
         return value
 
-    with RunDir.create(out, command="demo", config=cfg, model_spec=spec, seed=cfg["seed"]) as run:
+    with RunDir.create(out, command="demo", config=cfg, model_spec=spec, seed=cfg["seed"],
+                       staged=False) as run:
         for key, title in PARTS:
             say(f"\n== {title}")
             t_part = time.perf_counter()

@@ -12,7 +12,7 @@ from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_for_config
 from emocircuits.core.readout import CALIBRATIONS
 from emocircuits.core.sites import check_layer_range, layer_range
-from emocircuits.data import load_data
+from emocircuits.data import load_data, load_pairs, rated_only
 from emocircuits.methods.inference.appraisal_theory import get_setting, theory_table
 from emocircuits.runs.rundir import RunDir
 
@@ -77,6 +77,42 @@ def validate(cmd: str, cfg: dict[str, Any]) -> None:
             get_setting(name.strip())
     if cfg.get("limit_per_label") is not None and int(cfg["limit_per_label"]) < 1:
         raise EmocircuitsError(f"--limit-per-label must be at least 1 (got {cfg['limit_per_label']}).")
+    if cfg.get("labels") is not None and not [x for x in cfg["labels"] if str(x).strip()]:
+        raise EmocircuitsError("--labels names no label; pass comma-separated labels, e.g. anger,joy.")
+    share = cfg.get("test_share")
+    if share is not None and not 0 < float(share) < 1:
+        raise EmocircuitsError(f"--test-share {share} is not allowed; use a share strictly between 0 and 1, e.g. 0.2.")
+    for key in ("c", "ridge_alpha"):
+        if cfg.get(key) is not None and not float(cfg[key]) > 0:
+            raise EmocircuitsError(f"--{key.replace('_', '-')} {cfg[key]} is not allowed; use a positive number.")
+
+
+def _ratings_for(cmd: str, data: Any, config: dict[str, Any], quiet: bool) -> tuple[Any, str | None]:
+    """Probe: the rated examples when the data has ratings (else emotion probes only, said once); appraisal
+    steering: the rated examples, or one sentence that the file has none. Other commands: the data as is."""
+    import sys
+
+    if cmd not in ("probe", "appraisal"):
+        return data, None
+    if cmd == "probe" and not data.info.get("ratings", {}).get("columns") and config.get("appraisals") is None:
+        note = f"ratings: none in {config['data']}, so emotion probes only (no appraisal probes)"
+    else:
+        data, note = rated_only(data, config.get("appraisals"))
+    if not quiet:
+        print(note, file=sys.stderr)
+    return data, note
+
+
+def _pair_rows(pairs: list[tuple[str, str]], prep: Any, source: str) -> Any:
+    import numpy as np
+
+    index = {ex.id: i for i, ex in enumerate(prep.examples)}
+    missing = sorted({x for p in pairs for x in p if x not in index})
+    if missing:
+        raise EmocircuitsError(
+            f"{source}: {len(missing)} example id(s) of the pairs are not among the {len(index)} kept examples "
+            f"(first: {missing[0]!r}); pairs must name kept examples (see examples.json of a run).")
+    return np.array([(index[s], index[t]) for s, t in pairs], dtype=int)
 
 
 def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> dict:
@@ -84,7 +120,18 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
 
     validate(cmd, config)
     split = None if config["split"] in (None, "all") else config["split"]
-    data = load_data(config["data"], split=split, limit_per_label=config["limit_per_label"], seed=config["seed"])
+    data = load_data(config["data"], split=split, limit_per_label=config["limit_per_label"], seed=config["seed"],
+                     labels=config.get("labels"), text_field=config.get("text_field"),
+                     label_field=config.get("label_field"), appraisals=config.get("appraisals"),
+                     drop_unknown=bool(config.get("drop_unknown", False)))
+    data, rating_note = _ratings_for(cmd, data, config, quiet)
+    pairs_given = load_pairs(config["pairs"]) if config.get("pairs") else None
+    if pairs_given is not None:
+        known = {ex.id for ex in data}
+        unknown = sorted({x for p in pairs_given for x in p if x not in known})
+        if unknown:
+            raise EmocircuitsError(f"{config['pairs']}: {len(unknown)} example id(s) of the pairs are not in "
+                                   f"{config['data']} (first: {unknown[0]!r}); pairs must name the data's ids.")
     bridge, spec = load_for_config(config, quiet, model_pair)
     layers = layer_range(spec.n_layers, config["layers"]) if config.get("layers") else None
     if "span" in config:
@@ -94,12 +141,26 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
         prep = inf.prepare(bridge, data, template=config["template"], only_correct=not config["all_examples"],
                            calibrate=False if calibration == "none" else calibration)
         summary: dict[str, Any] = {"examples": prep.summary()}
+        if rating_note:
+            summary["ratings"] = rating_note
+        run.write_json("examples", {"kept": [ex.id for ex in prep.examples], "loaded": [ex.id for ex in data]},
+                       "ids of the examples loaded and of those kept (in analysis order)")
         seed = int(config["seed"])
         if cmd == "probe":
-            # runs made before the option had one shuffled-label draw; a config without it gets today's default
+            # runs made before an option existed read today's default for it (the old behaviour); the probe's
+            # seed was --seed before --split-seed existed
             res = inf.probe(prep, sites=_sites(config["sites"], PROBE_SITES), layers=layers,
-                            folds=int(config["folds"]), seed=seed, controls=int(config.get("controls", 5)),
-                            random_features=bool(config.get("random_features", False)))
+                            folds=int(config["folds"]), seed=int(config.get("split_seed", seed)),
+                            appraisals=config.get("appraisals"),
+                            controls=int(config.get("controls", 5)),
+                            random_features=bool(config.get("random_features", False)),
+                            c=float(config.get("c", 1.0)), alpha=float(config.get("ridge_alpha", 5.0)),
+                            test_size=float(config.get("test_share", 0.2)),
+                            standardise=bool(config.get("standardise", True)),
+                            stratify=bool(config.get("stratify", True)))
+            ids = [ex.id for ex in prep.examples]
+            run.write_json("split", {part: [ids[i] for i in idx] for part, idx in res.split.items()},
+                           "ids of the probes' train and test examples (the 80/20-style split)")
             run.write_table("probes", res.table, PROBE_TABLE_DESCRIPTION)
             names = []
             for kind, dirs in (("emotion", res.emotion_directions), ("appraisal", res.appraisal_directions)):
@@ -117,7 +178,11 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
         elif cmd in ("patch", "attribute"):
             sites = _sites(config["sites"], PROBE_SITES)
             stride = int(config.get("stride", 1))
-            pairs = inf.make_pairs(prep.pred, int(config["n_pairs"]), seed)
+            pairs = (_pair_rows(pairs_given, prep, config["pairs"]) if pairs_given is not None
+                     else inf.make_pairs(prep.pred, int(config["n_pairs"]), seed))
+            ids = [ex.id for ex in prep.examples]
+            run.write_json("pairs", [{"source_id": ids[s], "target_id": ids[t]} for s, t in pairs.tolist()],
+                           "the (source_id, target_id) patching pairs (replay with --pairs)")
             att = inf.attribute(prep, sites=sites, pairs=pairs) if cmd == "attribute" else None
             if att is not None:
                 run.write_table("attribution_layers", att.layers, "site, layer, estimate (mean grad x delta)")

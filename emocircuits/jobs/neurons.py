@@ -13,7 +13,7 @@ from emocircuits.core.sites import layer_range
 from emocircuits.jobs.common import _check_choice, _check_common, load_job_data
 from emocircuits.methods import neurons
 from emocircuits.methods.neurons.find import NeuronStats
-from emocircuits.runs.rundir import RunDir
+from emocircuits.runs.rundir import RunDir, read_tensors
 
 
 def run_find(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:
@@ -107,6 +107,9 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     stats = None
     if config["ratio_mode"] == "reselect" and ratio is not None:
         stats = load_find_stats(config.get("neurons"), sel, source)
+    if config.get("labels") and [str(x).strip().lower() for x in config["labels"]] != list(sel.labels):
+        raise EmocircuitsError(f"--labels {','.join(config['labels'])} differs from the neurons' emotions "
+                               f"{','.join(sel.labels)}; masking reads the scheme the neurons were found with.")
     data = load_job_data(config, "test", labels=sel.labels, quiet=quiet)
     given = config.get("model")
     config["model"] = given or rec_spec or "default"
@@ -164,15 +167,13 @@ def recorded_model(neurons_path: Any, sel: Any) -> tuple[str | None, str | None,
 
 def load_find_stats(neurons_path: Any, sel: Any, source: str) -> Any:
     """The ``NeuronStats`` a find run wrote next to its ``neurons.json`` (for ``--ratio-mode reselect``)."""
-    from safetensors.torch import load_file
-
     folder = Path(neurons_path) if Path(neurons_path).is_dir() else Path(neurons_path).parent
     file = folder / "neuron_stats.safetensors"
     if not file.exists():
         raise EmocircuitsError(f"--ratio-mode reselect needs the neuron statistics, but there is no {file.name} next "
                                f"to {source}; pass the `neurons find` run directory as --neurons, or use "
                                "--ratio-mode truncate.")
-    t = load_file(str(file))
+    t = read_tensors(file)
     if t["counts"].shape[-1] != len(sel.labels):
         raise EmocircuitsError(f"{file} has {t['counts'].shape[-1]} emotions but {source} has {len(sel.labels)}; "
                                "re-create both with `emocircuits neurons find`.")

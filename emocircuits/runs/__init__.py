@@ -14,4 +14,8 @@ from emocircuits.runs.rundir import (  # noqa: F401
     open_run,
     package_versions,
     read_manifest,
+    read_table,
+    read_tensors,
+    remake_advice,
+    resolve_paths,
 )

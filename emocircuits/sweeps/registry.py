@@ -103,7 +103,15 @@ def load_config(path: str | Path) -> SweepConfig:
     if not path.is_file():
         raise EmocircuitsError(f"Sweep config {str(path)!r} does not exist; pass a .toml file.")
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is tolerated
+    except UnicodeDecodeError as exc:
+        raise EmocircuitsError(f"Sweep config {str(path)!r} is not UTF-8 text (byte {exc.start}); re-save it as "
+                               "UTF-8.") from None
+    except OSError as exc:
+        raise EmocircuitsError(f"Sweep config {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); "
+                               "check its permissions.") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise EmocircuitsError(f"{str(path)!r} is not valid TOML ({exc}).") from None
     return from_dict(data)

@@ -8,7 +8,7 @@ from typing import Any
 
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.jobs.registry import JOBS, JobFn
-from emocircuits.runs.rundir import read_manifest
+from emocircuits.runs.rundir import read_manifest, resolve_paths
 from emocircuits.sweeps.analyses.neuron_masking import rq3_config
 from emocircuits.sweeps.engine import COMMAND, _rerun_sweep, run_sweep
 
@@ -39,7 +39,7 @@ def rerun(path: Path | str, out: Path | str) -> Any:
         raise EmocircuitsError("rerun needs a new --out directory; it never overwrites the original run.")
     if "config" not in manifest:
         raise EmocircuitsError(f"The manifest in {str(path)!r} has no 'config'; it cannot be re-run.")
-    return table[command](dict(manifest["config"]), out)
+    return table[command](resolve_paths(dict(manifest["config"]), manifest.get("cwd")), out)
 
 
 def rerun_neurons_sweep(config: dict[str, Any], out: Path) -> Any:

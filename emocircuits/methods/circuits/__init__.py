@@ -22,6 +22,7 @@ from emocircuits.methods.circuits.directions import (  # noqa: F401
     capture_last,
     directions_from_groups,
     emotion_directions,
+    final_norm_last,
     group_tensor,
     reference_direction,
 )
@@ -38,13 +39,16 @@ from emocircuits.methods.circuits.elicit import (  # noqa: F401
     pooled_accuracy,
     prompt_ids,
     select_skeletons,
+    system_template,
 )
 from emocircuits.methods.circuits.influence import (  # noqa: F401
     ALPHAS,
     DIR_SITE,
     NEUTRAL_SYSTEM,
+    PAPER_REF_LAYERS,
     READOUTS,
     SIGMA_FROM,
+    SIGMA_PROMPTS,
     SUBLAYERS,
     InfluenceResult,
     Injection,
@@ -55,6 +59,7 @@ from emocircuits.methods.circuits.influence import (  # noqa: F401
     injection_scores_full,
     local_direction,
     neutral_items,
+    paper_ref_layers,
     sublayer_influence,
     sublayer_sigma,
 )
@@ -73,6 +78,7 @@ from emocircuits.methods.circuits.local_components import (  # noqa: F401
     neuron_contributions,
     prompt_rows,
     random_heads,
+    subsample_rows,
     top_sets,
 )
 from emocircuits.methods.circuits.steer import (  # noqa: F401
@@ -80,6 +86,7 @@ from emocircuits.methods.circuits.steer import (  # noqa: F401
     METHODS,
     PAPER_BAND,
     RESIDUAL_ALPHA,
+    STEER_SITES,
     STEER_SYSTEM,
     SteerResult,
     distinct_n,

@@ -33,6 +33,21 @@ def capture_last(model: Any, token_ids: Sequence[Sequence[int]], reads: Mapping[
     return Runner(model, max_tokens=max_tokens).capture_last(token_ids, reads)
 
 
+def final_norm_last(model: Any, token_ids: Sequence[Sequence[int]], *, max_tokens: int = 4096) -> Tensor:
+    """The final norm's output (the unembedding's input; HF's ``hidden_states[-1]``) at each prompt's last
+    token, in input order: ``[n, d_model]`` (float32, CPU)."""
+    runner = Runner(model, max_tokens=max_tokens)
+    out: Tensor | None = None
+    for step in runner.run(runner.batches(token_ids)):
+        h = step.last().float().cpu()
+        if out is None:
+            out = torch.zeros(len(token_ids), h.shape[-1])
+        out[step.batch.rows] = h
+    if out is None:
+        raise EmocircuitsError("No prompts to read the final norm on.")
+    return out
+
+
 def group_tensor(acts: Tensor, skeletons: Sequence[str], valences: Sequence[str], emotions: Sequence[str],
                  order: Sequence[str], keep: Sequence[bool] | None = None) -> tuple[Tensor, list[tuple[str, str]]]:
     """Arrange per-prompt activations ``acts [n, ...]`` as ``X [G, E, ...]`` by (skeleton, valence) group.
@@ -123,13 +138,16 @@ def _cos(a: Tensor, b: Tensor) -> Tensor:
 def emotion_directions(model: Any, replies: pd.DataFrame, *, sites: Sequence[str] = DIRECTION_SITES,
                        groups: str = "accepted", emotions: Sequence[str] | None = None, n_boot: int = 200,
                        n_shuffle: int = 20, seed: int = 0, max_tokens: int = 4096,
+                       last_after_final_norm: bool = False,
                        activations: Mapping[str, Tensor] | None = None) -> DirectionsResult:
     """Emotion directions from the prompts of an elicitation (Q1), with cosine tables and a control.
 
     ``replies``: :attr:`Elicitation.replies` (needs ``skeleton, valence, emotion, system, user`` and,
     for ``groups="accepted"``, ``accepted``). ``activations``: ``{site: [n, n_layers, d_model]}`` to skip
     the forward passes (tests). Bootstrap CIs resample groups (``n_boot``); the control shuffles the
-    emotion labels within each group (``n_shuffle`` seeded shuffles).
+    emotion labels within each group (``n_shuffle`` seeded shuffles). ``last_after_final_norm``: the last layer's
+    ``resid.post`` reading is taken after the final norm (the authors' ``hidden_states[-1]``) instead of before
+    it; every other layer and site is unchanged.
     """
     if groups not in GROUP_MODES:
         raise EmocircuitsError(f"groups {groups!r} is not valid; use one of {', '.join(GROUP_MODES)}.")
@@ -144,9 +162,11 @@ def emotion_directions(model: Any, replies: pd.DataFrame, *, sites: Sequence[str
     if activations is None:
 
         n_layers = spec_of(model).n_layers
-        got = capture_last(model, prompt_ids(model, replies, max_tokens), {s: range(n_layers) for s in sites},
-                           max_tokens=max_tokens)
+        ids = prompt_ids(model, replies, max_tokens)
+        got = capture_last(model, ids, {s: range(n_layers) for s in sites}, max_tokens=max_tokens)
         activations = {s: torch.stack([got[s][layer] for layer in range(n_layers)], 1) for s in sites}
+        if last_after_final_norm and "resid.post" in activations:
+            activations["resid.post"][:, -1] = final_norm_last(model, ids, max_tokens=max_tokens)
     sites = list(activations)
     keep = replies["accepted"].astype(bool).tolist() if groups == "accepted" else None
     acts = torch.stack([activations[s] for s in sites], 1)  # [n, S, L, d]
@@ -215,6 +235,7 @@ def emotion_directions(model: Any, replies: pd.DataFrame, *, sites: Sequence[str
     directions = {emo: Direction({s: {layer: V[e, si, layer] for layer in range(n_layers)}
                                   for si, s in enumerate(sites)}, emo,
                                  {"method": "wang2025 mean-difference", "groups": groups, "n_groups": len(used),
+                                  "last_after_final_norm": bool(last_after_final_norm),
                                   "emotions": emotions})
                   for e, emo in enumerate(emotions)}
     used_set = set(used)
@@ -223,7 +244,7 @@ def emotion_directions(model: Any, replies: pd.DataFrame, *, sites: Sequence[str
     n_groups_total = len({(a, b) for a, b in zip(sk, va, strict=True)})
     summary = {"n_groups": len(used), "n_groups_total": n_groups_total, "groups_mode": groups,
                "groups_per_valence": {str(v): int(len(ix)) for v, ix in per_val.items()}, "sites": sites,
-               "n_layers": n_layers}
+               "n_layers": n_layers, "last_after_final_norm": bool(last_after_final_norm)}
     return DirectionsResult(directions, emotions, prompts, pd.DataFrame(used, columns=["skeleton", "valence"]),
                             cos_emotions, cos_layers, cos_valences, control,
                             {s: V[:, si].clone() for si, s in enumerate(sites)}, summary)

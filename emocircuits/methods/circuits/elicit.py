@@ -11,14 +11,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emocircuits.base.constants import EKMAN6, VALENCES
+from emocircuits.base.constants import DEFAULT_EMOTION_SYSTEM, EKMAN6, EMOTION_SYSTEMS, VALENCES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.stats import accuracy_ci
 from emocircuits.core.generation import encode_prompts, generate
 from emocircuits.core.runner import Runner
 from emocircuits.judges.panel import judge_panel
 
-SYSTEM_TEMPLATE = "Always reply in {emotion}. Keep the reply to at most two sentences."
+SYSTEM_TEMPLATE = EMOTION_SYSTEMS[DEFAULT_EMOTION_SYSTEM]
+
+
+def system_template(spec: str | None) -> str:
+    """The emotion-instruction system template of ``spec``: None (the default), a name of
+    :data:`~emocircuits.base.constants.EMOTION_SYSTEMS`, or a text containing ``{emotion}`` (one sentence
+    on anything else)."""
+    if spec is None:
+        return SYSTEM_TEMPLATE
+    if spec in EMOTION_SYSTEMS:
+        return EMOTION_SYSTEMS[spec]
+    try:
+        ok = "{emotion}" in spec and spec.format(emotion="anger") != spec
+    except (KeyError, IndexError, ValueError):
+        ok = False
+    if not ok:
+        raise EmocircuitsError(f"The system prompt {spec!r} is neither a template name ({', '.join(EMOTION_SYSTEMS)}) "
+                               "nor a text with exactly one kind of placeholder, {emotion}.")
+    return spec
 
 
 USER_TEMPLATE = "{scenario}\n{event}"
@@ -180,14 +198,17 @@ def accuracy_table(verdicts: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0)
 
 
 def elicit(model: Any, data: Sequence[Any], *, emotions: Sequence[str] = EKMAN6, valences: Sequence[str] = VALENCES,
-           limit: int | None = None, judges: Sequence[Any] = ("lexicon",), accept: str = "first",
+           limit: int | None = None, system: str = SYSTEM_TEMPLATE, judges: Sequence[Any] = ("lexicon",),
+           accept: str = "first",
            max_new_tokens: int = 100, max_tokens: int = 8192, n_boot: int = 1000, seed: int = 0,
            progress: bool = False) -> Elicitation:
     """Prompt every skeleton × valence × emotion to reply in the emotion (greedy, batched), judge the
     replies and score accuracy. ``judges``: names for :func:`emocircuits.judges.get_judge` or judge
-    objects; ``accept``: ``first`` (the first judge agrees), ``all``, ``any`` or a judge name."""
+    objects; ``accept``: ``first`` (the first judge agrees), ``all``, ``any`` or a judge name. ``system``: the
+    emotion instruction, a template name or a text with ``{emotion}`` (see :func:`system_template`)."""
 
-    items = elicitation_items(data, emotions=emotions, valences=valences, limit=limit)
+    system = system_template(system)
+    items = elicitation_items(data, emotions=emotions, valences=valences, limit=limit, system_template=system)
     judge_objs = judge_panel(judges, model=model, emotions=emotions)
     gen = generate(model, messages(items), max_new_tokens=max_new_tokens, max_tokens=max_tokens, progress=progress)
     items["reply"] = [t.strip() for t in gen.texts]
@@ -196,5 +217,6 @@ def elicit(model: Any, data: Sequence[Any], *, emotions: Sequence[str] = EKMAN6,
     replies, verdicts, acc = judge_replies(items, judge_objs, accept=accept, n_boot=n_boot, seed=seed)
     config = {"emotions": list(emotions), "valences": list(valences), "limit": limit,
               "judges": [j.name for j in judge_objs], "accept": accept, "max_new_tokens": max_new_tokens,
+              "system": system,
               "n_skeletons": int(replies["skeleton"].nunique())}
     return Elicitation(replies, verdicts, acc, config)

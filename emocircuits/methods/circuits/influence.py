@@ -49,7 +49,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from emocircuits.base.constants import SUBLAYER_SITES
+from emocircuits.base.constants import NEUTRAL_SYSTEM, SUBLAYER_SITES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.components import Direction
 from emocircuits.core.interventions import AddDirection, AddPerExample, BatchInfo, Compose
@@ -60,7 +60,6 @@ from emocircuits.methods.circuits.elicit import USER_TEMPLATE, prompt_ids
 ALPHAS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
 
 
-NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
 
 
 SUBLAYERS: tuple[str, ...] = ("attn", "mlp")
@@ -75,6 +74,24 @@ READOUTS = ("final.norm", "resid")
 
 
 SIGMA_FROM = ("output", "resid")
+
+
+SIGMA_PROMPTS = ("neutral", "elicit")
+"""Which prompts σ is measured over: the emotion-free influence prompts (the default) or the emotion-instructed
+elicitation prompts of the directions run (the authors take the residual RMS over those)."""
+
+
+PAPER_REF_LAYERS = (21, 25, 28)
+"""The authors' "stable segment" averaged into ``v_ref``: layers 21–25 of their 28-layer model."""
+
+
+def paper_ref_layers(n_layers: int) -> list[int]:
+    """The authors' reference window (layers 21–25 of 28) scaled to ``n_layers`` (round half up, clipped):
+    28 layers give 21–25, 30 layers 23–27, 4 layers 3–3."""
+    lo, hi, n = PAPER_REF_LAYERS
+    a = min(int(math.floor(lo * n_layers / n + 0.5)), n_layers - 1)
+    b = min(max(int(math.floor(hi * n_layers / n + 0.5)), a), n_layers - 1)
+    return list(range(a, b + 1))
 
 
 def neutral_items(items: pd.DataFrame, system: str = NEUTRAL_SYSTEM) -> pd.DataFrame:
@@ -102,24 +119,38 @@ def chat_ids(model: Any, items: pd.DataFrame, max_tokens: int = 4096) -> list[li
 
 
 def influence_reference(direction: Direction, *, fraction: float = 1 / 6,
-                        sites: Sequence[str] = ("resid.mid", "resid.post")) -> Tensor:
-    """Unit ``[d_model]`` reference ``v_ref``: the mean of the unit vectors at ``sites`` over the last
-    ``ceil(fraction · n_layers)`` layers, each sign-aligned to the last layer's vector at the last site.
-    With ``sites=("resid.post",)`` this is :func:`emocircuits.methods.circuits.reference_direction`."""
+                        sites: Sequence[str] = ("resid.mid", "resid.post"), layers: Sequence[int] | None = None,
+                        anchor: tuple[str, int] | None = None) -> Tensor:
+    """Unit ``[d_model]`` reference ``v_ref``: the mean of the unit vectors at ``sites`` over the reference
+    window — ``layers`` when given (the paper: a fixed stable segment, :func:`paper_ref_layers`), else the
+    last ``ceil(fraction · n_layers)`` layers — each sign-aligned to the ``anchor`` vector ``(site, layer)``
+    (default: the last layer's vector at the last site). With ``sites=("resid.post",)`` and no ``layers``
+    this is :func:`emocircuits.methods.circuits.reference_direction`."""
     if not 0 < fraction <= 1:
         raise EmocircuitsError(f"The reference fraction must be in (0, 1] (got {fraction}).")
     sites = [s for s in sites if direction.layers(s)] if hasattr(direction, "layers") else list(sites)
     if not sites:
         raise EmocircuitsError(f"Direction {direction.name!r} has no vectors at the reference sites.")
-    layers = sorted(direction.layers(sites[-1]))
-    k = max(1, math.ceil(fraction * len(layers)))
-    anchor = direction.vector(sites[-1], layers[-1]).double()
-    acc = torch.zeros_like(anchor)
+    have = sorted(direction.layers(sites[-1]))
+    if layers is None:
+        window = have[-max(1, math.ceil(fraction * len(have))):]
+    else:
+        window = sorted({int(x) for x in layers})
+        bad = [x for x in window if x not in have]
+        if not window or bad:
+            raise EmocircuitsError(f"The reference layers {list(layers)} are not all layers of direction "
+                                   f"{direction.name!r} (it has 0-{have[-1]}).")
+    a_site, a_layer = anchor if anchor is not None else (sites[-1], have[-1])
+    if a_site not in direction.sites() or int(a_layer) not in direction.layers(a_site):
+        raise EmocircuitsError(f"The sign anchor {a_site} layer {a_layer} is not a vector of direction "
+                               f"{direction.name!r}.")
+    anchor_v = direction.vector(a_site, int(a_layer)).double()
+    acc = torch.zeros_like(anchor_v)
     for site in sites:
-        for layer in layers[-k:]:
+        for layer in window:
             v = direction.vector(site, layer).double()
             v = v / v.norm().clamp_min(1e-12)
-            acc += v if float(v @ anchor) >= 0 else -v
+            acc += v if float(v @ anchor_v) >= 0 else -v
     return (acc / acc.norm().clamp_min(1e-12)).float()
 
 
@@ -306,20 +337,30 @@ def influence_table(raw: pd.DataFrame) -> pd.DataFrame:
 def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Mapping[str, Direction], *,
                        alphas: Sequence[float] = ALPHAS, emotions: Sequence[str] | None = None,
                        layers: Sequence[int] | None = None, ref_fraction: float = 1 / 6,
+                       ref_layers: Sequence[int] | None = None, ref_anchor: tuple[str, int] | None = None,
                        ref_sites: Sequence[str] = ("resid.mid", "resid.post"), readout: str = "final.norm",
-                       sigma_from: str = "output", method: str = "fast", system: str = NEUTRAL_SYSTEM,
-                       token_ids: Sequence[Sequence[int]] | None = None, max_prompts: int | None = None,
+                       sigma_from: str = "output", sigma_prompts: str = "neutral", method: str = "fast",
+                       system: str = NEUTRAL_SYSTEM, token_ids: Sequence[Sequence[int]] | None = None,
+                       sigma_token_ids: Sequence[Sequence[int]] | None = None, max_prompts: int | None = None,
                        max_rows: int = 64, max_tokens: int = 4096, progress: bool = False) -> InfluenceResult:
     """Each sublayer's unit influence on the final emotion representation (see module docstring).
 
     ``prompts``: SEV items or the replies/prompts table of a directions run (one emotion-free prompt is
     made per (skeleton, valence)); or ``token_ids`` directly. ``method``: ``fast`` (KV-cached last token)
     or ``full`` (whole prompts per injection). ``sigma_from``: ``output`` (the sublayer's output) or
-    ``resid`` (the residual after it). ``max_prompts`` keeps the first prompts only.
+    ``resid`` (the residual after it). ``max_prompts`` keeps the first prompts only. ``layers``: the
+    sublayers scanned (default all). ``ref_layers``: the reference window (default the last
+    ``ceil(ref_fraction · n_layers)`` layers; the paper's is :func:`paper_ref_layers`); ``ref_anchor``:
+    the ``(site, layer)`` vector the window's directions are sign-aligned to (default the last layer's
+    ``resid.post``). ``sigma_prompts``: ``neutral`` (σ over the influence prompts) or ``elicit`` (over the
+    emotion-instructed prompts of ``prompts``, each row's own ``system``); ``sigma_token_ids`` gives σ's
+    prompts directly.
     """
 
     if method not in ("fast", "full"):
         raise EmocircuitsError(f"method {method!r} is not valid; use fast or full.")
+    if sigma_prompts not in SIGMA_PROMPTS:
+        raise EmocircuitsError(f"sigma_prompts {sigma_prompts!r} is not valid; use one of {', '.join(SIGMA_PROMPTS)}.")
     if sigma_from not in SIGMA_FROM:
         raise EmocircuitsError(f"sigma_from {sigma_from!r} is not valid; use one of {', '.join(SIGMA_FROM)}.")
     alphas = [float(a) for a in alphas]
@@ -328,6 +369,8 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
     _readout(model, readout)
     spec = spec_of(model)
     layers = list(range(spec.n_layers)) if layers is None else [int(x) for x in layers]
+    if not layers or any(not 0 <= x < spec.n_layers for x in layers):
+        raise EmocircuitsError(f"The scanned layers {layers} must be layers 0-{spec.n_layers - 1} of the model.")
     emotions = list(emotions or directions)
     missing = [e for e in emotions if e not in directions]
     if missing:
@@ -343,10 +386,18 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
         token_ids = list(token_ids)[:max_prompts]
     if not token_ids:
         raise EmocircuitsError("No prompts to measure influence on.")
-    sigma = sublayer_sigma(model, token_ids, layers=layers, max_tokens=max_tokens)
+    sigma_given = sigma_token_ids is not None
+    if sigma_token_ids is None and sigma_prompts == "elicit":
+        if prompts is None or "system" not in prompts.columns:
+            raise EmocircuitsError("sigma_prompts='elicit' needs the prompts table of a directions run (with its "
+                                   "'system' column) or sigma_token_ids.")
+        sigma_token_ids = prompt_ids(model, prompts.reset_index(drop=True), max_tokens)
+    sigma = sublayer_sigma(model, token_ids if sigma_token_ids is None else sigma_token_ids, layers=layers,
+                           max_tokens=max_tokens)
     scol = "sigma" if sigma_from == "output" else "sigma_resid"
     sig = {(int(r.layer), r.sublayer): float(getattr(r, scol)) for r in sigma.itertuples()}
-    refs = {e: influence_reference(directions[e], fraction=ref_fraction, sites=ref_sites) for e in emotions}
+    refs = {e: influence_reference(directions[e], fraction=ref_fraction, sites=ref_sites, layers=ref_layers,
+                                   anchor=ref_anchor) for e in emotions}
     plan = [Injection(e, layer, p, a, sig[(layer, p)], local_direction(directions[e], p, layer, refs[e]), refs[e])
             for e in emotions for layer in layers for p in SUBLAYERS for a in alphas]
     if method == "fast":
@@ -364,6 +415,9 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
                      "value": d / max(x.dose, 1e-12)})
     raw = pd.DataFrame(rows)
     config = {"alphas": alphas, "emotions": emotions, "layers": layers, "ref_fraction": ref_fraction,
-              "ref_sites": list(ref_sites), "readout": readout, "sigma_from": sigma_from, "method": method,
-              "system": system, "n_prompts": len(token_ids)}
+              "ref_layers": None if ref_layers is None else sorted({int(x) for x in ref_layers}),
+              "ref_anchor": None if ref_anchor is None else [ref_anchor[0], int(ref_anchor[1])],
+              "ref_sites": list(ref_sites), "readout": readout, "sigma_from": sigma_from,
+              "sigma_prompts": "given" if sigma_given else sigma_prompts,
+              "method": method, "system": system, "n_prompts": len(token_ids)}
     return InfluenceResult(raw, influence_table(raw), sigma, refs, config)

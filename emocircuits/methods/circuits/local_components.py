@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.seeds import derive_seed
 from emocircuits.core.components import Direction
 from emocircuits.core.interventions import ZeroHeads
 from emocircuits.core.models import spec_of
@@ -211,6 +212,31 @@ def prompt_rows(prompts: pd.DataFrame, emotion: str, use: str) -> np.ndarray:
     return np.flatnonzero(m)
 
 
+def subsample_rows(prompts: pd.DataFrame, rows: np.ndarray, *, max_samples: int | None = None,
+                   per_valence: int | None = None, seed: int = 0, emotion: str = "") -> np.ndarray:
+    """A subset of ``rows`` (row indices of ``prompts``): at most ``per_valence`` per valence, drawn without
+    replacement with a generator seeded by ``seed`` and ``emotion`` (stratified), then the first
+    ``max_samples`` in table order. Both None: ``rows`` unchanged."""
+    rows = np.asarray(rows)
+    if per_valence is not None:
+        if per_valence < 1:
+            raise EmocircuitsError(f"per_valence must be at least 1 (got {per_valence}).")
+        if "valence" not in prompts.columns:
+            raise EmocircuitsError("A per-valence cap needs a 'valence' column in the prompts table.")
+        rng = np.random.default_rng(derive_seed(seed, "components-per-valence", emotion))
+        vals = prompts["valence"].astype(str).to_numpy()[rows]
+        keep = []
+        for v in dict.fromkeys(vals):
+            ix = rows[vals == v]
+            keep.append(ix if len(ix) <= per_valence else rng.choice(ix, per_valence, replace=False))
+        rows = np.sort(np.concatenate(keep)) if keep else rows
+    if max_samples is not None:
+        if max_samples < 1:
+            raise EmocircuitsError(f"max_samples must be at least 1 (got {max_samples}).")
+        rows = rows[:max_samples]
+    return rows
+
+
 def top_sets(neuron_scores: pd.DataFrame, head_scores: pd.DataFrame, top_k: int,
              top_k_heads: int | None = None) -> tuple[dict[str, NeuronSet], dict[str, HeadSet]]:
     """The global top-k neurons (by ``mean``) and heads (by ``score``) per emotion from ranked tables."""
@@ -225,18 +251,25 @@ def top_sets(neuron_scores: pd.DataFrame, head_scores: pd.DataFrame, top_k: int,
 def local_components(model: Any, prompts: pd.DataFrame, directions: Mapping[str, Direction], *, top_k: int = 20,
                      top_k_heads: int | None = None, use: str = "used", max_tokens: int = 4096,
                      token_ids: Sequence[Sequence[int]] | None = None, head_score: str = "mlp_in",
-                     ablation: bool = False) -> ComponentsResult:
+                     ablation: bool = False, layers: Sequence[int] | None = None, max_samples: int | None = None,
+                     per_valence: int | None = None, seed: int = 0) -> ComponentsResult:
     """Score every MLP neuron (analytic contribution) and query head (one-pass ablation-equivalent drop,
     ``head_score`` one of :data:`HEAD_SCORES`, direction at ``resid.mid``) of every layer for each emotion,
     over that emotion's prompts (``use``: ``used`` = rows of the groups the directions were computed from,
     else accepted, else all). One forward pass for everything; ``ablation=True`` scores the heads by real
     per-head ablation instead (``n_layers × n_heads`` more passes) and records the largest difference to
-    the one-pass scores as ``head_ablation_max_diff`` in ``config``."""
+    the one-pass scores as ``head_ablation_max_diff`` in ``config``. Subsets: ``layers`` (the layers scored,
+    default all), and per emotion at most ``per_valence`` prompts per valence (seeded by ``seed``) and then
+    ``max_samples`` prompts (see :func:`subsample_rows`)."""
     if top_k < 1:
         raise EmocircuitsError(f"top_k must be at least 1 (got {top_k}).")
+    if use not in PROMPT_USES:
+        raise EmocircuitsError(f"use {use!r} is not valid; use one of {', '.join(PROMPT_USES)}.")
     _check_head_score(head_score)
     spec = spec_of(model)
-    layers = list(range(spec.n_layers))
+    layers = list(range(spec.n_layers)) if layers is None else sorted({int(x) for x in layers})
+    if not layers or any(not 0 <= x < spec.n_layers for x in layers):
+        raise EmocircuitsError(f"The layers scored {layers} must be layers 0-{spec.n_layers - 1} of the model.")
     prompts = prompts.reset_index(drop=True)
     ids = token_ids if token_ids is not None else prompt_ids(model, prompts, max_tokens)
     hreads = head_reads(layers, head_score)
@@ -244,7 +277,8 @@ def local_components(model: Any, prompts: pd.DataFrame, directions: Mapping[str,
     n_rows, h_rows = [], []
     max_diff = 0.0
     for emo, d in directions.items():
-        rows = prompt_rows(prompts, emo, use)
+        rows = subsample_rows(prompts, prompt_rows(prompts, emo, use), max_samples=max_samples,
+                              per_valence=per_valence, seed=seed, emotion=emo)
         if not len(rows):
             continue
         v_mid = {layer: d.vector("resid.mid", layer) for layer in layers}
@@ -255,13 +289,13 @@ def local_components(model: Any, prompts: pd.DataFrame, directions: Mapping[str,
                                        max_tokens=max_tokens)
             max_diff = max(max_diff, float((abl - hs).abs().max()))
             hs = abl
-        for layer in layers:
+        for li, layer in enumerate(layers):
             c = neuron_contributions(got["neuron.gated"][layer][rows], weight(model, "mlp.down", layer),
                                      d.vector("resid.post", layer))  # [n_e, d_mlp]
             n_rows.append(pd.DataFrame({"emotion": emo, "layer": layer, "neuron": np.arange(c.shape[1]),
                                         "mean": c.mean(0).numpy(), "pos": c.clamp_min(0).mean(0).numpy(),
                                         "neg": c.clamp_max(0).mean(0).numpy(), "n": len(rows)}))
-            hc = hs[:, layer]  # [n_e, H]
+            hc = hs[:, li]  # [n_e, H]
             h_rows.append(pd.DataFrame({"emotion": emo, "layer": layer, "head": np.arange(hc.shape[1]),
                                         "score": hc.mean(0).numpy(),
                                         "std": hc.std(0).numpy() if len(rows) > 1 else np.zeros(hc.shape[1]),
@@ -275,5 +309,6 @@ def local_components(model: Any, prompts: pd.DataFrame, directions: Mapping[str,
     ns, hs = top_sets(neuron_scores, head_scores, top_k, top_k_heads)
     return ComponentsResult(neuron_scores, head_scores, ns, hs,
                             {"top_k": top_k, "top_k_heads": top_k_heads if top_k_heads is not None else top_k,
-                             "use": use, "head_score": head_score, "ablation": ablation,
+                             "use": use, "head_score": head_score, "ablation": ablation, "layers": layers,
+                             "max_samples": max_samples, "per_valence": per_valence, "seed": seed,
                              **({"head_ablation_max_diff": max_diff} if ablation else {})})

@@ -40,7 +40,7 @@ from emocircuits.core.interventions import AddDirection
 from emocircuits.core.models import spec_of
 from emocircuits.core.runner import Runner
 from emocircuits.judges.panel import judge_panel
-from emocircuits.methods.circuits.elicit import SYSTEM_TEMPLATE, pooled_accuracy
+from emocircuits.methods.circuits.elicit import SYSTEM_TEMPLATE, pooled_accuracy, system_template
 from emocircuits.methods.circuits.influence import NEUTRAL_SYSTEM, neutral_items
 from emocircuits.methods.circuits.local_components import random_heads
 from emocircuits.methods.neurons.find import random_control
@@ -59,6 +59,16 @@ PAPER_BAND = (11, 20, 28)  # layers 11..20 of a 28-layer model
 
 
 _WORD = re.compile(r"[a-z0-9']+")
+
+
+STEER_SITES = ("resid.post", "resid.mid")
+"""Where residual steering reads its direction and adds it (the paper: the layer output, ``resid.post``)."""
+
+
+def _check_site(site: str) -> str:
+    if site not in STEER_SITES:
+        raise EmocircuitsError(f"The residual steering site {site!r} is not valid; use one of {', '.join(STEER_SITES)}.")
+    return site
 
 
 def residual_band(n_layers: int) -> list[int]:
@@ -104,7 +114,8 @@ def random_circuit(circuit: Circuit, spec: Any, seed: int) -> Circuit:
 
 def method_intervention(method: str, emotion: str, *, circuit: Circuit | None = None,
                         direction: Direction | None = None, scale: float | None = None,
-                        band: Sequence[int] | None = None, n_layers: int | None = None) -> Any:
+                        band: Sequence[int] | None = None, n_layers: int | None = None,
+                        site: str = "resid.post") -> Any:
     """The intervention of one steering method (None for ``prompt`` and ``none``). ``scale``: ``s`` for
     ``circuit``/``random`` (default 1), ``α`` for ``residual`` (default 8). ``random`` expects the random
     circuit already drawn (:func:`random_circuit`) as ``circuit``."""
@@ -122,7 +133,7 @@ def method_intervention(method: str, emotion: str, *, circuit: Circuit | None = 
         if n_layers is None:
             raise EmocircuitsError("Residual steering needs its layer band (or n_layers to take the default band).")
         band = residual_band(n_layers)
-    return residual_intervention(direction, band, RESIDUAL_ALPHA if scale is None else float(scale))
+    return residual_intervention(direction, band, RESIDUAL_ALPHA if scale is None else float(scale), site=site)
 
 
 def _messages(users: Sequence[str], system: str) -> list[list[dict[str, str]]]:
@@ -220,14 +231,18 @@ def steer_compare(model: Any, prompts: pd.DataFrame, *, emotions: Sequence[str] 
                   directions: Mapping[str, Direction] | None = None, scale: float = CIRCUIT_SCALE,
                   alpha: float = RESIDUAL_ALPHA, band: Sequence[int] | None = None, n_random: int = 3,
                   judges: Sequence[Any] = ("lexicon",), max_new_tokens: int = 48, max_prompts: int | None = None,
-                  system: str = STEER_SYSTEM, seed: int = 0, n_boot: int = 1000, max_tokens: int = 8192,
+                  system: str = STEER_SYSTEM, prompt_system: str = SYSTEM_TEMPLATE, site: str = "resid.post",
+                  seed: int = 0, n_boot: int = 1000, max_tokens: int = 8192,
                   generate_kw: Mapping[str, Any] | None = None, progress: bool = False) -> SteerResult:
     """Generate with every method for every target emotion, judge, and score accuracy and quality.
 
     ``prompts``: SEV items or any table with ``skeleton, valence`` and ``user`` (or ``scenario, event``); one
     prompt per (skeleton, valence). ``circuits`` (for ``circuit``/``random``) and ``directions`` (for
     ``residual``, ``resid.post`` vectors) by emotion. ``n_random`` random circuits per emotion, seeds derived
-    from ``seed``. ``generate_kw``: more :func:`~emocircuits.core.generation.generate` options.
+    from ``seed``. ``generate_kw``: more :func:`~emocircuits.core.generation.generate` options. ``system``:
+    the emotion-free system prompt; ``prompt_system``: the prompting method's emotion instruction (a template
+    name or a text with ``{emotion}``); ``site``: where residual steering reads its direction and adds it
+    (:data:`STEER_SITES`).
     """
     from tqdm.auto import tqdm
 
@@ -237,6 +252,8 @@ def steer_compare(model: Any, prompts: pd.DataFrame, *, emotions: Sequence[str] 
         raise EmocircuitsError(f"Unknown steering method {bad[0]!r}; use one of {', '.join(METHODS)}.")
     if "random" in methods and n_random < 1:
         raise EmocircuitsError(f"n_random must be at least 1 (got {n_random}).")
+    prompt_system = system_template(prompt_system)
+    _check_site(site)
     spec = spec_of(model)
     items = neutral_items(prompts, system)
     if max_prompts is not None:
@@ -266,13 +283,13 @@ def steer_compare(model: Any, prompts: pd.DataFrame, *, emotions: Sequence[str] 
     frames = []
     neutral_ids = encode_prompts(Runner(model, max_tokens=max_tokens), _messages(users, system))
     for m, variant, e in tqdm(jobs, desc="steer", disable=not progress):
-        sys_prompt = SYSTEM_TEMPLATE.format(emotion=e) if m == "prompt" else system
+        sys_prompt = prompt_system.format(emotion=e) if m == "prompt" else system
         if m == "random":
             comp = random_circuit(circuits[e], spec, derive_seed(seed, "random-circuit", e, variant))
             iv = method_intervention(m, e, circuit=comp, scale=scale)
         elif m in ("circuit", "residual"):
             iv = method_intervention(m, e, circuit=(circuits or {}).get(e), direction=(directions or {}).get(e),
-                                     scale=scale if m == "circuit" else alpha, band=band)
+                                     scale=scale if m == "circuit" else alpha, band=band, site=site)
         else:
             iv = None
         gen = _generate(model, users, sys_prompt, iv, gen_kw)
@@ -303,6 +320,7 @@ def steer_compare(model: Any, prompts: pd.DataFrame, *, emotions: Sequence[str] 
     names = [j.name for j in judge_objs]
     config = {"methods": methods, "emotions": emotions, "scale": scale, "alpha": alpha, "band": band,
               "n_random": n_random, "judges": names, "max_new_tokens": max_new_tokens, "system": system,
+              "prompt_system": prompt_system, "site": site, "generate": dict(generate_kw or {}),
               "seed": seed, "n_prompts": len(items)}
     return SteerResult(replies, steer_accuracy(replies, names, n_boot=n_boot, seed=seed), steer_quality(replies),
                        config)
@@ -311,22 +329,25 @@ def steer_compare(model: Any, prompts: pd.DataFrame, *, emotions: Sequence[str] 
 def steer_text(model: Any, text: str, emotion: str, method: str = "circuit", *, scale: float | None = None,
                circuit: Circuit | None = None, direction: Direction | None = None,
                band: Sequence[int] | None = None, max_new_tokens: int = 48, system: str = STEER_SYSTEM,
-               seed: int = 0, **generate_kw: Any) -> dict[str, Any]:
+               prompt_system: str = SYSTEM_TEMPLATE, site: str = "resid.post", seed: int = 0,
+               **generate_kw: Any) -> dict[str, Any]:
     """Steered and unsteered replies to one user ``text`` (for ``emocircuits steer``): ``{"method",
     "emotion", "scale", "steered", "unsteered", "finish_steered", "finish_unsteered"}``. ``method="random"``
     draws a random circuit like ``circuit`` with ``seed``."""
 
     if not str(text).strip():
         raise EmocircuitsError("The text to reply to is empty; pass a non-empty prompt.")
+    prompt_system = system_template(prompt_system)
+    _check_site(site)
     spec = spec_of(model)
     if method == "random":
         if circuit is None:
             raise EmocircuitsError("Method 'random' needs the circuit whose per-layer counts it copies.")
         circuit = random_circuit(circuit, spec, seed)
     iv = method_intervention(method, emotion, circuit=circuit, direction=direction, scale=scale, band=band,
-                             n_layers=spec.n_layers)
+                             n_layers=spec.n_layers, site=site)
     kw = {"max_new_tokens": max_new_tokens, **generate_kw}
-    sys_prompt = SYSTEM_TEMPLATE.format(emotion=emotion) if method == "prompt" else system
+    sys_prompt = prompt_system.format(emotion=emotion) if method == "prompt" else system
     steered = _generate(model, [text], sys_prompt, iv, kw)
     plain = _generate(model, [text], system, None, kw)
     used = scale if scale is not None else (RESIDUAL_ALPHA if method == "residual" else

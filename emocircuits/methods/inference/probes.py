@@ -31,6 +31,8 @@ class ProbeResult:
     emotion_directions: dict[str, Direction] = field(default_factory=dict)
     appraisal_directions: dict[str, Direction] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, list[int]] = field(default_factory=dict)
+    """Row indices (into the prepared examples) of the emotion probes' ``train`` and ``test`` parts."""
 
     def best(self) -> pd.DataFrame:
         """The best (site, layer) per target by selectivity (cv_mean − control mean): the highest point
@@ -78,20 +80,41 @@ def label_permutations(n: int, k: int, seed: int) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, n), dtype=int)
 
 
+def _scaled(x: np.ndarray, fit: np.ndarray, standardise: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` standardised on ``fit``'s mean and sd (``standardise``), else raw; and the sd to map weights back."""
+    if not standardise:
+        return x, np.ones(x.shape[1])
+    xs, _, sd = _standardise(x, fit)
+    return xs, sd
+
+
+def emotion_split(y: np.ndarray, test_size: float, seed: int, stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The emotion probe's train/test row indices: ``train_test_split`` with ``seed``, stratified by label
+    when ``stratify`` and every label can be (else unstratified)."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y)[np.bincount(y) > 0]
+    n_test = int(np.ceil(test_size * len(y)))
+    ok = counts.min() >= 2 and n_test >= len(counts) and len(y) - n_test >= len(counts)
+    strat = y if stratify and ok else None
+    tr, te = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=strat)
+    return tr, te
+
+
 def _oof_correct(x: np.ndarray, y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
-                 train_labels: np.ndarray, c: float, seed: int) -> np.ndarray:
+                 train_labels: np.ndarray, c: float, seed: int, standardise: bool = True) -> np.ndarray:
     """0/1 correctness against ``y`` of each held-out row (rows of the splits' test parts, in order), the
     probe of each split trained on ``train_labels`` (``y`` itself, or a permutation of it)."""
     out = []
     for a, b in splits:
-        xf, _, _ = _standardise(x, x[a])
+        xf, _ = _scaled(x, x[a], standardise)
         out.append(_fit_logreg(xf[a], train_labels[a], c, seed).predict(xf[b]) == y[b])
     return np.concatenate(out).astype(float)
 
 
 def _probe_emotion(x: np.ndarray, y: np.ndarray, *, c: float, seed: int, folds: int, test_size: float,
-                   perms: np.ndarray, random_features: int | None = None, n_boot: int = 1000
-                   ) -> tuple[dict[str, float], np.ndarray]:
+                   perms: np.ndarray, random_features: int | None = None, n_boot: int = 1000,
+                   standardise: bool = True, stratify: bool = True) -> tuple[dict[str, float], np.ndarray]:
     """Emotion probe of ``x [n, d]`` for labels ``y [n]``; weights ``[n_cls, d]`` in raw space.
 
     ``value``: accuracy on an 80/20 split (Wilson interval ``value_low, value_high``). ``cv_mean``: accuracy
@@ -103,22 +126,23 @@ def _probe_emotion(x: np.ndarray, y: np.ndarray, *, c: float, seed: int, folds: 
     (:func:`emocircuits.base.stats.bootstrap_versus_controls`: examples paired, the K draws resampled).
     ``random_features`` (a seed, or None): the same CV on Gaussian features of the same shape.
     """
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     counts = np.bincount(y)[np.bincount(y) > 0]
-    n_test = int(np.ceil(test_size * len(y)))
-    strat = y if counts.min() >= 2 and n_test >= len(counts) and len(y) - n_test >= len(counts) else None
-    tr, te = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=strat)
-    xs, _, _ = _standardise(x, x[tr])
+    tr, te = emotion_split(y, test_size, seed, stratify)
+    xs, _ = _scaled(x, x[tr], standardise)
     clf = _fit_logreg(xs[tr], y[tr], c, seed)
     hits = int((clf.predict(xs[te]) == y[te]).sum())
     value = hits / len(te)
     v_lo, v_hi = wilson_interval(hits, len(te))
     k = min(folds, int(counts.min()))
-    splits = (list(StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y)) if k >= 2
+    if not stratify:
+        k = folds
+    splits = ((list(StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y)) if stratify
+               else list(KFold(k, shuffle=True, random_state=seed).split(x))) if k >= 2
               else [(tr, te)])  # too few of a label for k-fold: the 80/20 split is the one "fold"
-    correct = _oof_correct(x, y, splits, y, c, seed)  # [n_oof]
-    ctrl = np.stack([_oof_correct(x, y, splits, y[p], c, seed) for p in perms])  # [K, n_oof]
+    correct = _oof_correct(x, y, splits, y, c, seed, standardise)  # [n_oof]
+    ctrl = np.stack([_oof_correct(x, y, splits, y[p], c, seed, standardise) for p in perms])  # [K, n_oof]
     m = float(correct.mean())
     lo, hi = wilson_interval(int(correct.sum()), len(correct))
     vs = bootstrap_versus_controls(correct, ctrl, n_boot=n_boot, seed=seed)
@@ -130,11 +154,11 @@ def _probe_emotion(x: np.ndarray, y: np.ndarray, *, c: float, seed: int, folds: 
            "n_train": len(tr), "n_test": len(te)}
     if random_features is not None:
         g = np.random.default_rng(random_features).standard_normal(x.shape)
-        rf = _oof_correct(g, y, splits, y, c, seed)
+        rf = _oof_correct(g, y, splits, y, c, seed, standardise)
         row["random_features"] = float(rf.mean())
         row["random_features_low"], row["random_features_high"] = wilson_interval(int(rf.sum()), len(rf))
     # full-data fit for the weights, mapped back to raw activation space (w / sd)
-    xs_all, _, sd = _standardise(x, x)
+    xs_all, sd = _scaled(x, x, standardise)
     full = _fit_logreg(xs_all, y, c, seed)
     coef = full.coef_ / sd[None, :]
     if coef.shape[0] == 1:  # binary: sklearn keeps one row (class 1 vs 0)
@@ -194,6 +218,7 @@ def probe_activations(acts: Mapping[str, Mapping[int, Tensor]], labels: np.ndarr
                       appraisals: np.ndarray | None = None, appraisal_names: Sequence[str] = (), *,
                       c: float = 1.0, alpha: float = 5.0, seed: int = PROBE_SEED, folds: int = 5,
                       test_size: float = 0.2, controls: int = 5, random_features: bool = False, n_boot: int = 1000,
+                      standardise: bool = True, stratify: bool = True,
                       provenance: Mapping[str, Any] | None = None) -> ProbeResult:
     """Probes on captured activations ``{site: {layer: [n, d]}}`` (see :func:`probe`)."""
     labels = np.asarray(labels)
@@ -211,7 +236,8 @@ def probe_activations(acts: Mapping[str, Mapping[int, Tensor]], labels: np.ndarr
             x = t.double().numpy()
             rf_seed = derive_seed(seed, "probe-random-features", site, layer) if random_features else None
             stats_, coef = _probe_emotion(x, labels, c=c, seed=seed, folds=folds, test_size=test_size, perms=perms,
-                                          random_features=rf_seed, n_boot=n_boot)
+                                          random_features=rf_seed, n_boot=n_boot, standardise=standardise,
+                                          stratify=stratify)
             rows.append({"site": site, "layer": layer, "target": "emotion", "metric": "accuracy", **stats_})
             for k, cls in enumerate(present):
                 e_vecs.setdefault(label_names[int(cls)], {}).setdefault(site, {})[layer] = torch.tensor(coef[k]).float()
@@ -226,19 +252,22 @@ def probe_activations(acts: Mapping[str, Mapping[int, Tensor]], labels: np.ndarr
         table["ci_clipped"] = table["ci_clipped"].fillna(False).astype(bool)
     prov = dict(provenance or {})
     cfg = {"C": c, "alpha": alpha, "seed": seed, "folds": folds, "test_size": test_size, "controls": int(controls),
-           "random_features": bool(random_features)}
+           "random_features": bool(random_features), "standardise": bool(standardise), "stratify": bool(stratify)}
     emo = {e: Direction(v, e, {**prov, "method": "logistic probe", **cfg}) for e, v in e_vecs.items()}
     app = {a: Direction(v, a, {**prov, "method": "ridge probe", **cfg}) for a, v in a_vecs.items()}
-    return ProbeResult(table, emo, app, cfg)
+    tr, te = emotion_split(labels, test_size, seed, stratify)
+    return ProbeResult(table, emo, app, cfg, {"train": sorted(map(int, tr)), "test": sorted(map(int, te))})
 
 
 def probe(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, layers: Sequence[int] | None = None,
           appraisals: Sequence[str] | None = None, c: float = 1.0, alpha: float = 5.0, seed: int = PROBE_SEED,
           folds: int = 5, test_size: float = 0.2, controls: int = 5, random_features: bool = False,
-          n_boot: int = 1000) -> ProbeResult:
+          n_boot: int = 1000, standardise: bool = True, stratify: bool = True) -> ProbeResult:
     """Last-token probes at every layer of each site (all sites captured in one pass).
 
-    Emotion: logistic regression (C=1) on standardised activations. ``value``: accuracy on an 80/20 split
+    Emotion: logistic regression (C=``c``, default 1) on activations standardised on the training part
+    (``standardise=False``: raw activations, Tak et al.'s protocol); the split and the CV folds are
+    stratified by label (``stratify=False``: plain shuffled splits, as Tak et al.'s code). ``value``: accuracy on an 80/20 split
     (seed 42) with its Wilson 95% interval (``value_low, value_high``); ``cv_mean``: accuracy of the pooled
     out-of-fold predictions of k-fold CV with its Wilson 95% interval over those examples (``ci_low,
     ci_high``, inside [0, 1]; it counts example noise, not refitting noise). Controls: ``controls`` (K)
@@ -269,6 +298,6 @@ def probe(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, layers: Sequenc
     spec = spec_of(prep.model)
     return probe_activations(acts, prep.true, prep.labels, ya if names else None, names, c=c, alpha=alpha,
                              seed=seed, folds=folds, test_size=test_size, controls=controls,
-                             random_features=random_features, n_boot=n_boot,
-                             provenance={"model": spec.name if hasattr(spec, "name") else str(spec.architecture),
+                             random_features=random_features, n_boot=n_boot, standardise=standardise,
+                             stratify=stratify, provenance={"model": spec.name if hasattr(spec, "name") else str(spec.architecture),
                                          "n_examples": len(prep)})

@@ -313,16 +313,59 @@ class Selection:
                 "labels": list(self.labels), "n_layers": self.n_layers, "d_mlp": self.d_mlp, "config": self.config}
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any], source: str = "neurons.json") -> Selection:
-        if "neurons" not in doc or not isinstance(doc["neurons"], Mapping):
+    def from_json(cls, doc: Any, source: str = "neurons.json") -> Selection:
+        """A selection from a ``neurons.json`` document, checked against its schema first: ``neurons`` maps
+        each emotion of ``labels`` to pairs of two non-negative integers, not all sets empty; ``ranked`` the
+        same; ``n_layers``/``d_mlp`` non-negative integers. Anything else is one sentence naming the file."""
+        def bad(what: str) -> EmocircuitsError:
+            return EmocircuitsError(f"{source}: {what}; re-create it with `emocircuits neurons find`.")
+
+        def count(key: str) -> int | None:
+            v = doc.get(key)
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(f"{key!r} is {v!r}, not a non-negative integer")
+            return v
+
+        def pairs(key: str, emotion: Any, value: Any) -> list[tuple[int, int]]:
+            if not isinstance(value, list):
+                raise bad(f"{key}[{emotion!r}] is {type(value).__name__}, not a list of [layer, index] pairs")
+            out = []
+            for j, pair in enumerate(value):
+                if not (isinstance(pair, list) and len(pair) == 2 and all(
+                        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in pair)):
+                    raise bad(f"{key}[{emotion!r}] entry {j + 1} is {json.dumps(pair)}, not a pair of two "
+                              "non-negative integers [layer, index]")
+                out.append((pair[0], pair[1]))
+            return out
+
+        if not isinstance(doc, Mapping) or not isinstance(doc.get("neurons"), Mapping):
             raise EmocircuitsError(f"{source} has no 'neurons' mapping (emotion → [[layer, index], ...]); "
                                    "pass a file written by `emocircuits neurons find`.")
-        sets = {e: NeuronSet.from_pairs(p) for e, p in doc["neurons"].items()}
-        ranked = {e: [tuple(p) for p in r] for e, r in (doc.get("ranked") or {}).items()}
-        labels = tuple(doc.get("labels") or sets)
-        n_layers = int(doc.get("n_layers") or max((max(s.layers, default=0) for s in sets.values()), default=0) + 1)
-        d_mlp = int(doc.get("d_mlp") or 0)
-        return cls(sets, ranked, labels, n_layers, d_mlp, dict(doc.get("config") or {}))
+        raw_labels = doc.get("labels")
+        if raw_labels is not None and not (isinstance(raw_labels, list) and raw_labels
+                                           and all(isinstance(x, str) for x in raw_labels)):
+            raise bad(f"'labels' is {json.dumps(raw_labels)[:60]}, not a list of emotion names")
+        labels = tuple(raw_labels or [str(e) for e in doc["neurons"]])
+        unknown = [e for e in doc["neurons"] if e not in labels]
+        if unknown:
+            raise bad(f"emotion(s) {', '.join(map(repr, unknown))} in 'neurons' are not in its labels "
+                      f"({', '.join(labels)})")
+        found = {e: pairs("neurons", e, v) for e, v in doc["neurons"].items()}
+        if not any(found.values()):
+            raise bad("every emotion's neuron set is empty, so it would mask nothing")
+        ranked_doc = doc.get("ranked") or {}
+        if not isinstance(ranked_doc, Mapping):
+            raise bad("'ranked' is not a mapping of emotion to [layer, index] pairs")
+        ranked = {e: pairs("ranked", e, r) for e, r in ranked_doc.items()}
+        config = doc.get("config") or {}
+        if not isinstance(config, Mapping):
+            raise bad("'config' is not an object")
+        sets = {e: NeuronSet.from_pairs(p) for e, p in found.items()}
+        n_layers = count("n_layers") or max((max(s.layers, default=0) for s in sets.values()), default=0) + 1
+        d_mlp = count("d_mlp") or 0
+        return cls(sets, ranked, labels, n_layers, d_mlp, dict(config))
 
     @classmethod
     def load(cls, path: str | Path) -> Selection:
@@ -332,10 +375,13 @@ class Selection:
         if not path.exists():
             raise EmocircuitsError(f"Neuron file {str(path)!r} does not exist; run `emocircuits neurons find` first.")
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise EmocircuitsError(f"{str(path)!r} is not valid JSON (line {exc.lineno}); re-create it with "
                                    "`emocircuits neurons find`.") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EmocircuitsError(f"{str(path)!r} cannot be read as UTF-8 text ({type(exc).__name__}); re-create "
+                                   "it with `emocircuits neurons find`.") from exc
         return cls.from_json(doc, str(path))
 
 

@@ -33,7 +33,7 @@ from emocircuits.base.constants import DEFAULT_CONTROLS, DEFAULT_TEMPLATE, EKMAN
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.readout import SCORINGS
 from emocircuits.core.sites import check_layer_range, layer_range
-from emocircuits.methods.neurons.find import RATIO_MODES, Selection
+from emocircuits.methods.neurons.find import RATIO_MODES, Condition, Selection
 from emocircuits.methods.neurons.masking import MaskingEngine, mask, sweep_row
 from emocircuits.sweeps.artifacts import (
     Artifacts,
@@ -63,13 +63,9 @@ class NeuronMaskingParams:
 
 
 @dataclass(frozen=True)
-class NeuronMaskingCell:
-    """One masking condition and the seed of its random controls."""
+class NeuronMaskingCell(Condition):
+    """One masking condition (emotion, layers, ratio, ratio_mode) and the seed of its random controls."""
 
-    emotion: str
-    layers: str = "all"
-    ratio: float | None = None
-    ratio_mode: str = "truncate"
     seed: int = 0
 
 

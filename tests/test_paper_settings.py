@@ -1,0 +1,163 @@
+"""Issue 24, paper settings: data read completely or refused, probe estimators as options, presets recorded as
+the README's table says, replayable runs (kept ids, split ids, pairs)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.presets import PRESETS, resolve
+from emocircuits.cli.app import app
+from emocircuits.core.prompts import get_template
+from emocircuits.data import load_data, rated_only
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+FIX = Path(__file__).parent / "fixtures" / "paper_settings"
+CSV, JSONL = FIX / "envent_style.csv", FIX / "envent_style.jsonl"
+FOUR = "joy,sadness,anger,fear"
+SMALL = ["--model", "tiny-llama", "--labels", FOUR, "--all-examples", "--controls", "1", "--folds", "2", "--quiet"]
+
+
+def _run(argv: list[str]):
+    r = runner.invoke(app, argv)
+    assert r.exit_code == 0, (r.output, r.exception)
+    return r
+
+
+def readme_presets() -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for m in re.finditer(r"^\| (\w+) \| (\w+) \| `([^`]*)` \| (.*) \|$", (ROOT / "README.md").read_text(), re.M):
+        out.setdefault(m[1], {})[m[2]] = m[3]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- data
+def test_csv_columns_and_nested_jsonl_ratings_load_the_same():
+    a = load_data(f"envent:{CSV}", labels=FOUR.split(","), text_field="hidden_emo_text")
+    b = load_data(f"jsonl:{JSONL}", labels=FOUR.split(","), text_field="hidden_emo_text", label_field="emotion")
+    assert [e.id for e in a] == [e.id for e in b] and [e.text for e in a] == [e.text for e in b]
+    assert a.info["ratings"] == b.info["ratings"] and len(a.info["ratings"]["columns"]) == 20
+    assert a.info["ratings"]["rated_rows"] == len(a)
+    assert all(a[i].meta[k] == b[i].meta[k] for i in range(len(a)) for k in a.info["ratings"]["columns"])
+    assert "appraisal" not in b[0].meta  # flattened, not kept as an object
+
+
+def test_named_ratings_and_refusals(tmp_path):
+    ds = load_data(f"jsonl:{JSONL}", labels=FOUR.split(","), label_field="emotion", text_field="generated_text",
+                   appraisals=["urgency", "effort"])
+    assert ds.info["ratings"]["columns"] == ["urgency", "effort"] and "pleasantness" not in ds[0].meta
+    with pytest.raises(EmocircuitsError, match="no row rates nosuch"):
+        load_data(f"jsonl:{JSONL}", labels=FOUR.split(","), label_field="emotion", text_field="generated_text",
+                  appraisals=["nosuch"])
+    bad = tmp_path / "obj.jsonl"
+    bad.write_text(json.dumps({"text": "x", "label": "anger", "appraisal": {"urgency": {"value": 3, "sd": 0.5}}}) + "\n")
+    with pytest.raises(EmocircuitsError, match=r"obj.jsonl, line 1: appraisal rating 'urgency' is \{"):
+        load_data(f"jsonl:{bad}", labels=["anger"])
+
+
+def test_partly_rated_and_unrated_files_say_so(tmp_path):
+    f = tmp_path / "part.jsonl"
+    f.write_text("".join(json.dumps({"text": f"t{i}", "label": "anger" if i % 2 else "fear",
+                                     **({"urgency": 3} if i < 4 else {})}) + "\n" for i in range(6)))
+    ds = load_data(f"jsonl:{f}", labels=["anger", "fear"])
+    kept, note = rated_only(ds)
+    assert len(kept) == 4 and "dropped 2 of 6" in note
+    g = tmp_path / "none.jsonl"
+    g.write_text("".join(json.dumps({"text": f"t{i}", "label": "anger", "topic": "x"}) + "\n" for i in range(3)))
+    with pytest.raises(EmocircuitsError, match=r"holds no appraisal ratings \(its fields: label, text, topic\)"):
+        rated_only(load_data(f"jsonl:{g}", labels=["anger"]))
+
+
+def test_tak2025_prompt_is_plain_fewshot_and_maps_joy():
+    t = get_template("tak2025")
+    assert t.kind == "plain"
+    ekman = t.render("I felt ... when it rained.", ["anger", "happiness", "sadness"])
+    assert "Emotion: happiness" in ekman and "Emotion: sadness" in ekman and ekman.endswith("Emotion:")
+    assert get_template("lee2025").system == get_template("chat_lee").system
+
+
+# ------------------------------------------------------------------------------------------- probes
+def test_csv_and_nested_jsonl_give_the_same_probe_table_with_tak2025(tmp_path):
+    a, b = tmp_path / "csv", tmp_path / "jsonl"
+    r = _run(["inference", "probe", "--data", f"envent:{CSV}", "--text-field", "hidden_emo_text", "--preset", "tak2025",
+              *SMALL, "--out", str(a)])
+    _run(["inference", "probe", "--data", f"jsonl:{JSONL}", "--text-field", "hidden_emo_text", "--label-field",
+          "emotion", "--preset", "tak2025", *SMALL, "--out", str(b)])
+    ta, tb = pd.read_parquet(a / "probes.parquet"), pd.read_parquet(b / "probes.parquet")
+    pd.testing.assert_frame_equal(ta, tb)
+    assert set(ta.target) >= {"emotion", "pleasantness"} and ta.target.nunique() == 21
+    assert "--all-examples True given, overriding" in r.output
+    # the manifest holds the preset as the README's table says (all_examples: overridden on purpose)
+    cfg = json.loads((a / "manifest.json").read_text())["config"]
+    assert cfg["preset"] == "tak2025"
+    for key, value in readme_presets()["tak2025"].items():
+        expect = "True" if key == "all_examples" else value
+        assert str(cfg[key]) == expect and str(cfg["preset_settings"][key]) == expect, key
+    # replayable: kept ids and the split ids
+    ex = json.loads((a / "examples.json").read_text())
+    split = json.loads((a / "split.json").read_text())
+    assert len(ex["kept"]) == 24 and sorted(split["train"] + split["test"]) == sorted(ex["kept"])
+    assert len(split["test"]) == 5
+
+
+def test_probe_estimators_are_keywords_and_change_the_fit():
+    import numpy as np
+    import torch
+
+    from emocircuits.methods.inference.probes import probe_activations
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 10)
+    x = torch.tensor(rng.standard_normal((20, 4)) * [1, 10, 100, 1000] + y[:, None])
+    base = probe_activations({"resid.post": {0: x}}, y, ["a", "b"], controls=1, folds=2)
+    raw = probe_activations({"resid.post": {0: x}}, y, ["a", "b"], controls=1, folds=2, standardise=False,
+                            stratify=False, c=0.5, test_size=0.3, seed=1)
+    assert raw.config | {} == {**raw.config, "standardise": False, "stratify": False, "C": 0.5, "test_size": 0.3}
+    assert len(raw.split["test"]) == 6 and base.config["standardise"] is True
+
+
+# ------------------------------------------------------------------------------------------- presets
+def test_readme_table_is_the_presets():
+    table = readme_presets()
+    assert {p: {k: str(s.value) for k, s in v.items()} for p, v in PRESETS.items()} == table
+
+
+def test_lee2025_preset_manifest_matches_the_readme(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{lab} text {i}", "label": lab}) + "\n"
+                            for lab in ("anger", "disgust", "fear", "happiness", "sadness", "surprise") for i in range(2)))
+    r = _run(["neurons", "find", "--model", "tiny-llama", "--data", f"jsonl:{data}", "--preset", "lee2025",
+              "--stability", "0", "--quiet", "--out", str(tmp_path / "run")])
+    assert "preset lee2025:" in r.output
+    cfg = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
+    assert cfg["preset"] == "lee2025"
+    assert {k: str(cfg[k]) for k in readme_presets()["lee2025"]} == readme_presets()["lee2025"]
+
+
+def test_wang2025_preset_resolves_and_refuses_commands_it_does_not_set():
+    cfg, notes = resolve("wang2025", {"groups": "all"}, set(), "circuits directions")
+    assert cfg["groups"] == readme_presets()["wang2025"]["groups"] and notes[0].startswith("preset wang2025")
+    with pytest.raises(EmocircuitsError, match="sets nothing that inference probe has"):
+        resolve("wang2025", {"template": "x"}, set(), "inference probe")
+
+
+# ------------------------------------------------------------------------------------------- pairs
+def test_patch_records_pairs_and_replays_them_from_a_file(tmp_path):
+    common = ["inference", "patch", "--data", f"envent:{CSV}", *[a for a in SMALL if a not in ("--folds", "2",
+              "--controls", "1")], "--sites", "mlp.out", "--span", "2", "--stride", "2", "--n-pairs", "4"]
+    _run([*common, "--out", str(tmp_path / "a")])
+    pairs = json.loads((tmp_path / "a" / "pairs.json").read_text())
+    assert len(pairs) == 4 and set(pairs[0]) == {"source_id", "target_id"}
+    f = tmp_path / "pairs.csv"
+    f.write_text("source_id,target_id\n" + "".join(f"{p['source_id']},{p['target_id']}\n" for p in pairs))
+    _run([*common, "--pairs", str(f), "--out", str(tmp_path / "b")])
+    assert json.loads((tmp_path / "b" / "pairs.json").read_text()) == pairs
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "patching.parquet"),
+                                  pd.read_parquet(tmp_path / "b" / "patching.parquet"))
