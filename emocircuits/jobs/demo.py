@@ -269,7 +269,7 @@ def _circuits(cfg: dict[str, Any], out: Path, pair: Any, quiet: bool, step: Call
     co = step("circuits.components", lambda: run_components(
         {"from": str(d["directions"]), "model": None, "top_k": cfg["top_k"], "top_k_heads": None}, d["components"], **q))
     top_heads = _top_heads(co.head_scores)
-    lines.append("top heads (projection on the emotion direction): "
+    lines.append("top heads (drop of the MLP input's emotion projection when removed): "
                  + "; ".join(f"{e} {', '.join(hs)}" for e, hs in top_heads.items()))
     say(lines[-1])
     step("circuits.influence", lambda: run_influence(
