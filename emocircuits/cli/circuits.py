@@ -1,9 +1,9 @@
 """`emocircuits circuits elicit|directions|components|validate|influence|assemble|steer` and `emocircuits steer`:
-thin fronts over ``emocircuits.methods.circuits``, ``emocircuits.methods.circuits`` and ``emocircuits.methods.circuits.steer``.
+thin fronts over the jobs of ``emocircuits.jobs.circuits``, ``.circuit_build`` and ``.steer``.
 
 Each step reads the run directory of the step before (``--from``) and writes its own; every command
-builds a plain config dict and calls the library's ``run_<step>``, which ``emocircuits rerun`` also uses
-(the jobs register themselves in their library modules). ``validate`` is a ``component_validation`` sweep.
+builds a plain config dict and calls the job's ``run_<step>``, which ``emocircuits rerun`` also uses
+(:data:`emocircuits.jobs.registry.JOBS`). ``validate`` is a ``component_validation`` sweep.
 """
 
 from __future__ import annotations
