@@ -54,9 +54,7 @@ def classify_cmd(
     from emocircuits.jobs.classify import run_classify
 
     # called as a plain function, options left out arrive as typer.Option objects: read them as unset
-    system = system if isinstance(system, str) else None
-    calibration = calibration if isinstance(calibration, str) else None
-    calibrate = calibrate if isinstance(calibrate, bool) else None
+    system, calibration, calibrate = given(system), given(calibration), given(calibrate)
     labels, prepend_bos, drop_unknown = given(labels), given(prepend_bos), given(drop_unknown, False)
     no_prior_cache = given(no_prior_cache, False)
     text_field, label_field = given(text_field), given(label_field)

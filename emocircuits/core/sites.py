@@ -189,18 +189,24 @@ def layer_range(n_layers: int, name: str) -> list[int]:
 
 
 @dataclass(frozen=True)
-class WeightInfo:
-    """How one abstract weight maps onto a bridge property: path template (``{L}`` = layer) and shape."""
+class _BridgePath:
+    """A table row naming one bridge module or property by family: path templates (``{L}`` = layer)."""
 
     name: str
     gated_path: str
     plain_path: str
-    shape: tuple[str, ...]
-    optional: bool = False  # True: None where the model has no such parameter (bias-free projections)
-    doc: str = ""
 
     def path(self, spec: ModelSpec) -> str:
         return self.gated_path if spec.gated_mlp else self.plain_path
+
+
+@dataclass(frozen=True)
+class WeightInfo(_BridgePath):
+    """How one abstract weight maps onto a bridge property: path template (``{L}`` = layer) and shape."""
+
+    shape: tuple[str, ...]
+    optional: bool = False  # True: None where the model has no such parameter (bias-free projections)
+    doc: str = ""
 
 
 WEIGHTS: dict[str, WeightInfo] = {
@@ -267,18 +273,12 @@ def weight(model: Any, name: str, layer: int | None = None) -> torch.Tensor | No
 
 
 @dataclass(frozen=True)
-class NormInfo:
+class NormInfo(_BridgePath):
     """How one abstract normalisation maps onto a bridge module and the sites before and after it."""
 
-    name: str
-    gated_path: str
-    plain_path: str
     input_site: str
     output_site: str
     doc: str = ""
-
-    def path(self, spec: ModelSpec) -> str:
-        return self.gated_path if spec.gated_mlp else self.plain_path
 
 
 NORMS: dict[str, NormInfo] = {

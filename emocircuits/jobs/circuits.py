@@ -13,6 +13,7 @@ from emocircuits.core.models import load_for_config
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.core.units import HeadSet, NeuronSet
 from emocircuits.data import load_data
+from emocircuits.jobs.common import _check_choice
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.directions import GROUP_MODES, emotion_directions
 from emocircuits.methods.circuits.elicit import ACCEPT_MODES, elicit, system_template
@@ -30,11 +31,6 @@ def read_components(src: Path, top_k: int | None = None) -> tuple[dict[str, Neur
     comp = manifest.get("components", {})
     return ({e: NeuronSet.load(Path(src) / f) for e, f in comp.get("neurons", {}).items()},
             {e: HeadSet.load(Path(src) / f) for e, f in comp.get("heads", {}).items()})
-
-
-def _check_choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise EmocircuitsError(f"--{name} {value!r} is not valid; use one of {', '.join(map(str, allowed))}.")
 
 
 def _check_emotions(emotions: list[str]) -> None:
