@@ -230,7 +230,7 @@ def test_steer_compare_generation_settings_and_site(tiny_llama, runs):
     dirs = {"anger": Direction.load(runs["di"] / man["directions"]["anger"])}
     items = C.elicitation_items(load_data("builtin:sev"), emotions=["anger"], limit=1).iloc[:2]
     kw = dict(emotions=["anger"], methods=["residual", "prompt"], directions=dirs, band=[1], max_new_tokens=3,
-              n_boot=10, max_prompts=1)
+              n_boot=10, max_prompts=1, alpha=8.0, sentences=0)
     res = C.steer_compare(model, items, site="resid.mid", prompt_system="Feel {emotion}.",
                           generate_kw={"min_new_tokens": 3, "repetition_penalty": 1.5, "no_repeat_ngram_size": 2},
                           **kw)
@@ -261,7 +261,7 @@ def test_residual_steering_from_a_directions_run(runs):
     out = _ok(["steer", "Tell me about your day.", "--emotion", "anger", "--method", "residual", "--directions",
                runs["di"], "--band", "1-1", "--site", "resid.mid", "--scale", "2", "--max-new-tokens", "2",
                "--min-new-tokens", "2"])
-    assert "[residual anger, scale 2]" in out
+    assert "[residual anger, scale 2, " in out
 
 
 # ----------------------------------------------------------------------------- bad values: one sentence, no model

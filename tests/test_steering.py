@@ -139,7 +139,7 @@ def test_steer_compare_tiny(tiny_llama, items):
     circuits = {e: _circuit(spec, e, i) for i, e in enumerate(EMOS)}
     directions = {e: _direction(spec, e, i) for i, e in enumerate(EMOS)}
     res = S.steer_compare(model, items, emotions=EMOS, circuits=circuits, directions=directions, n_random=3,
-                          max_new_tokens=3, n_boot=50)
+                          max_new_tokens=3, n_boot=50, scale=1.0, alpha=8.0, sentences=0)
     r = res.replies
     n = 3  # prompts: one skeleton x three valences
     counts = r.groupby("method").size().to_dict()
@@ -180,14 +180,16 @@ def test_steer_compare_tiny(tiny_llama, items):
 def test_steer_text(tiny_llama):
     model, spec = tiny_llama
     d = _direction(spec, "fear")
-    out = S.steer_text(model, "My dog ran away.", "fear", "residual", direction=d, max_new_tokens=3)
+    out = S.steer_text(model, "My dog ran away.", "fear", "residual", direction=d, max_new_tokens=3, scale=8.0,
+                       sentences=0)
     assert out["scale"] == 8.0 and out["method"] == "residual"
     msgs = [[{"role": "system", "content": S.STEER_SYSTEM}, {"role": "user", "content": "My dog ran away."}]]
     assert out["unsteered"] == generate(model, msgs, max_new_tokens=3).texts[0].strip()
     with S.residual_intervention(d, S.residual_band(spec.n_layers)).apply(model):
         assert out["steered"] == generate(model, msgs, max_new_tokens=3).texts[0].strip()
     c = _circuit(spec, "fear")
-    out2 = S.steer_text(model, "My dog ran away.", "fear", "random", circuit=c, max_new_tokens=3, seed=4)
+    out2 = S.steer_text(model, "My dog ran away.", "fear", "random", circuit=c, max_new_tokens=3, seed=4, scale=1.0,
+                        sentences=0)
     with S.random_circuit(c, spec, 4).intervention("steer").apply(model):
         assert out2["steered"] == generate(model, msgs, max_new_tokens=3).texts[0].strip()
     with pytest.raises(EmocircuitsError):

@@ -31,6 +31,27 @@ MASK_RATIOS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05)
 VALIDATION_SCALES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 """Ablation (0) and enhancement factors of the component validation (Wang et al. 2025)."""
 
+FLUENCY_MAX_PPL_RATIO = 1.5
+"""Fluency rule: steered replies' perplexity (under the unsteered model) at most this × the unsteered replies'."""
+FLUENCY_MIN_DISTINCT2_RATIO = 0.9
+"""Fluency rule: steered replies' distinct-2 at least this × the unsteered replies'."""
+FLUENCY_MAX_EMPTY_RISE = 0.1
+"""Fluency rule: the share of empty replies at most this much above the unsteered replies'."""
+STRENGTH_GRIDS: dict[str, tuple[float, ...]] = {
+    "alpha": (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+    "scale": (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+    "beta": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+}
+"""Strengths tried by ``auto``, weakest first: residual ``α`` (× RMS of the residual; Wang et al. used 8 on an 8B
+model), circuit ``s`` (× Δμ; the paper's 1) and Tak et al.'s ``β`` (norm of the added direction)."""
+CALIBRATION_PROMPTS = 8
+"""Prompts of the calibration split that ``auto`` strength generates on, per emotion and strength."""
+STEER_SENTENCES = 2
+"""Steered replies end after this many sentences (the steering system prompt asks for at most two)."""
+STEER_MAX_NEW_TOKENS = 48
+"""Token limit of a steered reply: with the two-sentence stop, every unsteered reply to the built-in test
+prompts ends by itself (24 of 24 measured on the embedded model; 88% without the sentence stop at 96)."""
+
 DEFAULT_CONTROLS = 5
 """Random control sets per masked set (size- and layer-matched)."""
 FLOOR_ACC = 0.2

@@ -14,7 +14,7 @@ import typer
 
 from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.cli.options import at_least, finite, number_list, option, share, split_list
+from emocircuits.cli.options import at_least, number_list, option, share, split_list
 
 circuits_app = typer.Typer(help="Emotion circuits (Wang et al. 2025): elicit, directions, components, validate, "
                            "influence, assemble, steer.",
@@ -254,8 +254,11 @@ def steer_compare_cmd(
     limit: int | None = option("--limit"),
     emotions: list[str] = option("--emotion"),
     methods: str = typer.Option("circuit,residual,prompt,none,random", "--methods", help="Comma-separated methods."),
-    scale: float = option("--scale", 1.0),
-    alpha: float = typer.Option(8.0, "--alpha", help="Residual steering: α · RMS(h) · v.", callback=finite("--alpha")),
+    scale: str = option("--scale"),
+    alpha: str = option("--alpha"),
+    dose: str | None = option("--dose"),
+    calibration_prompts: int = option("--calibration-prompts"),
+    sentences: int = option("--sentences"),
     band: str | None = option("--band"),
     site: str = option("--site"),
     n_random: int = option("--n-random", 3),
@@ -272,23 +275,18 @@ def steer_compare_cmd(
 ) -> None:
     """Circuit vs residual steering vs prompting vs nothing vs random circuits: judged accuracy and text quality.
     --from: a `circuits assemble` run; residual, prompt and none alone need only --directions."""
-    from emocircuits.jobs.steer import run_steer
+    from emocircuits.jobs.steer import run_steer, steer_lines
 
     config = {"from": None if source is None else str(source),
               "directions": None if directions is None else str(directions), "model": model, "data": data, "split": split, "limit": limit,
               "emotions": list(emotions or []), "methods": methods, "scale": scale, "alpha": alpha, "band": band,
               "n_random": n_random, "judges": list(judges or ["lexicon"]), "max_new_tokens": max_new_tokens,
               "seed": seed, "site": site, "min_new_tokens": min_new_tokens, "repetition_penalty": repetition_penalty,
-              "no_repeat_ngram_size": no_repeat_ngram_size, "system": system, "prompt_system": prompt_system}
+              "no_repeat_ngram_size": no_repeat_ngram_size, "system": system, "prompt_system": prompt_system,
+              "dose": dose, "calibration_prompts": calibration_prompts, "sentences": sentences}
     res = run_steer(config, out, quiet)
-    pooled = res.accuracy[(res.accuracy.emotion == "all") & (res.accuracy.valence == "all")]
-    quality = res.quality[res.quality.emotion == "all"].set_index("method")
-    for r in pooled.itertuples():
-        q = ""
-        if r.method in quality.index:
-            qr = quality.loc[r.method]
-            q = f"  ppl {qr.ppl_median:.1f}  distinct-2 {qr.distinct2:.2f}  cut-off {qr.cut_off:.2f}"
-        typer.echo(f"{r.judge:<10} {r.method:<9} accuracy {r.accuracy:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]{q}")
+    for line in steer_lines(res):
+        typer.echo(line)
     typer.echo(f"-> {out}")
 
 
@@ -296,7 +294,9 @@ def steer_cmd(
     text: str = typer.Argument(..., help="The user message to reply to."),
     emotion: str = option("--emotion", ...),
     method: str = typer.Option("prompt", "--method", help="circuit | residual | prompt | random."),
-    scale: float | None = option("--scale"),
+    scale: str = option("--scale"),
+    calibration_prompts: int = option("--calibration-prompts"),
+    sentences: int = option("--sentences"),
     circuits: Path | None = typer.Option(None, "--circuits", help="Run directory of `emocircuits circuits assemble` "
                                          "(needed by circuit and random; or --directions for residual)."),
     directions: Path | None = option("--directions"),
@@ -317,9 +317,13 @@ def steer_cmd(
     r = steer_from_runs(text, emotion, method, scale=scale, circuits=circuits, directions=directions, model=model,
                         max_new_tokens=max_new_tokens, seed=seed, band=band, site=site, system=system,
                         prompt_system=prompt_system, min_new_tokens=min_new_tokens,
-                        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
-    typer.echo(f"[unsteered]\n{r['unsteered']}\n\n[{r['method']} {r['emotion']}"
-               + (f", scale {r['scale']:g}" if r["scale"] is not None else "") + f"]\n{r['steered']}")
+                        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                        sentences=sentences, calibration_prompts=calibration_prompts)
+    if r["strength_choice"] is not None:
+        typer.echo(r["strength_choice"].line())
+    typer.echo(f"[unsteered, {r['finish_unsteered']}]\n{r['unsteered']}\n\n[{r['method']} {r['emotion']}"
+               + (f", scale {r['scale']:g}" if r["scale"] is not None else "") + f", {r['finish_steered']}]\n"
+               f"{r['steered']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -72,6 +72,21 @@ def finite(flag: str) -> Callable[[Any], Any]:
     return check
 
 
+def strength(flag: str) -> Callable[[Any], Any]:
+    """A check: ``auto`` or a finite number >= 0 (None passes)."""
+    def check(value: Any) -> Any:
+        if value is None or str(value).strip().lower() == "auto":
+            return value
+        try:
+            x = float(value)
+        except ValueError:
+            x = math.nan
+        if not (math.isfinite(x) and x >= 0):
+            raise _bad(flag, value, "use auto (the strongest fluent strength) or a finite number >= 0")
+        return value
+    return check
+
+
 def number_list(low: float | None = None) -> Callable[[str], Callable[[Any], Any]]:
     """A check: a comma-separated list of finite numbers (each ``>= low`` when given)."""
     def make(flag: str) -> Callable[[Any], Any]:
@@ -210,8 +225,16 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     Opt(("--site",), "Residual steering: the site whose direction is added, resid.post (the layer output, "
         "as the paper) or resid.mid.", "resid.post"),
     Opt(("--band",), "Residual steering layers A-B (default: the paper's band 11-20 of 28, scaled).", None),
-    Opt(("--scale",), "Steering strength: s of s·Δμ for circuit/random (default 1), α for residual (default 8).",
-        None, per_command=True, check=finite),
+    Opt(("--scale",), "Steering strength: s of s·Δμ for circuit/random, α for residual (steer), or auto: the "
+        "strongest setting whose replies stay fluent on a calibration split (perplexity ≤ 1.5×, distinct-2 ≥ 0.9× "
+        "the unsteered replies').", "auto", check=strength),
+    Opt(("--alpha",), "Residual steering strength α (× RMS of the residual), or auto (as --scale; the paper's 8 "
+        "was for an 8B model).", "auto", check=strength),
+    Opt(("--dose",), "Dose-response: extra multipliers of each steerable method's strength, e.g. 0.5,2 (dose 1 "
+        "always runs).", None, check=number_list(0)),
+    Opt(("--calibration-prompts",), "Prompts the auto strength is chosen on (from the train split).", 8,
+        check=at_least(1)),
+    Opt(("--sentences",), "A reply ends after this many sentences (0: at its end of turn only).", 2, check=at_least(0)),
     # inputs from earlier runs
     Opt(("--from",), "Run directory of the step before (the command's help names it).", ..., per_command=True),
     Opt(("--directions",), "Run directory of `circuits directions`: enough for residual, prompt and none steering "

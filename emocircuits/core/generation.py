@@ -12,6 +12,11 @@ runs once per call. Every applied intervention acts on every step. What position
 ``(i, ...)``    absolute positions; negative ones count back from the newest token
 ==============  ===================================================================
 
+A reply ends at the model's end-of-turn token (``eos``), a ``stop`` string (``stop``), after ``sentences``
+complete sentences (``sentence``: a ``.``, ``!``, ``?`` or ``…``, with closing quotes or brackets, that ends the
+text or is followed by white space; a full stop right after a digit ends a sentence only when white space
+follows) or at ``max_new_tokens`` (``length``: cut off).
+
 A generation is the same batched as one prompt at a time (greedy: token for token; sampling: each
 prompt's random stream is seeded by ``seed`` and the prompt itself, not by its batch).
 """
@@ -19,6 +24,7 @@ prompt's random stream is seeded by ``seed`` and the prompt itself, not by its b
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +37,18 @@ from emocircuits.core.interventions import BatchInfo, PrefixUnsafe
 from emocircuits.core.runner import FINAL, Batch, Runner, check_cache
 
 Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
+
+FINISHED = ("eos", "stop", "sentence")
+"""The ``finish`` values of a reply that ended by itself; ``length`` is a reply cut off at the token limit."""
+
+_SENTENCE_END = re.compile(r"(?:(?<![0-9])[.!?…]+|[0-9][.]*[!?…]+|[0-9]\.(?=\s))[\"'”’)\]]*(?=\s|$)")
+
+
+def count_sentences(text: str) -> int:
+    """Complete sentences in ``text``: sentence-final punctuation (``.!?…``, then any closing quotes or
+    brackets) that ends the text or is followed by white space. ``"3."`` at the very end is not counted
+    (it may be a number that goes on)."""
+    return len(_SENTENCE_END.findall(text.strip()))
 
 
 @dataclass
@@ -102,6 +120,7 @@ def generate(
     repetition_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
     stop: Sequence[str] = (),
+    sentences: int = 0,
     system: str | None = None,
     max_tokens: int = 8192,
     share_prefix: bool = True,
@@ -123,13 +142,15 @@ def generate(
         raise EmocircuitsError(f"Sampling needs temperature > 0 and top_p in (0, 1] (got {temperature}, {top_p}).")
     if repetition_penalty <= 0:
         raise EmocircuitsError(f"repetition_penalty must be > 0 (got {repetition_penalty}).")
+    if sentences < 0:
+        raise EmocircuitsError(f"sentences must be 0 (no sentence stop) or more (got {sentences}).")
     runner = Runner(model, max_tokens=max_tokens, share_prefix=share_prefix)
     ids = encode_prompts(runner, list(prompts), system)
     if not ids:
         raise EmocircuitsError("No prompts to generate from.")
     settings = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
                     temperature=temperature, top_p=top_p, seed=seed, repetition_penalty=repetition_penalty,
-                    no_repeat_ngram_size=no_repeat_ngram_size, stop=list(stop))
+                    no_repeat_ngram_size=no_repeat_ngram_size, stop=list(stop), sentences=int(sentences))
     batches = runner.batches(ids, max_tokens=max(1, max_tokens - max_new_tokens))
     new = [[] for _ in ids]
     finish = ["length"] * len(ids)
@@ -189,10 +210,12 @@ def _decode_batch(runner: Runner, batch: Batch, offset: int, prefix: Any, new: l
                 continue
             new[batch.rows[j]].append(tok)
             seqs[j].append(tok)
-            if s["stop"]:
+            if s["stop"] or s["sentences"]:
                 text = runner.tokenizer.decode(new[batch.rows[j]], skip_special_tokens=True)
-                if any(x and x in text for x in s["stop"]):
+                if s["stop"] and any(x and x in text for x in s["stop"]):
                     done[j], finish[batch.rows[j]] = True, "stop"
+                elif s["sentences"] and count_sentences(text) >= s["sentences"]:
+                    done[j], finish[batch.rows[j]] = True, "sentence"
         if all(done) or t == s["max_new_tokens"] - 1:
             break
         attn = torch.cat([attn, torch.ones(b, 1, dtype=attn.dtype)], dim=1)

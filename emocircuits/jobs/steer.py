@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from emocircuits.base.constants import EKMAN6
+import pandas as pd
+
+from emocircuits.base.constants import CALIBRATION_PROMPTS, EKMAN6, STEER_MAX_NEW_TOKENS, STEER_SENTENCES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_for_config, load_model
 from emocircuits.core.sites import check_layer_range, layer_range
@@ -15,12 +18,13 @@ from emocircuits.jobs.circuits import read_directions
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.elicit import elicitation_items, system_template
 from emocircuits.methods.circuits.steer import (
-    CIRCUIT_SCALE,
+    AUTO,
     METHODS,
-    RESIDUAL_ALPHA,
     STEER_SITES,
     STEER_SYSTEM,
     SteerResult,
+    calibration_users,
+    check_strength,
     steer_compare,
     steer_text,
 )
@@ -28,7 +32,7 @@ from emocircuits.runs.circuit_files import read_circuits
 from emocircuits.runs.rundir import RunDir, finished_run
 
 GEN_DEFAULTS: dict[str, Any] = {"min_new_tokens": 0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
-"""Generation settings of the steering commands and their defaults (greedy, no penalties: today's behaviour)."""
+"""Generation settings of the steering commands and their defaults (greedy, no penalties)."""
 
 DIRECTION_ONLY = ("residual", "prompt", "none")
 """The steering methods that need no circuits: a directions run is enough (prompt and none need nothing)."""
@@ -51,23 +55,50 @@ def generation_settings(config: dict[str, Any]) -> dict[str, Any]:
             "no_repeat_ngram_size": int(gen["no_repeat_ngram_size"])}
 
 
+def strength_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The strength settings of a ``circuits steer`` config, checked before any model loads: ``scale`` and
+    ``alpha`` (``"auto"`` or a number; absent: auto), ``dose`` (multipliers), ``calibration_prompts`` and
+    ``sentences`` (absent in runs made before replies stopped at sentences: 0, as those ran)."""
+    scale = check_strength(config.get("scale", AUTO), "--scale")
+    alpha = check_strength(config.get("alpha", AUTO), "--alpha")
+    raw = config.get("dose") or []
+    items = [x.strip() for x in raw.split(",")] if isinstance(raw, str) else list(raw)
+    try:
+        dose = [float(x) for x in items if str(x).strip()]
+    except ValueError:
+        dose = [float("nan")]
+    if not all(math.isfinite(x) and x >= 0 for x in dose):
+        raise EmocircuitsError(f"--dose {raw!r} is not valid; use comma-separated multipliers >= 0, e.g. 0.5,1,2.")
+    n_cal = int(config.get("calibration_prompts") or CALIBRATION_PROMPTS)
+    if n_cal < 1:
+        raise EmocircuitsError(f"--calibration-prompts must be at least 1 (got {n_cal}).")
+    sentences = int(config.get("sentences", 0) if config.get("sentences") is not None else 0)
+    if sentences < 0:
+        raise EmocircuitsError(f"--sentences must be 0 (stop at the end of turn only) or more (got {sentences}).")
+    return {"scale": AUTO if scale is None else scale, "alpha": AUTO if alpha is None else alpha, "dose": dose,
+            "calibration_prompts": n_cal, "sentences": sentences}
+
+
 def _check_site(site: str) -> str:
     if site not in STEER_SITES:
         raise EmocircuitsError(f"--site {site!r} is not valid; use one of {', '.join(STEER_SITES)}.")
     return site
 
 
-def steer_from_runs(text: str, emotion: str, method: str = "prompt", *, scale: float | None = None,
+def steer_from_runs(text: str, emotion: str, method: str = "prompt", *, scale: float | str | None = AUTO,
                     circuits: str | Path | None = None, directions: str | Path | None = None,
-                    model: str | None = None, max_new_tokens: int = 48, seed: int = 0, band: str | None = None,
-                    site: str = "resid.post", system: str | None = None, prompt_system: str | None = None,
-                    min_new_tokens: int = 0, repetition_penalty: float = 1.0,
-                    no_repeat_ngram_size: int = 0) -> dict[str, Any]:
+                    model: str | None = None, max_new_tokens: int = STEER_MAX_NEW_TOKENS, seed: int = 0,
+                    band: str | None = None, site: str = "resid.post", system: str | None = None,
+                    prompt_system: str | None = None, min_new_tokens: int = 0, repetition_penalty: float = 1.0,
+                    no_repeat_ngram_size: int = 0, sentences: int = STEER_SENTENCES,
+                    calibration_prompts: int = CALIBRATION_PROMPTS,
+                    calibration_data: str = "builtin:sev") -> dict[str, Any]:
     """:func:`steer_text` with the model loaded by name and the circuit and direction of ``emotion`` read from a
     ``circuits assemble`` run (its directions run gives the residual direction) or, for ``residual``, from a
     ``circuits directions`` run alone; what ``emocircuits steer`` runs. ``prompt`` needs no run; ``circuit``
     and ``random`` need ``circuits``; ``residual`` needs ``circuits`` or ``directions``. ``band``: residual
-    steering layers ``A-B`` (default the paper's band, scaled); ``site``: :data:`STEER_SITES`."""
+    steering layers ``A-B`` (default the paper's band, scaled); ``site``: :data:`STEER_SITES`. ``scale``
+    ``auto`` (or None) is chosen on ``calibration_prompts`` prompts of ``calibration_data``'s train split."""
 
     if method not in METHODS or method == "none":
         raise EmocircuitsError(f"--method {method!r} is not valid; use circuit, residual, prompt or random.")
@@ -78,6 +109,8 @@ def steer_from_runs(text: str, emotion: str, method: str = "prompt", *, scale: f
     gen = generation_settings({"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
                                "repetition_penalty": repetition_penalty,
                                "no_repeat_ngram_size": no_repeat_ngram_size})
+    strength = strength_settings({"scale": AUTO if scale is None else scale, "calibration_prompts": calibration_prompts,
+                                  "sentences": sentences})
     if circuits is not None and directions is not None:
         raise EmocircuitsError("Pass --circuits or --directions, not both (an assemble run names its directions).")
     circuit = direction = None
@@ -108,9 +141,14 @@ def steer_from_runs(text: str, emotion: str, method: str = "prompt", *, scale: f
     bridge, spec = load_model(model or manifest.get("config", {}).get("model") or "default",
                               dtype=manifest.get("config", {}).get("dtype", "float32"))
     layers = layer_range(spec.n_layers, band) if band is not None else None
-    return steer_text(bridge, text, emotion, method, scale=scale, circuit=circuit, direction=direction,
+    users = None
+    if strength["scale"] == AUTO and method != "prompt":
+        items = elicitation_items(load_data(calibration_data, split="train"), emotions=[emotion])
+        users = calibration_users(items, strength["calibration_prompts"], seed, system or STEER_SYSTEM)
+    return steer_text(bridge, text, emotion, method, scale=strength["scale"], circuit=circuit, direction=direction,
                       band=layers, max_new_tokens=max_new_tokens, seed=seed, site=site,
-                      system=system or STEER_SYSTEM, prompt_system=prompt_system, **gen)
+                      system=system or STEER_SYSTEM, prompt_system=prompt_system, sentences=strength["sentences"],
+                      calibration_users=users, **gen)
 
 
 def run_steer(config: dict[str, Any], out: Any, quiet: bool = False, model_pair: Any = None) -> SteerResult:
@@ -121,8 +159,6 @@ def run_steer(config: dict[str, Any], out: Any, quiet: bool = False, model_pair:
     ``alpha``, ``band`` (``A-B`` or None), ``n_random``, ``judges``, ``max_new_tokens``, ``seed``,
     ``model``/``dtype``; and (absent in older runs, defaulting to what those did) ``site``, ``system``,
     ``prompt_system``, ``min_new_tokens``, ``repetition_penalty``, ``no_repeat_ngram_size``."""
-    from pathlib import Path
-
     methods = [m.strip() for m in str(config.get("methods", ",".join(METHODS))).split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -152,7 +188,8 @@ def run_steer(config: dict[str, Any], out: Any, quiet: bool = False, model_pair:
         if config.get(key) is not None and config[key] < low:
             raise EmocircuitsError(f"--{key.replace('_', '-')} must be at least {low} (got {config[key]}).")
     gen = generation_settings(config)
-    config = {**config, **gen, "site": _check_site(config.get("site") or "resid.post"),
+    strength = strength_settings(config)
+    config = {**config, **gen, **strength, "site": _check_site(config.get("site") or "resid.post"),
               "system": config.get("system"), "prompt_system": config.get("prompt_system")}
     prompt_system = system_template(config["prompt_system"])
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
@@ -167,23 +204,59 @@ def run_steer(config: dict[str, Any], out: Any, quiet: bool = False, model_pair:
     split = None if config.get("split") in (None, "all") else config["split"]
     items = elicitation_items(load_data(config.get("data", "builtin:sev"), split=split), emotions=emotions,
                               limit=config.get("limit"))
+    calibration = None  # auto strengths choose on the train split when the evaluation is on test
+    if split == "test" and AUTO in (strength["scale"], strength["alpha"]):
+        calibration = elicitation_items(load_data(config.get("data", "builtin:sev"), split="train"), emotions=emotions)
     bridge, spec = load_for_config(config, quiet, model_pair)
     band = layer_range(spec.n_layers, config["band"]) if config.get("band") else None
     with RunDir.create(out, command="circuits steer", config=config, model_spec=spec, seed=config.get("seed", 0)) as run:
         res = steer_compare(bridge, items, emotions=emotions, methods=methods, circuits=circuits or None,
-                            directions=directions, scale=float(config.get("scale", CIRCUIT_SCALE)),
-                            alpha=float(config.get("alpha", RESIDUAL_ALPHA)), band=band,
+                            directions=directions, scale=strength["scale"], alpha=strength["alpha"], band=band,
                             n_random=int(config.get("n_random", 3)), judges=config.get("judges", ["lexicon"]),
-                            max_new_tokens=int(config.get("max_new_tokens", 48)), seed=int(config.get("seed", 0)),
-                            system=config["system"] or STEER_SYSTEM, prompt_system=prompt_system,
-                            site=config["site"], generate_kw=gen, progress=not quiet)
-        run.write_table("replies", res.replies, "method, variant, emotion, skeleton, valence, user, reply, finish, "
-                        "n_new_tokens, empty, cut_off, ppl, pred_<judge>, correct_<judge>")
+                            max_new_tokens=int(config.get("max_new_tokens") or 48), sentences=strength["sentences"],
+                            seed=int(config.get("seed", 0)), system=config["system"] or STEER_SYSTEM,
+                            prompt_system=prompt_system, site=config["site"], generate_kw=gen,
+                            calibration=calibration, calibration_prompts=strength["calibration_prompts"],
+                            doses=strength["dose"], progress=not quiet)
+        run.write_table("replies", res.replies, "method, variant, dose, strength, emotion, skeleton, valence, user, "
+                        "reply, finish, n_new_tokens, empty, cut_off, ppl, pred_<judge>, correct_<judge>")
         run.write_table("accuracy", res.accuracy, "judge, method, emotion, valence, n, accuracy, ci_low, ci_high")
-        run.write_table("quality", res.quality, "method, emotion, n, ppl_mean, ppl_median, distinct2, empty, cut_off")
+        run.write_table("quality", res.quality, "method, emotion, n, ppl_mean, ppl_median, ppl_geo, ppl_ratio, "
+                        "distinct2, distinct2_ratio, empty, cut_off, fluent")
+        run.write_table("dose", res.dose, "method, dose, strength, judge, n, accuracy, ci_low, ci_high, ppl_ratio, "
+                        "distinct2_ratio, empty, cut_off, fluent")
+        if res.strengths:
+            curves = [c.curve.assign(name=n) for n, c in res.strengths.items()]
+            run.write_table("strength", pd.concat(curves, ignore_index=True),
+                            "name, strength, ppl, ppl_ratio, distinct2, distinct2_ratio, empty, cut_off, n, fluent "
+                            "(strength 0: the unsteered reference)")
         pooled = res.accuracy[(res.accuracy.emotion == "all") & (res.accuracy.valence == "all")]
         run.update(summary={**res.config, "accuracy": {f"{r.judge}/{r.method}": r.accuracy
-                                                       for r in pooled.itertuples()}})
+                                                       for r in pooled.itertuples()}, "notes": res.notes})
     return res
 
 
+
+
+def steer_lines(res: SteerResult) -> list[str]:
+    """What ``circuits steer`` prints: the strengths (chosen or given), accuracy with its CI beside each
+    method's fluency and cut-off share, the dose-response rows, and the notes."""
+    lines = [c.line() for c in res.strengths.values()]
+    lines += [f"{k} {res.config[k]:g} (given)" for k in ("scale", "alpha")
+              if k not in res.strengths and isinstance(res.config.get(k), float)]
+    pooled = res.accuracy[(res.accuracy.emotion == "all") & (res.accuracy.valence == "all")]
+    quality = res.quality[res.quality.emotion == "all"].set_index("method")
+    for r in pooled.itertuples():
+        q = ""
+        if r.method in quality.index:
+            qr = quality.loc[r.method]
+            q = (f"  ppl ×{qr.ppl_ratio:.2f}  distinct-2 ×{qr.distinct2_ratio:.2f}  cut-off {qr.cut_off:.2f}"
+                 + ("" if qr.fluent else "  NOT FLUENT"))
+        lines.append(f"{r.judge:<10} {r.method:<9} accuracy {r.accuracy:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]{q}")
+    if len(res.dose) and res.dose["dose"].nunique() > 1:
+        lines.append("dose-response (accuracy [95% CI], fluency against the unsteered replies):")
+        for r in res.dose.itertuples():
+            lines.append(f"  {r.judge:<10} {r.method:<9} ×{r.dose:<5g} ({r.strength:g})  {r.accuracy:.2f} "
+                         f"[{r.ci_low:.2f}, {r.ci_high:.2f}]  ppl ×{r.ppl_ratio:.2f}  distinct-2 ×{r.distinct2_ratio:.2f}"
+                         + ("" if r.fluent else "  not fluent"))
+    return lines + [f"note: {n}" for n in res.notes]

@@ -53,6 +53,8 @@ class CircuitSteeringParams:
     band: str = ""
     max_new_tokens: int = 40
     n_boot: int = 1000
+    sentences: int = 0
+    """A reply ends after this many sentences (0: at its end of turn, as sweeps ran before the option)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class CircuitSteering(Analysis):
             raise EmocircuitsError("Key 'analysis.circuits' is empty; name the run directory of "
                                    "`emocircuits circuits assemble`.")
         manifest, _ = _runs(p.circuits)
-        at_least("analysis", p, {"limit": 1, "n_random": 1, "max_new_tokens": 1, "n_boot": 1})
+        at_least("analysis", p, {"limit": 1, "n_random": 1, "max_new_tokens": 1, "n_boot": 1, "sentences": 0})
         if not p.judges:
             raise EmocircuitsError("Key 'analysis.judges' is empty; name at least one judge, e.g. [\"lexicon\"].")
         for j in p.judges:
@@ -134,7 +136,8 @@ class CircuitSteering(Analysis):
             res = steer_compare(state.model, state.items, emotions=emotions, methods=[cell.method],
                                 circuits=state.circuits, directions=state.directions, scale=float(cell.scale),
                                 alpha=float(cell.scale), band=state.band, n_random=p.n_random, judges=p.judges,
-                                max_new_tokens=p.max_new_tokens, seed=state.seed, n_boot=p.n_boot)
+                                max_new_tokens=p.max_new_tokens, sentences=p.sentences, seed=state.seed,
+                                n_boot=p.n_boot)
             acc = res.accuracy[(res.accuracy.emotion == ALL) & (res.accuracy.valence == ALL)]
             quality = res.quality[res.quality.emotion == ALL].iloc[0]
             metrics: dict[str, Any] = {"n": int(acc["n"].iloc[0])}
@@ -142,6 +145,8 @@ class CircuitSteering(Analysis):
                 judge = str(r.judge).replace(":", "_")
                 metrics.update({f"acc_{judge}": float(r.accuracy), f"ci_low_{judge}": float(r.ci_low),
                                 f"ci_high_{judge}": float(r.ci_high)})
-            metrics.update({k: float(quality[k]) for k in ("ppl_median", "ppl_mean", "distinct2", "empty", "cut_off")})
+            metrics.update({k: float(quality[k]) for k in ("ppl_median", "ppl_mean", "ppl_ratio", "distinct2",
+                                                           "distinct2_ratio", "empty", "cut_off")})
+            metrics["fluent"] = bool(quality["fluent"])
             out.append(metrics)
         return out
