@@ -163,3 +163,23 @@ def test_check_strength():
         with pytest.raises(EmocircuitsError, match="--alpha"):
             S.check_strength(bad, "--alpha")
     assert np.isnan(F.distinct_n([""]))
+
+
+def test_dose_and_strength_figures():
+    from emocircuits.viz.circuit_view import steering_dose_response, strength_calibration
+
+    dose = pd.DataFrame([
+        {"method": m, "dose": x, "strength": x * s, "judge": "lexicon", "n": 10, "accuracy": a, "ci_low": a - 0.1,
+         "ci_high": a + 0.1, "ppl_ratio": p, "distinct2_ratio": 1.0, "fluent": p <= 1.5}
+        for m, s in (("circuit", 1.0), ("residual", 0.5))
+        for x, a, p in ((0.5, 0.2, 1.1), (1.0, 0.3, 1.3), (2.0, 0.5, 2.0))])
+    fig = steering_dose_response(dose)
+    assert len(fig.data) == 4  # two methods x two panels
+    right = [t for t in fig.data if t.xaxis == "x2"]
+    assert list(right[0].x) == [1.1, 1.3, 2.0] and list(right[0].marker.symbol) == ["circle", "circle", "circle-open"]
+    curve = pd.DataFrame({"name": ["alpha"] * 3, "strength": [0.0, 0.5, 1.0], "ppl_ratio": [1.0, 1.2, 1.6],
+                          "distinct2_ratio": [1.0, 0.95, 0.8], "fluent": [True, True, False]})
+    fig = strength_calibration(curve)
+    assert len(fig.data) == 2 and list(fig.data[0].x) == [0.5, 1.0] and list(fig.data[0].marker.symbol) == ["circle", "x"]
+    with pytest.raises(EmocircuitsError):
+        steering_dose_response(dose.drop(columns=["ppl_ratio"]))

@@ -80,7 +80,7 @@ DEMO_SIZES: dict[str, object] = {
     # emotion circuits (Wang et al. 2025)
     "skeletons": 1, "max_new_tokens": 16, "n_boot": 50, "shuffles": 5, "top_k": 10, "influence_prompts": 3,
     "alphas": "0.3,0.7", "budget": 60, "steer_emotions": ["anger"], "steer_skeletons": 1,
-    "steer_methods": "circuit,residual,prompt,none",
+    "steer_methods": "circuit,residual,prompt,none", "steer_calibration_prompts": 4, "steer_dose": "0.5,2",
     # emotion inference (Tak et al. 2025)
     "inference_data": "builtin:appraisal_events", "events_per_label": 12, "prior_per_label": 8,
     "all_examples": False, "probe_sites": "resid.post", "folds": 3, "probe_controls": 5, "random_features": False,

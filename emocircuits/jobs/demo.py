@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import emocircuits.methods.inference as inf
-from emocircuits.base.constants import DEMO_SIZES, EKMAN6
+from emocircuits.base.constants import DEMO_SIZES, EKMAN6, STEER_MAX_NEW_TOKENS, STEER_SENTENCES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.io import write_json
 from emocircuits.core.models import load_model
@@ -43,7 +43,7 @@ from emocircuits.jobs.inference import PROBE_TABLE_DESCRIPTION
 from emocircuits.jobs.neurons import run_find, run_mask
 from emocircuits.jobs.steer import run_steer
 from emocircuits.methods import tokenviews
-from emocircuits.methods.circuits.steer import CIRCUIT_SCALE, RESIDUAL_ALPHA
+from emocircuits.methods.circuits.steer import AUTO
 from emocircuits.runs.rundir import MANIFEST, RunDir, check_out_dir, read_manifest
 from emocircuits.viz.report import write_report
 
@@ -64,7 +64,7 @@ TOUR_FILE = "tour.json"
 
 _POSITIVE = ("train_per_label", "test_per_label", "skeletons", "max_new_tokens", "top_k", "influence_prompts",
              "budget", "steer_skeletons", "events_per_label", "prior_per_label", "folds", "span", "stride", "n_pairs",
-             "probe_controls")
+             "probe_controls", "steer_calibration_prompts")
 
 
 class TourResult(dict):
@@ -286,14 +286,26 @@ def _circuits(cfg: dict[str, Any], out: Path, pair: Any, quiet: bool, step: Call
     st = step("circuits.steer", lambda: run_steer(
         {"from": str(d["assemble"]), "model": None, "data": "builtin:sev", "split": "test",
          "limit": cfg["steer_skeletons"], "emotions": list(cfg["steer_emotions"]), "methods": cfg["steer_methods"],
-         "scale": CIRCUIT_SCALE, "alpha": RESIDUAL_ALPHA, "band": None, "n_random": 1, "judges": ["lexicon"],
-         "max_new_tokens": cfg["max_new_tokens"], "seed": cfg["seed"]}, d["steer"], **q))
+         "scale": AUTO, "alpha": AUTO, "band": None, "n_random": 1, "judges": ["lexicon"],
+         "max_new_tokens": STEER_MAX_NEW_TOKENS, "sentences": STEER_SENTENCES, "dose": cfg["steer_dose"],
+         "calibration_prompts": cfg["steer_calibration_prompts"], "seed": cfg["seed"]}, d["steer"], **q))
     pooled = st.accuracy[(st.accuracy.emotion == "all") & (st.accuracy.valence == "all")]
     steer = {r.method: (r.accuracy, r.ci_low, r.ci_high, int(r.n)) for r in pooled.itertuples()}
-    lines.append(f"steering toward {', '.join(cfg['steer_emotions'])} (lexicon-judged accuracy, 95% CI): "
-                 + "; ".join(f"{m} {a:.2f} {_ci(lo, hi)}" for m, (a, lo, hi, _n) in steer.items()))
+    for choice in st.strengths.values():
+        lines.append(choice.line())
+        say(lines[-1])
+    qual = st.quality[st.quality.emotion == "all"].set_index("method")
+    lines.append(f"steering toward {', '.join(cfg['steer_emotions'])} (lexicon-judged accuracy, 95% CI; perplexity "
+                 "ratio to unsteered replies; cut-off share): "
+                 + "; ".join(f"{m} {a:.2f} {_ci(lo, hi)} ppl ×{qual.loc[m, 'ppl_ratio']:.2f} cut-off "
+                             f"{qual.loc[m, 'cut_off']:.2f}" for m, (a, lo, hi, _n) in steer.items()))
     say(lines[-1])
-    reading = _circuits_reading(cfg, acc, dr, beats, len(ctl), top_heads, steer)
+    for note in st.notes:
+        lines.append(f"note: {note}")
+        say(lines[-1])
+    chosen = "; ".join(f"{n} {c.chosen:g}" + ("" if c.fluent else " (no fluent strength found)")
+                       for n, c in st.strengths.items())
+    reading = _circuits_reading(cfg, acc, dr, beats, len(ctl), top_heads, steer, chosen)
     return lines, reading, [f"circuits/{name}" for name in d], None
 
 
@@ -306,7 +318,7 @@ def _top_heads(head_scores: Any, k: int = 3) -> dict[str, list[str]]:
 
 
 def _circuits_reading(cfg: dict[str, Any], acc: Any, dr: Any, beats: int, n_ctl: int, top_heads: dict,
-                      steer: dict[str, tuple]) -> str:
+                      steer: dict[str, tuple], chosen: str = "") -> str:
     best = max(steer, key=lambda m: steer[m][0])
     ranked = _stands_out(steer[best][1], [hi for m, (_a, _lo, hi, _n) in steer.items() if m != best])
     items = sorted(steer.items(), key=lambda kv: -kv[1][0]) if ranked else list(steer.items())
@@ -328,8 +340,10 @@ def _circuits_reading(cfg: dict[str, Any], acc: Any, dr: Any, beats: int, n_ctl:
             f"{_ci(acc.ci_low, acc.ci_high)} by the lexicon judge. Emotion directions from {dr.summary['n_groups']} "
             f"skeleton × valence groups are consistent across valences beyond the shuffled-label control at "
             f"{beats} of {n_ctl} site-layers; the heads that write most along them include {heads}. Steering "
-            f"{n} emotion-free prompt(s) toward {', '.join(cfg['steer_emotions'])}, the judged accuracy is: {order}; "
-            f"{top}{sep} The lexicon judge and the tiny sizes make these "
+            f"{n} emotion-free prompt(s) toward {', '.join(cfg['steer_emotions'])}"
+            + (f" at strengths chosen on fluency for this model ({chosen}; the dose-response figure compares the "
+               "methods at matched fluency)" if chosen else "")
+            + f", the judged accuracy is: {order}; {top}{sep} The lexicon judge and the tiny sizes make these "
             "numbers illustrative; the emocircuits circuits commands at full size give the paper's comparison.")
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from emocircuits.base.constants import FLUENCY_MAX_PPL_RATIO, FLUENCY_MIN_DISTINCT2_RATIO
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.components import Circuit
 from emocircuits.viz.circuits import _one
@@ -278,6 +279,67 @@ def steering_comparison(accuracy: pd.DataFrame, quality: pd.DataFrame, judge: st
                   "distinct-2: unique / all word bigrams", height=460)
 
 
+def steering_dose_response(dose: pd.DataFrame, judge: str | None = None, *,
+                           max_ppl_ratio: float = FLUENCY_MAX_PPL_RATIO) -> go.Figure:
+    """Dose-response of each steerable method (``dose.parquet`` of ``circuits steer``: method, dose, strength,
+    judge, n, accuracy, ci_low, ci_high, ppl_ratio, distinct2_ratio, fluent). Left: judged accuracy (95% CI)
+    against the multiple of each method's strength; right: the same points against the perplexity ratio, so
+    methods compare at matched fluency (dashed: the fluency rule's bound; open markers: not fluent)."""
+    what = "steering_dose_response"
+    d = _need(dose, ["method", "dose", "strength", "judge", "n", "accuracy", "ci_low", "ci_high", "ppl_ratio",
+                     "fluent"], what)
+    d, judge = _one(d, "judge", judge, what)
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("accuracy by dose (× the method's strength)",
+                                        "accuracy at matched fluency (perplexity ratio)"))
+    for m in _methods(d):
+        g = d[d.method == m].sort_values("dose")
+        color = METHOD_COLORS.get(m, NORMAL_COLOR)
+        err = {"type": "data", "symmetric": False, "array": (g.ci_high - g.accuracy).fillna(0),
+               "arrayminus": (g.accuracy - g.ci_low).fillna(0)}
+        symbols = ["circle" if f else "circle-open" for f in g.fluent]
+        custom = np.stack([g.strength, g.ci_low, g.ci_high, g.ppl_ratio, g.n], axis=-1)
+        hover = (m + " ×%{customdata[0]:.3g}: %{y:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}], "
+                 "ppl ×%{customdata[3]:.2f} (n=%{customdata[4]:.0f})<extra></extra>")
+        for col, x in ((1, g.dose), (2, g.ppl_ratio)):
+            fig.add_scatter(x=x, y=g.accuracy, mode="lines+markers", name=m, legendgroup=m, showlegend=col == 1,
+                            line={"color": color}, marker={"symbol": symbols, "size": 9, "color": color},
+                            error_y=err, customdata=custom, hovertemplate=hover, row=1, col=col)
+    fig.add_vline(x=max_ppl_ratio, line_dash="dash", line_color=CONTROL_COLOR, row=1, col=2)
+    fig.update_xaxes(type="log", title_text="dose (× strength)", row=1, col=1)
+    fig.update_xaxes(title_text="perplexity ratio to unsteered replies", row=1, col=2)
+    fig.update_yaxes(range=[0, 1.05], title_text="share judged as the target", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.05], row=1, col=2)
+    return _style(fig, "Steering dose-response", f"judge {judge}; whiskers: 95% bootstrap CI over replies; open "
+                  f"markers break the fluency rule; compare methods left of the dashed line ({max_ppl_ratio:g}×)",
+                  height=440)
+
+
+def strength_calibration(curve: pd.DataFrame, *, max_ppl_ratio: float = FLUENCY_MAX_PPL_RATIO,
+                         min_distinct2_ratio: float = FLUENCY_MIN_DISTINCT2_RATIO) -> go.Figure:
+    """The ``auto`` strength search (``strength.parquet`` of ``circuits steer``: name, strength, ppl_ratio,
+    distinct2_ratio, fluent): each ratio against the strength tried, the rule's bounds dashed."""
+    what = "strength_calibration"
+    c = _need(curve, ["name", "strength", "ppl_ratio", "distinct2_ratio", "fluent"], what)
+    c = c[c.strength > 0]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("perplexity ratio (≤ bound)", "distinct-2 ratio (≥ bound)"))
+    colors = {"alpha": METHOD_COLORS["residual"], "scale": METHOD_COLORS["circuit"]}
+    for name, g in c.groupby("name", sort=False):
+        g = g.sort_values("strength")
+        symbols = ["circle" if f else "x" for f in g.fluent]
+        for col, y in ((1, g.ppl_ratio), (2, g.distinct2_ratio)):
+            fig.add_scatter(x=g.strength, y=y, mode="lines+markers", name=str(name), legendgroup=str(name),
+                            showlegend=col == 1, line={"color": colors.get(str(name), NORMAL_COLOR)},
+                            marker={"symbol": symbols, "size": 9},
+                            hovertemplate=f"{name} " + "%{x:.3g}: %{y:.2f}<extra></extra>", row=1, col=col)
+    fig.add_hline(y=max_ppl_ratio, line_dash="dash", line_color=CONTROL_COLOR, row=1, col=1)
+    fig.add_hline(y=min_distinct2_ratio, line_dash="dash", line_color=CONTROL_COLOR, row=1, col=2)
+    fig.update_xaxes(type="log", title_text="strength")
+    return _style(fig, "Steering strength chosen on fluency", "each strength tried, weakest first, on the calibration "
+                  "prompts; ×: breaks the rule (the search stops there); auto keeps the last fluent one", height=400)
+
+
 # ----------------------------------------------------------------------------- example replies
 
 
@@ -286,7 +348,7 @@ def example_replies(replies: pd.DataFrame, n: int = 2, *, emotions: Sequence[str
     """An HTML table (all text escaped) of the replies of every method to ``n`` prompts per target emotion: the
     first ``n`` (skeleton, valence) of each emotion in table order, the lowest random seed (``replies.parquet``
     of ``circuits steer``: method, variant, emotion, skeleton, valence, user, reply, empty, cut_off,
-    pred_<judge>, correct_<judge>)."""
+    pred_<judge>, correct_<judge>; rows of a ``dose`` other than 1 are left out)."""
     what = "example_replies"
     df = _need(replies, ["method", "variant", "emotion", "skeleton", "valence", "user", "reply"], what)
     if not isinstance(n, int | np.integer) or n < 1:
@@ -297,6 +359,8 @@ def example_replies(replies: pd.DataFrame, n: int = 2, *, emotions: Sequence[str
     if bad:
         raise EmocircuitsError(f"{what}: emotion {bad[0]!r} is not in the replies; they have {known}.")
     judge = next((c[len("pred_"):] for c in df.columns if c.startswith("pred_")), None)
+    if "dose" in df:  # the dose-response rows aside: the replies at each method's own strength
+        df = df[(df["dose"] == 1.0) | df["dose"].isna()]
     methods = _methods(df)
     df = df.sort_values("variant", kind="stable")  # first row per (method, prompt) = lowest random seed
     first = df.drop_duplicates(["method", "emotion", "skeleton", "valence"]).set_index(

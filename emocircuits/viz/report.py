@@ -343,6 +343,16 @@ def _circuit_rules() -> list[FigureRule]:
                    "Judged accuracy (95% CI) and reply quality (perplexity under the unsteered model, distinct-2, "
                    "empty / cut-off shares) per steering method, pooled over emotions and valences.",
                    when=("circuits steer",)),
+        FigureRule(("dose.parquet",), "Steering dose-response", lambda f: CV.steering_dose_response(
+                       f.table("dose.parquet")),
+                   "Judged accuracy (95% CI) of each steerable method at multiples of its strength, and the same "
+                   "points against the perplexity ratio: methods compare at matched fluency, not at one setting.",
+                   when=("circuits steer",)),
+        FigureRule(("strength.parquet",), "Steering strength chosen on fluency",
+                   lambda f: CV.strength_calibration(f.table("strength.parquet")),
+                   "The auto strength: each strength tried on the calibration prompts, its perplexity and distinct-2 "
+                   "ratios to the unsteered replies; the strongest before the first that breaks the rule is kept.",
+                   when=("circuits steer",)),
         FigureRule(("replies.parquet", "quality.parquet"), "Example steered replies",
                    lambda f: CV.example_replies(f.table("replies.parquet")),
                    "Replies of every method to the same emotion-free prompts (the first prompts per target).",
