@@ -183,3 +183,22 @@ def test_dose_and_strength_figures():
     assert len(fig.data) == 2 and list(fig.data[0].x) == [0.5, 1.0] and list(fig.data[0].marker.symbol) == ["circle", "x"]
     with pytest.raises(EmocircuitsError):
         steering_dose_response(dose.drop(columns=["ppl_ratio"]))
+
+
+def test_inference_promote_and_appraisal_auto_beta(tiny_llama, tmp_path):
+    from emocircuits.jobs.inference import run_inference
+
+    cfg = {"model": "tiny", "data": "builtin:appraisal_events", "split": "all", "limit_per_label": 2,
+           "template": "fewshot", "all_examples": True, "seed": 0, "dtype": "float32", "layers": "1-2",
+           "betas": "auto", "n_random": 2, "rms_scaled": False}
+    summary = run_inference("promote", cfg, tmp_path / "pr", quiet=True, model_pair=tiny_llama)
+    chosen = summary["strength_choice"]["chosen"]
+    promo = pd.read_parquet(tmp_path / "pr" / "promotion.parquet")
+    assert sorted(set(promo.beta)) == pytest.approx([chosen / 4, chosen / 2, chosen])
+    curve = pd.read_parquet(tmp_path / "pr" / "strength.parquet")
+    assert curve.strength.iloc[0] == 0 and set(curve.name) == {"beta"}
+    cfg_a = {**cfg, "settings": "anger", "beta": "auto"}
+    cfg_a.pop("betas")
+    summary = run_inference("appraisal", cfg_a, tmp_path / "ap", quiet=True, model_pair=tiny_llama)
+    steer = pd.read_parquet(tmp_path / "ap" / "appraisal_steering.parquet")
+    assert steer.beta.iloc[0] == summary["strength_choice"]["chosen"]

@@ -14,7 +14,7 @@ import typer
 
 from emocircuits.base.constants import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE, PROBE_SEED
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.cli.options import apply_preset, at_least, finite, number_list, option, split_list
+from emocircuits.cli.options import apply_preset, at_least, auto_or, number_list, option, split_list, strength
 
 inference_app = typer.Typer(help="Emotion inference (Tak et al. 2025): probes, knockout, patching, attribution, "
                                  "promotion, appraisal steering.", no_args_is_help=True)
@@ -203,7 +203,9 @@ def attribute_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str 
 def promote_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str = SPLIT, limit_per_label: int | None = LIM,
                 template: str = TPL, calibration: str = CAL, all_examples: bool = ALL, seed: int = SEED, dtype: str = DT,
                 layers: str | None = option("--layers"),
-                betas: str = typer.Option("1,2,4", "--betas", help="Comma list of β.", callback=number_list()("--betas")),
+                betas: str = typer.Option("auto", "--betas", help="Comma list of β, or auto: ¼, ½ and 1 × the strongest "
+                                          "β whose replies stay fluent (perplexity ≤ 1.5×, distinct-2 ≥ 0.9×).",
+                                          callback=auto_or(number_list())("--betas")),
                 n_random: int = option("--n-random", 20),
                 rms_scaled: bool = typer.Option(False, "--rms-scaled", help="Scale the added vector by RMS(h)."),
                 labels: str | None = LABELS, text_field: str | None = TF, label_field: str | None = LF,
@@ -221,7 +223,8 @@ def appraisal_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str 
                   layers: str | None = option("--layers"),
                   settings: str = typer.Option("anger,surprise,happiness,fear_sadness,disgust", "--settings",
                                                help="Theory settings (emocircuits.methods.inference.appraisal_theory.THEORY)."),
-                  beta: float = typer.Option(8.0, "--beta", help="Norm of the added direction.", callback=finite("--beta")),
+                  beta: str = typer.Option("auto", "--beta", help="Norm of the added direction, or auto: the strongest "
+                                           "β whose replies stay fluent.", callback=strength("--beta")),
                   n_random: int = option("--n-random", 100),
                   labels: str | None = LABELS, text_field: str | None = TF, label_field: str | None = LF,
               appraisals: str | None = APPR, preset: str | None = PRESET,

@@ -87,6 +87,17 @@ def strength(flag: str) -> Callable[[Any], Any]:
     return check
 
 
+def auto_or(check: Callable[[str], Callable[[Any], Any]]) -> Callable[[str], Callable[[Any], Any]]:
+    """A check: ``auto``, or what ``check`` accepts."""
+    def make(flag: str) -> Callable[[Any], Any]:
+        inner = check(flag)
+
+        def run(value: Any) -> Any:
+            return value if value is not None and str(value).strip().lower() == "auto" else inner(value)
+        return run
+    return make
+
+
 def number_list(low: float | None = None) -> Callable[[str], Callable[[Any], Any]]:
     """A check: a comma-separated list of finite numbers (each ``>= low`` when given)."""
     def make(flag: str) -> Callable[[Any], Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from emocircuits.core.models import load_for_config
 from emocircuits.core.readout import CALIBRATIONS
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.data import load_data, load_pairs, rated_only
+from emocircuits.methods.circuits.steer import AUTO, check_strength
 from emocircuits.methods.inference.appraisal_theory import get_setting, theory_table
 from emocircuits.runs.rundir import RunDir
 
@@ -50,6 +52,19 @@ def _floats(text: str, name: str) -> list[float]:
     return vals
 
 
+def _record_choice(run: RunDir, summary: dict[str, Any], choice: Any, quiet: bool) -> None:
+    """Write an auto β's search (``strength.parquet``), record it in the summary and print its line."""
+    run.write_table("strength", choice.curve.assign(name=choice.name), "name, strength, ppl, ppl_ratio, distinct2, "
+                    "distinct2_ratio, empty, cut_off, n, fluent (strength 0: the unsteered reference)")
+    summary["strength_choice"] = choice.summary()
+    if not quiet:
+        print(choice.line(), file=sys.stderr)
+
+
+def _auto(value: Any) -> bool:
+    return value is None or str(value).strip().lower() == AUTO
+
+
 def validate(cmd: str, cfg: dict[str, Any]) -> None:
     """Check a config without a model (one sentence per problem)."""
 
@@ -68,8 +83,10 @@ def validate(cmd: str, cfg: dict[str, Any]) -> None:
         raise EmocircuitsError(f"--mode {cfg['mode']!r} is not valid; use one of {', '.join(inf.KNOCKOUT_MODES)}.")
     if "layers" in cfg and cfg["layers"] is not None:
         check_layer_range(cfg["layers"], "layers")
-    if "betas" in cfg:
-        _floats(cfg["betas"], "betas")
+    if "betas" in cfg and not _auto(cfg["betas"]):
+        _floats(str(cfg["betas"]), "betas")
+    if "beta" in cfg:
+        check_strength(cfg["beta"], "--beta")
     if "n_random" in cfg and int(cfg["n_random"]) < 0:
         raise EmocircuitsError(f"--n-random must be at least 0 (got {cfg['n_random']}).")
     if cmd == "appraisal":
@@ -90,7 +107,6 @@ def validate(cmd: str, cfg: dict[str, Any]) -> None:
 def _ratings_for(cmd: str, data: Any, config: dict[str, Any], quiet: bool) -> tuple[Any, str | None]:
     """Probe: the rated examples when the data has ratings (else emotion probes only, said once); appraisal
     steering: the rated examples, or one sentence that the file has none. Other commands: the data as is."""
-    import sys
 
     if cmd not in ("probe", "appraisal"):
         return data, None
@@ -206,7 +222,15 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
             win = layers or layer_range(spec.n_layers, "middle")[:3]
             pr = inf.probe(prep, sites=["resid.post"], layers=win, folds=2, seed=42, controls=1)  # weights only
             if cmd == "promote":
-                t, ctrl = inf.promote(prep, pr.emotion_directions, layers=win, betas=_floats(config["betas"], "betas"),
+                if _auto(config["betas"]):  # a dose-response up to the strongest fluent β
+                    vecs = [{layer: d.vector("resid.post", layer) for layer in win}
+                            for d in pr.emotion_directions.values()]
+                    choice = inf.choose_beta(prep, vecs, layers=win, rms_scaled=config["rms_scaled"], seed=seed)
+                    betas = [choice.chosen / 4, choice.chosen / 2, choice.chosen]
+                    _record_choice(run, summary, choice, quiet)
+                else:
+                    betas = _floats(str(config["betas"]), "betas")
+                t, ctrl = inf.promote(prep, pr.emotion_directions, layers=win, betas=betas,
                                       n_random=int(config["n_random"]), seed=seed, rms_scaled=config["rms_scaled"])
                 run.write_table("promotion", t, "emotion, beta, base_share, steered_share, success, random_mean, "
                                 "random_low, random_high, percentile, base_share_low/high and steered_share_low/high "
@@ -218,7 +242,13 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
                 layer = win[len(win) // 2]
                 weights = {a: d.vector("resid.post", layer) for a, d in pr.appraisal_directions.items()}
                 settings = [get_setting(s.strip()) for s in config["settings"].split(",") if s.strip()]
-                t, trans = inf.steer_appraisal(prep, weights, settings, layers=win, beta=float(config["beta"]),
+                beta = check_strength(config["beta"], "--beta")
+                if beta is None:
+                    vecs = [inf.appraisal_direction(weights, st.change, st.fixed) for st in settings]
+                    choice = inf.choose_beta(prep, vecs, layers=win, seed=seed)
+                    beta = choice.chosen
+                    _record_choice(run, summary, choice, quiet)
+                t, trans = inf.steer_appraisal(prep, weights, settings, layers=win, beta=beta,
                                                n_random=int(config["n_random"]), seed=seed)
                 run.write_table("appraisal_steering", t, "setting, expected, expected_shift, as_theory, random_mean, "
                                 "percentile, beta, source, shift_<emotion>")

@@ -31,6 +31,7 @@ from emocircuits.methods.inference.probes import (  # noqa: F401
 )
 from emocircuits.methods.inference.steering import (  # noqa: F401
     appraisal_direction,
+    choose_beta,
     promote,
     steer_appraisal,
 )

@@ -1,4 +1,8 @@
 """Probe promotion and appraisal steering (Tak et al. 2025).
+
+β ``auto`` (:func:`choose_beta`): the strongest β whose added directions keep the model's free replies fluent
+(:mod:`emocircuits.methods.fluency`), on replies to a seeded sample of the run's own texts (fluency is not the
+measured effect, so sharing the texts does not bias the shares).
 """
 
 from __future__ import annotations
@@ -11,14 +15,50 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from emocircuits.base.constants import (
+    CALIBRATION_PROMPTS,
+    STEER_MAX_NEW_TOKENS,
+    STEER_SENTENCES,
+    STRENGTH_GRIDS,
+)
 from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.seeds import derive_seed
 from emocircuits.base.stats import wilson_interval
 from emocircuits.core.components import Direction
 from emocircuits.core.interventions import (
     AddDirection,
 )
 from emocircuits.core.models import spec_of
+from emocircuits.methods.circuits.influence import NEUTRAL_SYSTEM
+from emocircuits.methods.fluency import StrengthChoice, calibrate_strength
 from emocircuits.methods.inference.prepare import Prepared
+
+
+# ----------------------------------------------------------------------------------- strength
+def choose_beta(prep: Prepared, vectors: Sequence[Mapping[int, Tensor] | Tensor], *, layers: Sequence[int],
+                site: str = "resid.post", rms_scaled: bool = False, n_prompts: int = CALIBRATION_PROMPTS,
+                seed: int = 0, grid: Sequence[float] | None = None, system: str = NEUTRAL_SYSTEM,
+                generate_kw: Mapping[str, Any] | None = None) -> StrengthChoice:
+    """``auto`` β: the strongest of ``grid`` (default ``STRENGTH_GRIDS["beta"]``) at which adding each of
+    ``vectors`` (``[d]`` or ``{layer: [d]}``, made unit) over ``layers`` at the last position keeps replies to
+    ``n_prompts`` of the run's texts (chat turns under ``system``, seeded choice) fluent."""
+    if n_prompts < 1:
+        raise EmocircuitsError(f"calibration prompts must be at least 1 (got {n_prompts}).")
+    layers = tuple(int(x) for x in layers)
+    rng = np.random.default_rng(derive_seed(seed, "beta-calibration"))
+    pick = sorted(rng.permutation(len(prep.examples))[: min(n_prompts, len(prep.examples))].tolist())
+    tok = prep.model.tokenizer
+    texts = [prep.examples[i].text for i in pick]
+    prompts: list[Any] = ([[{"role": "system", "content": system}, {"role": "user", "content": t}] for t in texts]
+                          if getattr(tok, "chat_template", None) else texts)
+
+    def at(beta: float) -> list[AddDirection]:
+        return [AddDirection(v, site, layers, float(beta), positions="last", rms_scaled=rms_scaled, unit=True)
+                for v in vectors]
+
+    kw = {"max_new_tokens": STEER_MAX_NEW_TOKENS, "sentences": STEER_SENTENCES, **dict(generate_kw or {})}
+    return calibrate_strength(prep.model, prompts, at, grid=grid or STRENGTH_GRIDS["beta"], name="beta",
+                              generate_kw=kw)
 
 
 # ----------------------------------------------------------------------------------- promotion
