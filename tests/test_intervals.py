@@ -219,3 +219,16 @@ def test_tiny_model_tables_keep_shares_in_range(tiny_llama):
     for col in ("base_share", "steered_share"):
         assert ((table[f"{col}_low"] <= table[col]) & (table[col] <= table[f"{col}_high"])).all()
         assert table[f"{col}_low"].between(0, 1).all() and table[f"{col}_high"].between(0, 1).all()
+
+
+def test_accuracy_ci_has_width_when_every_reply_agrees():
+    """0 of 18 is not certainty: the Wilson interval, not the bootstrap's zero width, by hand (z = 1.96)."""
+    from emocircuits.base.stats import accuracy_ci
+
+    lo, hi = accuracy_ci(np.zeros(18))
+    z2 = 1.959963984540054 ** 2
+    assert lo == 0.0 and hi == pytest.approx(z2 / (18 + z2), rel=1e-9)  # k = 0: (0, z²/(n+z²))
+    lo, hi = accuracy_ci(np.ones(5))
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(5 / (5 + z2), rel=1e-9)
+    lo, hi = accuracy_ci(np.array([0, 1, 1, 0.0]))
+    assert 0 <= lo < 0.5 < hi <= 1

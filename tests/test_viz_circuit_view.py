@@ -150,6 +150,9 @@ def test_circuit_view_hover_by_hand():
     symbols = dict(zip(neurons.text, neurons.marker.symbol, strict=True))
     assert symbols[by_id["L2 N5"][0]] == "circle-open" and symbols[by_id["L0 N7"][0]] == "circle"
     assert "2 heads, 3 neurons" in fig.layout.title.text
+    # whole-number ticks for head index and rank (no fractional ranks)
+    assert (fig.layout.yaxis.tick0, fig.layout.yaxis.dtick, fig.layout.yaxis.tickformat) == (0, 1, "d")
+    assert (fig.layout.yaxis2.tick0, fig.layout.yaxis2.dtick, fig.layout.yaxis2.autorange) == (1, 1, "reversed")
     assert list(circuit_view(_small_circuit(), n_layers=L).layout.xaxis.range) == [-0.7, L - 1 + 0.7]
 
 

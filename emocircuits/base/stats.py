@@ -176,9 +176,14 @@ def rank_p(masked_acc: float, control_accs: np.ndarray) -> float:
 
 
 def accuracy_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of the mean of ``correct [n]`` (0/1), via ``neurons.bootstrap_ci``."""
+    """Percentile bootstrap 95% CI of the mean of ``correct [n]`` (0/1), via :func:`bootstrap_ci`. When every
+    value agrees (0/n or n/n) resampling has no spread and would give a zero-width interval; the Wilson
+    interval is returned then (e.g. 0 of 18: [0, 0.18])."""
 
     correct = np.asarray(correct, dtype=np.float64)
+    if len(correct) and np.all(correct == correct[0]):
+        lo, hi = wilson_interval(float(correct.sum()), float(len(correct)))
+        return float(lo), float(hi)
     return bootstrap_ci(np.zeros_like(correct), correct, None, n_boot=n_boot, seed=seed)
 
 

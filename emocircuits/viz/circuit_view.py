@@ -164,6 +164,7 @@ def circuit_view(circuits: Mapping[str, Circuit] | Circuit, emotion: str | None 
                         subplot_titles=("attention heads", "MLP neurons"))
     layers_seen: set[int] = set()
     counts = {}
+    top_y = {1: 0, 2: 1}  # the largest head index and neuron rank drawn: whole-number ticks up to them
     for emo in emotions:
         c = circuits[emo]
         heads = _nodes(c, "heads", _score_lookup(head_scores, emo, "head", "score", what))
@@ -178,6 +179,8 @@ def circuit_view(circuits: Mapping[str, Circuit] | Circuit, emotion: str | None 
         for kind, d, y, row, symbol, ident in (("heads", heads, "index", 1, "diamond", "H"),
                                                ("neurons", neurons, "rank", 2, "circle", "N")):
             layers_seen.update(int(x) for x in d.layer)
+            if len(d):
+                top_y[row] = max(top_y[row], int(d[y].max()))
             mag = d.score.abs()
             top = float(mag.max()) if len(d) and np.isfinite(mag).any() and mag.max() > 0 else 0.0
             size = (7 + 19 * np.sqrt(mag / top)).fillna(8) if top else pd.Series(10.0, index=d.index)
@@ -193,8 +196,10 @@ def circuit_view(circuits: Mapping[str, Circuit] | Circuit, emotion: str | None 
     hi = (n_layers - 1) if n_layers else (max(layers_seen) if layers_seen else 0)
     fig.update_xaxes(range=[-0.7, hi + 0.7], dtick=1 if hi < 32 else None, showgrid=True)
     fig.update_xaxes(title_text="layer", row=2, col=1)
-    fig.update_yaxes(title_text="head", row=1, col=1)
-    fig.update_yaxes(title_text="rank in layer", autorange="reversed", row=2, col=1)
+    for row, first, title in ((1, 0, "head"), (2, 1, "rank in layer")):  # heads and ranks are whole numbers
+        fig.update_yaxes(title_text=title, tickmode="linear", tick0=first, dtick=max(1, -(-top_y[row] // 8)),
+                         tickformat="d", row=row, col=1)
+    fig.update_yaxes(autorange="reversed", row=2, col=1)
     sub = "node size: |score| (Circuits I); open marker: negative score; hover: component, score, Δμ norm"
     titles = [_title_text(f"Circuit of {e}: {counts[e][0]} heads, {counts[e][1]} neurons", sub) for e in emotions]
     _style(fig, f"Circuit of {emotion}: {counts[emotion][0]} heads, {counts[emotion][1]} neurons", sub, height=620)
