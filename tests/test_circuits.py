@@ -334,7 +334,8 @@ def test_cli_pipeline(tmp_path):
     assert [s for run in report.runs for s in run.skipped] == []
     for title in ("Judged emotion expression (prompting baseline)", "Consistency across valences", "Head importance",
                   "Dose-response: top-k vs random-k", "Sublayer influence by layer", "Emotion circuits",
-                  "Steering methods compared", "Example steered replies"):
+                  "Steering methods compared", "Example steered replies", "Steering dose-response",
+                  "Steering strength chosen on fluency"):
         assert titles.count(title) == 1, titles
 
 

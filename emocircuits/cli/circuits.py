@@ -61,7 +61,9 @@ def elicit_cmd(
     acc = el.accuracy[el.accuracy.valence == "all"]
     for judge, d in acc.groupby("judge", sort=False):
         typer.echo(f"{judge}: " + ", ".join(f"{r.emotion} {r.accuracy:.2f}" for r in d.itertuples()))
-    typer.echo(f"accepted {el.replies.accepted.mean():.2f} of {len(el.replies)} replies -> {out}")
+    cut = float((el.replies["finish"] == "length").mean())
+    typer.echo(f"accepted {el.replies.accepted.mean():.2f} of {len(el.replies)} replies (cut off at "
+               f"--max-new-tokens: {cut:.2f}) -> {out}")
 
 
 @circuits_app.command("directions")
