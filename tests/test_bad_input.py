@@ -85,7 +85,7 @@ def world(tmp_path_factory) -> dict[str, str]:
     bad_layers = root / "sweep_bad_layers.toml"
     bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]')
                           .replace("limit_per_label = 1", 'limit_per_label = 1\nsplit = "all"'))
-    extra = _bad_input_three(root, six, find, doc, variant)
+    extra = {**_bad_input_three(root, six, find, doc, variant), **_circuit_runs(root)}
     return {**extra, "root": str(root), "six": str(six), "one": str(one), "unknown": str(unknown),
             "not_json": str(root / "not_json.jsonl"), "find": str(find), "neurons": str(find / "neurons.json"),
             "layer999": str(variant("l999", add=[999, 0])), "layer_neg": str(variant("lneg", add=[-1, 0])),
@@ -146,6 +146,20 @@ def _bad_input_three(root: Path, six: Path, find: Path, doc: dict, variant) -> d
     # 6. a sweep whose data file is missing
     (root / "sweep_nodata.toml").write_text((root / "sweep.toml").read_text().replace(str(six), str(root / "gone.jsonl")))
     w["sweep_nodata"] = str(root / "sweep_nodata.toml")
+    return w
+
+
+def _circuit_runs(root: Path) -> dict[str, str]:
+    """A circuits chain made on tiny-llama (elicit, directions, components, influence, assemble): the artefacts
+    class 2 uses on other models."""
+    w = {name: str(root / name) for name in ("el", "di", "co", "inf", "asm")}
+    for argv in (f"circuits elicit --model tiny-llama --limit 2 --max-new-tokens 2 --out {w['el']}",
+                 f"circuits directions --from {w['el']} --groups all --n-boot 10 --shuffles 2 --out {w['di']}",
+                 f"circuits components --from {w['di']} --top-k 2 --out {w['co']}",
+                 f"circuits influence --from {w['di']} --alphas 0.1 --max-prompts 1 --out {w['inf']}",
+                 f"circuits assemble --influence {w['inf']} --components {w['co']} --k 8 --out {w['asm']}"):
+        r = runner.invoke(app, [*argv.split(), "--quiet"])
+        assert r.exit_code == 0, r.output
     return w
 
 
@@ -332,6 +346,35 @@ CLI_ROWS: list[Row] = [
 # ----------------------------------------------------------------------------- Bad input III (issue 29), by class
 # Each class is fixed by one mechanism; its rows check that mechanism on the named cases.
 
+# 2. artefacts made on one model used on another (jobs.common.check_made_on): every command with
+#    --allow-other-model has a template here (test_every_artefact_reader_has_class_2_rows), and each gets a row for
+#    a model of the same shape (refused before it loads) and one of another shape (refused naming both models,
+#    even with --allow-other-model)
+READS_ARTEFACTS = {
+    "neurons mask": MASK,
+    "neurons sweep": "neurons sweep --neurons {neurons} --data jsonl:{six} --controls 0 --ratios 0.5 --layer-ranges all "
+                     "--quiet --out {out}",
+    "circuits directions": "circuits directions --from {el} --groups all --n-boot 2 --shuffles 1 --quiet --out {out}",
+    "circuits components": "circuits components --from {di} --top-k 2 --quiet --out {out}",
+    "circuits influence": "circuits influence --from {di} --alphas 0.1 --max-prompts 1 --quiet --out {out}",
+    "circuits assemble": "circuits assemble --influence {inf} --components {co} --k 8 --quiet --out {out}",
+    "circuits steer": "circuits steer --from {asm} --limit 1 --max-new-tokens 2 --methods circuit --quiet --out {out}",
+    "circuits validate": "circuits validate --from {co} --scales 1 --controls 1 --emotion anger --quiet --out {out}",
+    "steer": "steer hi --emotion anger --method circuit --circuits {asm} --max-new-tokens 2",
+}
+TEXT_ONLY = ("circuits directions",)  # reads an elicit run's texts: any shape fits, once allowed
+CLASS_2 = [row for command, argv in READS_ARTEFACTS.items() for row in (
+    R(f"c2-{command.replace(' ', '-')}-same-shape-other-model", argv + " --model tiny-qwen2",
+      "made on tiny-llama-seed0, not on --model tiny-qwen2", no_model=True, out="absent" if "{out}" in argv else "any"),
+    R(f"c2-{command.replace(' ', '-')}-other-shape-allowed", argv + " --model tiny-gpt2 --allow-other-model",
+      "made on tiny-llama-seed0 (d_mlp 96) and does not fit tiny-gpt2-seed0 (d_mlp 128)",
+      out="absent" if "{out}" in argv else "any"),
+) if "not on" in row.phrase or command not in TEXT_ONLY]
+CLASS_2 += [
+    R("c2-steer-residual-other-model", "steer hi --emotion anger --method residual --directions {di} --model tiny-qwen2",
+      "not on --model tiny-qwen2", out="any", no_model=True),
+]
+
 # 3. files the toolkit wrote, damaged or hand-edited: a schema check on read (Selection.from_json for
 #    neurons.json; runs.read_manifest / read_table / read_tensors for manifests, Parquet, safetensors)
 CLASS_3 = [
@@ -386,7 +429,7 @@ CLASS_10 = [
     R("c10-config-json-a-list", "info {cfglist}", "holds a JSON list, not an object", out="any", no_model=True),
 ]
 
-CLI_ROWS += CLASS_3 + CLASS_4 + CLASS_6 + CLASS_8 + CLASS_10
+CLI_ROWS += CLASS_2 + CLASS_3 + CLASS_4 + CLASS_6 + CLASS_8 + CLASS_10
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:
@@ -432,6 +475,36 @@ def test_bad_cli_input(row: Row, world, tmp_path, request):
         assert _snapshot(out) == before
     elif row.out == "no_manifest":
         assert not (out / "manifest.json").exists()
+
+
+def test_every_artefact_reader_has_class_2_rows():
+    """Each command with --allow-other-model reads an earlier run's artefacts: it has its class 2 rows."""
+    import typer
+
+    found = []
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+        elif any("--allow-other-model" in getattr(p, "opts", []) for p in cmd.params):
+            found.append(" ".join(path))
+
+    walk(typer.main.get_command(app), [])
+    assert sorted(found) == sorted(READS_ARTEFACTS)
+
+
+def test_artefacts_run_on_their_own_model_and_on_another_when_allowed(world, tmp_path):
+    argv = READS_ARTEFACTS["circuits influence"].format(**world, out=str(tmp_path / "a")).split()
+    assert invoke(argv)[0] == 0
+    code, _, err = invoke([*argv[:-1], str(tmp_path / "b"), "--model", "tiny-qwen2", "--allow-other-model"])
+    assert code == 0, err
+    made = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert made["model"]["model_id"] == "tiny-qwen2-seed0" and made["config"]["allow_other_model"] is True
+    for command in TEXT_ONLY:  # texts fit a model of another shape
+        argv = READS_ARTEFACTS[command].format(**world, out=str(tmp_path / "c")).split()
+        code, _, err = invoke([*argv, "--model", "tiny-gpt2", "--allow-other-model"])
+        assert code == 0, err
 
 
 def test_table_is_documented():

@@ -216,6 +216,8 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     Opt(("--from",), "Run directory of the step before (the command's help names it).", ..., per_command=True),
     Opt(("--directions",), "Run directory of `circuits directions`: enough for residual, prompt and none steering "
         "(no assemble run needed).", None),
+    Opt(("--allow-other-model",), "Use an earlier run's neurons, directions or circuits on a model other than the "
+        "one they were made on (refused by default; shapes must still fit).", False),
     Opt(("--neurons",), "neurons.json written by `neurons find` (or its run directory).", ...),
     Opt(("--groups",), "Groups of prompts used: accepted (every emotion's reply accepted) | all.", "accepted",
         per_command=True),

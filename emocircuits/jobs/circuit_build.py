@@ -12,6 +12,7 @@ from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_for_config
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.jobs.circuits import read_directions
+from emocircuits.jobs.common import check_made_on
 from emocircuits.methods.circuits.assemble import (
     PAPER_HEADS,
     PAPER_NEURONS,
@@ -86,6 +87,8 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     if config["sigma_prompts"] not in SIGMA_PROMPTS:
         raise EmocircuitsError(f"--sigma-prompts {config['sigma_prompts']!r} is not valid; use one of "
                                f"{', '.join(SIGMA_PROMPTS)}.")
+    made = [(f"The directions run {str(src)!r}", manifest)]
+    check_made_on(config, made)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     prompts, directions = read_directions(src)
@@ -94,6 +97,7 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     if bad:
         raise EmocircuitsError(f"--emotion {bad[0]!r} has no direction in {str(src)!r}; it has {', '.join(directions)}.")
     bridge, spec = load_for_config(config, quiet, model_pair)
+    check_made_on(config, made, spec)
     ref_layers = (None if config["ref_layers"] is None else paper_ref_layers(spec.n_layers)
                   if config["ref_layers"] == "paper" else layer_range(spec.n_layers, config["ref_layers"]))
     layers = None if config["layers"] is None else layer_range(spec.n_layers, config["layers"])
@@ -140,6 +144,9 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
         raise EmocircuitsError(f"--neuron-share must be in [0, 1] (got {config['neuron_share']}).")
     if config.get("groups", "all") not in ("all", "accepted"):
         raise EmocircuitsError(f"--groups {config['groups']!r} is not valid; use all or accepted.")
+    made = [(f"The influence run {str(inf_dir)!r}", inf_manifest),
+            (f"The components run {str(comp_dir)!r}", comp_manifest)]
+    check_made_on(config, made)
     config = {**config, "model": config.get("model") or inf_manifest["config"]["model"],
               "dtype": config.get("dtype") or inf_manifest["config"].get("dtype", "float32")}
     table = read_table(inf_dir / "influence.parquet")
@@ -147,6 +154,7 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
     prompts = read_table(dir_path / "prompts.parquet")
     emotions = [e for e in dict.fromkeys(table["emotion"]) if e in set(ns["emotion"])]
     bridge, spec = load_for_config(config, quiet, model_pair)
+    check_made_on(config, made, spec)
     with RunDir.create(out, command="circuits assemble", config=config, model_spec=spec,
                        seed=config.get("seed")) as run:
         shifts = shift_vectors(bridge, prompts, groups=config.get("groups", "all"))

@@ -13,7 +13,7 @@ from emocircuits.core.models import load_for_config
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.core.units import HeadSet, NeuronSet
 from emocircuits.data import load_data
-from emocircuits.jobs.common import _check_choice
+from emocircuits.jobs.common import _check_choice, check_made_on
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.directions import GROUP_MODES, emotion_directions
 from emocircuits.methods.circuits.elicit import ACCEPT_MODES, elicit, system_template
@@ -96,10 +96,13 @@ def run_directions(config: dict[str, Any], out: Path, quiet: bool = False, model
     _check_min("shuffles", config["shuffles"], 0)
     # configs written before the key existed: the last layer read before the final norm
     config = {**config, "last_after_final_norm": bool(config.get("last_after_final_norm", False))}
+    made = [(f"The elicit run {str(src)!r}", manifest)]
+    check_made_on(config, made)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     replies = read_table(src / "replies.parquet")
     bridge, spec = load_for_config(config, quiet, model_pair)
+    check_made_on(config, made, spec, text_only=True)
     with RunDir.create(out, command="circuits directions", config=config, model_spec=spec,
                        seed=config["seed"]) as run:
         dr = emotion_directions(bridge, replies, groups=config["groups"], n_boot=config["n_boot"],
@@ -149,10 +152,13 @@ def run_components(config: dict[str, Any], out: Path, quiet: bool = False, model
     _check_min("per-valence", config["per_valence"], 1)
     if config["layers"] is not None:
         check_layer_range(config["layers"], "layers")
+    made = [(f"The directions run {str(src)!r}", manifest)]
+    check_made_on(config, made)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     prompts, directions = read_directions(src)
     bridge, spec = load_for_config(config, quiet, model_pair)
+    check_made_on(config, made, spec)
     for d in directions.values():
         d.validate(spec)
     layers = None if config["layers"] is None else layer_range(spec.n_layers, config["layers"])

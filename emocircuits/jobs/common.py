@@ -57,3 +57,49 @@ def load_job_data(config: dict[str, Any], default_split: str | None, *, labels: 
         counts = ", ".join(f"{lab} {n}" for lab, n in per_label.items())
         print(f"data {config['data']}: split {config['split_used']}, {len(ds)} examples ({counts})", file=sys.stderr)
     return ds
+
+
+def _made_on(manifest: dict[str, Any]) -> tuple[str | None, str, dict[str, Any]]:
+    """``(spec, model id, recorded ModelSpec dict)`` of the model an earlier run was made on."""
+    recorded = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    spec = (manifest.get("config") or {}).get("model")
+    return spec, str(recorded.get("model_id") or spec or "an unrecorded model"), recorded
+
+
+SHAPE_KEYS = ("n_layers", "d_model", "d_mlp", "n_heads", "d_head")
+"""The dimensions an artefact (direction, neuron/head set, circuit) is tied to."""
+
+
+def check_made_on(config: dict[str, Any], artefacts: list[tuple[str, dict[str, Any]]], spec: Any = None, *,
+                  text_only: bool = False) -> None:
+    """Refuse (one sentence naming both models) to use an earlier run's artefacts on a model other than the one
+    they were made on, unless ``config["allow_other_model"]``. ``artefacts``: ``(what, manifest)`` pairs.
+
+    Without ``spec`` (before the model loads): the requested spec ``config["model"]`` (None: the run's own
+    model, nothing to check) is compared with the run's spec, by name, alias, file or folder. With ``spec``
+    (the loaded model): the weights hash; and the shapes, which no option overrides (``text_only``: the
+    artefacts are texts, e.g. an elicit run's replies, which fit any model's shape)."""
+    from emocircuits.core.models import same_weights_source
+
+    allow = bool(config.get("allow_other_model"))
+    requested = config.get("model")
+    for what, manifest in artefacts:
+        rec_spec, rec_id, recorded = _made_on(manifest)
+        keep = f"leave --model out to use {rec_id}" + (f" (--model {rec_spec})" if rec_spec else "")
+        if spec is None:
+            if requested and rec_spec and not allow and same_weights_source(str(requested), str(rec_spec)) is False:
+                raise EmocircuitsError(f"{what} was made on {rec_id}, not on --model {requested}; {keep}, or pass "
+                                       "--allow-other-model to use it on the other model anyway.")
+            continue
+        shapes = {} if text_only else {k: recorded.get(k) for k in SHAPE_KEYS if recorded.get(k) is not None}
+        differ = [k for k, v in shapes.items() if getattr(spec, k, v) != v]
+        if differ:
+            theirs = ", ".join(f"{k} {shapes[k]}" for k in differ)
+            ours = ", ".join(f"{k} {getattr(spec, k)}" for k in differ)
+            raise EmocircuitsError(f"{what} was made on {rec_id} ({theirs}) and does not fit {spec.model_id} "
+                                   f"({ours}); {keep}, or re-make it on {spec.model_id}.")
+        rec_hash = recorded.get("weights_hash")
+        if rec_hash and spec.weights_hash != rec_hash and not allow:
+            raise EmocircuitsError(f"{what} was made on {rec_id}, but --model {requested} is {spec.model_id} (other "
+                                   f"weights); {keep}, or pass --allow-other-model to use it on the other model "
+                                   "anyway.")
