@@ -79,12 +79,11 @@ def world(tmp_path_factory) -> dict[str, str]:
     (root / "onlycfg" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     sweep = root / "sweep.toml"
     sweep.write_text('[sweep]\nanalysis = "intervention"\n[model]\nspec = "tiny-llama"\n'
-                     f'[data]\nspec = "jsonl:{six}"\nlimit_per_label = 1\n[analysis]\nn_boot = 10\n'
+                     f'[data]\nspec = "jsonl:{six}"\nsplit = "all"\nlimit_per_label = 1\n[analysis]\nn_boot = 10\n'
                      '[analysis.intervention]\ntype = "ScaleHeads"\nheads = "{layers}:all"\nfactor = "{factor}"\n'
                      '[grid]\nlayers = ["0"]\nfactor = [0.0]\n')
     bad_layers = root / "sweep_bad_layers.toml"
-    bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]')
-                          .replace("limit_per_label = 1", 'limit_per_label = 1\nsplit = "all"'))
+    bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]'))
     extra = {**_bad_input_three(root, six, find, doc, variant), **_circuit_runs(root)}
     return {**extra, "root": str(root), "six": str(six), "one": str(one), "unknown": str(unknown),
             "not_json": str(root / "not_json.jsonl"), "find": str(find), "neurons": str(find / "neurons.json"),
@@ -352,7 +351,7 @@ CLI_ROWS: list[Row] = [
 #    even with --allow-other-model)
 READS_ARTEFACTS = {
     "neurons mask": MASK,
-    "neurons sweep": "neurons sweep --neurons {neurons} --data jsonl:{six} --controls 0 --ratios 0.5 --layer-ranges all "
+    "neurons sweep": "neurons sweep --neurons {neurons} --data jsonl:{six} --split all --controls 0 --ratios 0.5 --layer-ranges all "
                      "--quiet --out {out}",
     "circuits directions": "circuits directions --from {el} --groups all --n-boot 2 --shuffles 1 --quiet --out {out}",
     "circuits components": "circuits components --from {di} --top-k 2 --quiet --out {out}",
@@ -422,6 +421,67 @@ CLASS_8 = [
       out="any"),
 ]
 
+# 9. advice that cannot be followed: every command with --data, generated from the CLI's own option list
+def _commands_with(flag: str) -> dict[str, set[str]]:
+    """``{command path: its flags}`` of every command that has ``flag``."""
+    import typer
+
+    found: dict[str, set[str]] = {}
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+            return
+        flags = {o for p in cmd.params for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))}
+        if flag in flags:
+            found[" ".join(path)] = flags
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+DATA_COMMANDS = _commands_with("--data")
+NEEDS = {"neurons mask": "--neurons {neurons}", "neurons sweep": "--neurons {neurons}", "judge": "--judge lexicon",
+         "circuits steer": "--directions {di} --methods residual"}
+
+
+def _data_argv(command: str, data: str) -> str:
+    reads_a_run = any(f in NEEDS.get(command, "") for f in ("--neurons", "--directions"))  # its model is the run's
+    model = " --model tiny-llama" if "--model" in DATA_COMMANDS[command] and not reads_a_run else ""
+    return f"{command} --data {data}{model} {NEEDS.get(command, '')} --quiet --out {{out}}".replace("  ", " ")
+
+
+CLASS_9 = [row for command in DATA_COMMANDS for row in (
+    R(f"c9-{command.replace(' ', '-')}-split-None", _data_argv(command, "jsonl:{six}") + " --split None",
+      "use one of train, test, all", no_model=True),
+    R(f"c9-{command.replace(' ', '-')}-empty-data-path", _data_argv(command, "jsonl:"), "names no file after 'jsonl:'",
+      no_model=True),
+    R(f"c9-{command.replace(' ', '-')}-data-folder", _data_argv(command, "jsonl:{root}"), "is a folder, not a file",
+      no_model=True),
+)] + [
+    Row("c9-model-empty", ("classify", "--model", "", "--data", "jsonl:{six}", "--quiet", "--out", "{out}"),
+        "this name is empty", no_model=True),
+    Row("c9-info-empty-model", ("info", ""), "The model name is empty", out="any", no_model=True),
+    R("c9-probe-folds-1", PROBE + " --folds 1", "--folds 1 is not allowed; use a finite number >= 2", no_model=True),
+]
+
+
+@pytest.mark.parametrize("command", sorted(DATA_COMMANDS))
+def test_advice_names_only_options_the_command_has(command, world, tmp_path, no_model):
+    """Unknown labels and a missing text column: the advice names only options this command has."""
+    import re
+
+    nofield = tmp_path / "nofield.csv"
+    nofield.write_text("words,label\nhi,anger\n")
+    for data, phrase in ((f"jsonl:{world['unknown']}", "unknown label"), (f"csv:{nofield}", "not found")):
+        argv = _data_argv(command, data).format(**world, out=str(tmp_path / "out")).split()
+        code, _, err = invoke(argv)
+        assert code == 2 and phrase in err, err
+        advised = set(re.findall(r"(--[a-z][a-z-]+)", err.split(phrase, 1)[1]))
+        assert advised <= DATA_COMMANDS[command], (command, advised - DATA_COMMANDS[command], err)
+
+
 # 10. environment faults: one sentence each
 CLASS_10 = [
     R("c10-out-under-a-file", CLASSIFY.replace("{out}", "{six}/sub"), "cannot be created"),
@@ -429,7 +489,7 @@ CLASS_10 = [
     R("c10-config-json-a-list", "info {cfglist}", "holds a JSON list, not an object", out="any", no_model=True),
 ]
 
-CLI_ROWS += CLASS_2 + CLASS_3 + CLASS_4 + CLASS_6 + CLASS_8 + CLASS_10
+CLI_ROWS += CLASS_2 + CLASS_3 + CLASS_4 + CLASS_6 + CLASS_8 + CLASS_9 + CLASS_10
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:

@@ -43,6 +43,7 @@ def elicit_cmd(
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
     labels: str | None = option("--labels"),
+    drop_unknown: bool = option("--drop-unknown"),
     text_field: str | None = option("--text-field"),
     label_field: str | None = option("--label-field"),
 ) -> None:
@@ -52,7 +53,8 @@ def elicit_cmd(
     config = {"model": model, "data": data, "split": split, "limit": limit, "judges": list(judges or ["lexicon"]),
               "accept": accept, "emotions": list(emotions or EKMAN6), "max_new_tokens": max_new_tokens,
               "dtype": dtype, "seed": seed, "system": system}
-    for key, value in (("labels", split_list(labels)), ("text_field", text_field), ("label_field", label_field)):
+    for key, value in (("labels", split_list(labels)), ("text_field", text_field), ("label_field", label_field),
+                       ("drop_unknown", drop_unknown or None)):
         if value is not None:  # recorded only when given: earlier runs' configs stay as they were
             config[key] = value
     if labels is not None and not config["labels"]:

@@ -123,6 +123,16 @@ def one_of(names: list[str]) -> Callable[[str], Callable[[Any], Any]]:
     return make
 
 
+def model_name(flag: str) -> Callable[[Any], Any]:
+    """A check: a non-empty model spec (None passes: the command's default)."""
+    def check(value: Any) -> Any:
+        if value is not None and not str(value).strip():
+            raise _bad(flag, repr(value), "name a model (this name is empty), e.g. default (the embedded "
+                       "SmolLM2-135M-Instruct), a local model folder or a .gguf file")
+        return value
+    return check
+
+
 def field_name(flag: str) -> Callable[[Any], Any]:
     """A check: a non-empty field name."""
     def check(value: Any) -> Any:
@@ -135,12 +145,12 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     # what to run on
     Opt(("--model",), "Model spec: default (the embedded SmolLM2-135M-Instruct), a .gguf path, a local HF dir, "
         "a cached hub id, or tiny-llama; commands that read an earlier run default to that run's model.",
-        "default", per_command=True),
+        "default", per_command=True, check=model_name),
     Opt(("--dtype",), "float32 | bfloat16 | float16 (what bfloat16 changes: README, Speed).", "float32"),
     Opt(("--data",), "Data spec: builtin:dialogues|events|appraisal_events|sev, jsonl:PATH, csv:PATH, envent:PATH, "
         "emoprism:PATH or sev:PATH (default: the data of the command's paper).", "builtin:dialogues", per_command=True),
     Opt(("--split",), "train, test or all (default: the command's own part of data that has a split, train to "
-        "find and test to measure, else all).", None, per_command=True),
+        "find and test to measure, else all).", None, per_command=True, check=one_of(["train", "test", "all"])),
     Opt(("--limit-per-label",), "At most N examples per label (seeded, stratified).", None, check=at_least(1)),
     Opt(("--limit",), "At most N SEV skeletons (round-robin over themes).", None, check=at_least(1)),
     Opt(("--template",), f"Prompt template: one of {_TEMPLATES} (tak2025 and lee2025 are written from those "

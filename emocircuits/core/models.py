@@ -157,6 +157,8 @@ def _known_specs_sentence() -> str:
 
 def resolve_spec(spec: str) -> _Resolved:
     """Turn a spec string into a local weight source, or raise one clear sentence."""
+    if not str(spec).strip():
+        raise EmocircuitsError(f"The model name is empty; {_known_specs_sentence()}.")
     if spec.lower() in DEFAULT_ALIASES:
         path = embedded_gguf_path()
         if path is None:

@@ -70,7 +70,7 @@ def run_elicit(config: dict[str, Any], out: Path, quiet: bool = False, model_pai
                                f"{', '.join(ACCEPT_MODES)} or one of the --judge names.")
     split = None if config["split"] in (None, "all") else config["split"]
     data = load_data(config["data"], split=split, labels=config.get("labels"), text_field=config.get("text_field"),
-                     label_field=config.get("label_field"))
+                     label_field=config.get("label_field"), drop_unknown=bool(config.get("drop_unknown")))
     bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits elicit", config=config, model_spec=spec, seed=config["seed"]) as run:
         el = elicit(bridge, data, emotions=config["emotions"], limit=config["limit"],

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.base.errors import EmocircuitsError
+from emocircuits.core.models import same_weights_source
 from emocircuits.core.prompts import ensemble_members, get_template
 from emocircuits.data import load_data
 from emocircuits.runs.rundir import check_out_dir
@@ -17,8 +18,11 @@ def _split(split: str | None) -> str | None:
 
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    """``value`` must be one of ``allowed`` (None there: the option may be left out, not a value to type)."""
     if value not in allowed:
-        raise EmocircuitsError(f"--{name} {value!r} is not valid; use one of {', '.join(map(str, allowed))}.")
+        typed = [str(a) for a in allowed if a is not None]
+        raise EmocircuitsError(f"--{name} {value!r} is not valid; use one of {', '.join(typed)}"
+                               + (" (or leave it out)." if None in allowed else "."))
 
 
 def _check_common(config: dict[str, Any], out: Path, command: str) -> None:
@@ -79,8 +83,6 @@ def check_made_on(config: dict[str, Any], artefacts: list[tuple[str, dict[str, A
     model, nothing to check) is compared with the run's spec, by name, alias, file or folder. With ``spec``
     (the loaded model): the weights hash; and the shapes, which no option overrides (``text_only``: the
     artefacts are texts, e.g. an elicit run's replies, which fit any model's shape)."""
-    from emocircuits.core.models import same_weights_source
-
     allow = bool(config.get("allow_other_model"))
     requested = config.get("model")
     for what, manifest in artefacts:

@@ -100,6 +100,7 @@ class NeuronMasking(Analysis):
         choice("analysis.scoring", p.scoring, SCORINGS)
         parse_artifacts({"find": _find_artifact(p)[ARTIFACT]}, "analysis")  # the find settings, as an artifact
         at_least("analysis", p, {"controls": 0, "n_boot": 1})
+        cfg.data.load(seed=cfg.seed)  # the data the cells read: refused before any model loads
         labels = tuple(cfg.data.labels) or EKMAN6
         if p.neurons:
 
