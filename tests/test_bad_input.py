@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.app import app
+from emocircuits.cli.options import VOCABULARY
 
 runner = CliRunner()
 EKMAN = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
@@ -136,6 +137,9 @@ def _bad_input_three(root: Path, six: Path, find: Path, doc: dict, variant) -> d
     (root / "tab.csv").write_text("text\tlabel\nhi\tanger\n")
     for name in ("unclosed", "unclosed_eof", "semicolon", "tab"):
         w[name] = str(root / f"{name}.csv")
+    # 7. a text longer than the model's context
+    w["long"] = str(_jsonl(root / "long.jsonl", [{"text": "lorem ipsum dolor sit amet " * 600, "label": "anger"},
+                                                 {"text": "fine", "label": "joy"}]))
     # 10. environment faults
     (root / "latin1.toml").write_bytes((root / "sweep.toml").read_bytes().replace(b"[sweep]", b"# caf\xe9\n[sweep]"))
     w["latin1_toml"] = str(root / "latin1.toml")
@@ -415,6 +419,47 @@ CLASS_6 = [
     R("c6-sweep-missing-data", "sweep {sweep_nodata} --quiet --out {out}", "does not exist", out="absent"),
 ]
 
+# 7. sizes with no bound: a prompt past the model's context is refused (core.runner.Runner.fit_context), never
+#    cut: tiny-gpt2 has 2048 positions
+CLASS_7 = [
+    R("c7-text-past-context", CLASSIFY.replace("tiny-llama", "tiny-gpt2").replace("{six}", "{long}")
+      + " --labels anger,joy", "more than the context length 2048 of tiny-gpt2-seed0"),
+    R("c7-find-text-past-context", FIND.replace("tiny-llama", "tiny-gpt2").replace("{six}", "{long}")
+      + " --labels anger,joy", "more than the context length 2048"),
+    R("c7-steer-max-new-tokens", "steer hi --emotion anger --model tiny-gpt2 --max-new-tokens 100000",
+      "--max-new-tokens 100000 goes past the context length 2048 of tiny-gpt2-seed0; use --max-new-tokens", out="any"),
+    R("c7-elicit-max-new-tokens", "circuits elicit --model tiny-gpt2 --limit 1 --max-new-tokens 5000 --quiet "
+      "--out {out}", "goes past the context length 2048"),
+]
+
+
+MULTIPLIERS = sorted(f for f, o in VOCABULARY.items() if o.check and o.check.__qualname__.startswith("multiplier"))
+
+
+@pytest.mark.parametrize("flag", MULTIPLIERS)
+def test_large_work_multipliers_print_the_planned_work(flag):
+    """Every work multiplier of the vocabulary: a large value prints the planned work before anything runs."""
+    import contextlib
+    import io
+
+    from emocircuits.base.constants import LARGE_WORK
+
+    check = VOCABULARY[flag].check(flag)
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert check(LARGE_WORK) == LARGE_WORK
+        assert check(3) == 3
+    assert err.getvalue().count("planned work") == 1 and f"{flag} {LARGE_WORK}" in err.getvalue()
+
+
+def test_masking_with_many_controls_prints_its_passes(world, tmp_path):
+    r = runner.invoke(app, ["neurons", "mask", "--neurons", world["find"], "--data", f"jsonl:{world['six']}",
+                            "--controls", "100", "--emotion", "anger", "--quiet", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "1 clean + 1 emotions x (1 masked + 100 controls) = 102 passes over 6 examples" in r.stderr
+
+
 # 8. sweeps whose cells fail exit non-zero with a summary line
 CLASS_8 = [
     R("c8-sweep-all-cells-fail", "sweep {sweep_bad_layers} --quiet --out {out}", "1 of 1 cells failed; see",
@@ -489,7 +534,7 @@ CLASS_10 = [
     R("c10-config-json-a-list", "info {cfglist}", "holds a JSON list, not an object", out="any", no_model=True),
 ]
 
-CLI_ROWS += CLASS_2 + CLASS_3 + CLASS_4 + CLASS_6 + CLASS_8 + CLASS_9 + CLASS_10
+CLI_ROWS += CLASS_2 + CLASS_3 + CLASS_4 + CLASS_6 + CLASS_7 + CLASS_8 + CLASS_9 + CLASS_10
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:

@@ -33,6 +33,8 @@ VALIDATION_SCALES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 DEFAULT_CONTROLS = 5
 """Random control sets per masked set (size- and layer-matched)."""
+LARGE_WORK = 100
+"""A work multiplier (--controls, --n-random, --n-pairs) from which a command prints its planned work first."""
 FLOOR_ACC = 0.2
 """Below this clean accuracy on a label, masking cannot show a drop there (the table marks it ``floor``)."""
 STABILITY_RESAMPLES = 20

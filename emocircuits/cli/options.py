@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 
-from emocircuits.base.constants import EMOTION_SYSTEMS, LAYER_RANGES
+from emocircuits.base.constants import EMOTION_SYSTEMS, LARGE_WORK, LAYER_RANGES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.presets import preset_names, resolve
 from emocircuits.core.prompts import template_names
@@ -40,6 +40,23 @@ def at_least(low: float) -> Callable[[str], Callable[[Any], Any]]:
                 return value
             if not math.isfinite(float(value)) or value < low:
                 raise _bad(flag, value, f"use a finite number >= {low:g}")
+            return value
+        return check
+    return make
+
+
+def multiplier(low: float) -> Callable[[str], Callable[[Any], Any]]:
+    """A check: a count ``>= low`` that multiplies a command's passes; from :data:`LARGE_WORK` on, the planned
+    work is printed (stderr) before anything starts."""
+    def make(flag: str) -> Callable[[Any], Any]:
+        plain = at_least(low)(flag)
+
+        def check(value: Any) -> Any:
+            value = plain(value)
+            if value is not None and value >= LARGE_WORK:
+                typer.echo(f"planned work: {flag} {value} repeats each measurement on {value} random controls or "
+                           f"pairs, about {int(value) + 1} times the passes of one measurement; this takes long "
+                           "(Ctrl-C stops it and leaves --out as it was).", err=True)
             return value
         return check
     return make
@@ -182,14 +199,14 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     Opt(("--seed",), "Seed of every random choice of the command (sampling, controls, pairs, bootstraps).", 0,
         check=at_least(0)),
     Opt(("--controls",), "K random controls per measured effect (same size and layers; the CI resamples them "
-        "and p ranks the effect among them).", 5, per_command=True, check=at_least(0)),
+        "and p ranks the effect among them).", 5, per_command=True, check=multiplier(0)),
     Opt(("--n-boot",), "Bootstrap resamples for the CIs.", 1000, per_command=True, check=at_least(1)),
     Opt(("--random-features/--no-random-features",), "Also probe Gaussian features of the same dimension (a "
         "control beside the label permutations).", False),
     Opt(("--n-random",), "Random controls (directions or circuits of the same size) per condition.", None,
-        per_command=True, check=at_least(0)),
+        per_command=True, check=multiplier(0)),
     Opt(("--n-pairs",), "Random (source, target) pairs with different labels.", 50, per_command=True,
-        check=at_least(1)),
+        check=multiplier(1)),
     # where in the model
     Opt(("--layers",), f"Layers: {', '.join(LAYER_RANGES)}, A-B or A (inclusive); default: the command's.", None,
         per_command=True),

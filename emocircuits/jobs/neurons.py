@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emocircuits.base.constants import DEFAULT_CONTROLS, FLOOR_ACC, STABILITY_RESAMPLES
+from emocircuits.base.constants import DEFAULT_CONTROLS, FLOOR_ACC, LARGE_WORK, STABILITY_RESAMPLES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import _EMBEDDED_ID, TINY_ARCHS, load_for_config
 from emocircuits.core.sites import layer_range
@@ -113,6 +113,12 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     if selection is None:
         check_made_on(config, [(source, neurons_made_on(config["neurons"], sel))])
     data = load_job_data(config, "test", labels=sel.labels, quiet=quiet)
+    passes = 1 + len(emotions) * (1 + int(config["controls"]))
+    if int(config["controls"]) >= LARGE_WORK:
+        import sys
+
+        print(f"planned work: 1 clean + {len(emotions)} emotions x (1 masked + {config['controls']} controls) = "
+              f"{passes} passes over {len(data)} examples ({passes * len(data)} example-passes).", file=sys.stderr)
     given = config.get("model")
     config["model"] = given or rec_spec or "default"
     bridge, spec = load_for_config(config, quiet, model_pair)
