@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.app import app
 from emocircuits.cli.options import VOCABULARY
+from emocircuits.data import APPRAISAL_COLUMNS
 
 runner = CliRunner()
 EKMAN = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
@@ -137,6 +138,15 @@ def _bad_input_three(root: Path, six: Path, find: Path, doc: dict, variant) -> d
     (root / "tab.csv").write_text("text\tlabel\nhi\tanger\n")
     for name in ("unclosed", "unclosed_eof", "semicolon", "tab"):
         w[name] = str(root / f"{name}.csv")
+    # 5. ratings the reader cannot use
+    base = [(f"You broke it again, {i}!", "anger") for i in range(6)] + [(f"We won prize {i}!", "happiness")
+                                                                           for i in range(6)]
+    w["rating_value_sd"] = str(_jsonl(root / "r_value_sd.jsonl", [{"text": t, "label": lab, "appraisal": {
+        "pleasantness": {"value": 3, "sd": 0.5}}} for t, lab in base]))
+    w["rating_other_key"] = str(_jsonl(root / "r_other_key.jsonl", [{"text": t, "label": lab, "scores": {
+        "pleasantness": 4, "effort": 2}} for t, lab in base]))
+    w["rating_twenty"] = str(_jsonl(root / "r_twenty.jsonl", [{"text": t, "label": lab, **{
+        a: 1 + i % 5 for i, a in enumerate(APPRAISAL_COLUMNS[:20])}} for t, lab in base]))
     # 7. a text longer than the model's context
     w["long"] = str(_jsonl(root / "long.jsonl", [{"text": "lorem ipsum dolor sit amet " * 600, "label": "anger"},
                                                  {"text": "fine", "label": "joy"}]))
@@ -411,6 +421,30 @@ CLASS_4 = [
     R("c4-tab-csv", FIND.replace("jsonl:{six}", "csv:{tab}"), "read it as tsv:", no_model=True),
 ]
 
+# 5. a rating the reader cannot use is never dropped in silence (data._rating, data._split_ratings): refused,
+#    and the advice names --appraisals only where the command has it
+PROBE2 = "inference probe --model tiny-llama --data jsonl:{data} --labels anger,happiness --quiet --out {out}"
+CLASS_5 = [
+    R("c5-rating-value-sd", PROBE2.replace("{data}", "{rating_value_sd}"),
+      'is {"value": 3, "sd": 0.5}, not a number', no_model=True),
+    R("c5-rating-under-unknown-key", PROBE2.replace("{data}", "{rating_other_key}"),
+      "field 'scores' holds appraisal ratings", no_model=True),
+    R("c5-rating-string-on-classify", CLASSIFY.replace("{six}", "{badrating}"),
+      "fix the file (this command reads every rating it has)", no_model=True),
+]
+
+
+def test_ratings_left_out_are_named(world, tmp_path):
+    """20 of the 21 crowd-enVENT ratings: the probe says which one the file does not rate, and records it."""
+    out = tmp_path / "p"
+    code, _, err = invoke([*PROBE2.format(data=world["rating_twenty"], out=str(out)).split()[:-2], "--folds", "2",
+                           "--controls", "1", "--layers", "0", "--sites", "resid.post", "--all-examples",
+                           "--out", str(out)])
+    assert code == 0, err
+    note = json.loads((out / "summary.json").read_text())["ratings"]
+    assert f"1 of the 21 crowd-enVENT ratings are not in it ({APPRAISAL_COLUMNS[20]})" in note, note
+
+
 # 6. refusals leave --out exactly as it was (runs.RunDir writes aside and swaps in at the end)
 CLASS_6 = [
     R("c6-find-one-label", FIND.replace("{six}", "{one}"), "No tokens were counted", out="absent"),
@@ -534,7 +568,7 @@ CLASS_10 = [
     R("c10-config-json-a-list", "info {cfglist}", "holds a JSON list, not an object", out="any", no_model=True),
 ]
 
-CLI_ROWS += CLASS_2 + CLASS_3 + CLASS_4 + CLASS_6 + CLASS_7 + CLASS_8 + CLASS_9 + CLASS_10
+CLI_ROWS += CLASS_2 + CLASS_3 + CLASS_4 + CLASS_5 + CLASS_6 + CLASS_7 + CLASS_8 + CLASS_9 + CLASS_10
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:

@@ -371,17 +371,20 @@ def _rating(value: Any, name: str, row: _Row) -> float | None:
     """One appraisal rating as a float (None: not rated); anything else that is not a number raises."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    leave_out = "fix the file, or " + advise(
+        [("appraisals=[...]", "--appraisals a,b,...", f"naming the others to leave {name} out")], "") \
+        if offered("--appraisals") else "fix the file (this command reads every rating it has)"
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise EmocircuitsError(
             f"{row.where}: appraisal rating {name!r} is {json.dumps(value)}, not a number; write one number per "
-            f"rating (e.g. {name}: 3) or leave {name} out with {spell('appraisals=[...]', '--appraisals a,b,...')}."
+            f"rating (e.g. {name}: 3): {leave_out}."
         )
     try:
         out = float(value)
     except ValueError:
         raise EmocircuitsError(
-            f"{row.where}: appraisal rating {name!r} is {value!r}, not a number; ratings must be numbers "
-            f"(fix the file, or leave {name} out with {spell('appraisals=[...]', '--appraisals a,b,...')})."
+            f"{row.where}: appraisal rating {name!r} is {value!r}, not a number; ratings must be numbers, so "
+            f"{leave_out}."
         ) from None
     return None if out != out else out  # NaN: not rated
 
@@ -404,6 +407,13 @@ def _split_ratings(row: _Row, names: Sequence[str] | None) -> tuple[dict[str, An
             r = _rating(v, k, row)
             if r is not None:
                 ratings[k] = r
+        elif isinstance(v, dict) and set(map(str, v)) & set(wanted):
+            held = ", ".join(sorted(set(map(str, v)) & set(wanted))[:3])
+            raise EmocircuitsError(
+                f"{row.where}: field {k!r} holds appraisal ratings ({held}, ...) under a key the reader does not "
+                f"take, so they would be left out; rename it to one of {', '.join(RATING_OBJECTS)} or move the "
+                "ratings to top-level columns."
+            )
         else:
             rest[k] = v
     return rest, ratings
@@ -621,6 +631,9 @@ def rated_only(data: Dataset, names: Sequence[str] | None = None) -> tuple[Datas
         )
     note = (f"ratings: {len(cols)} columns; kept all {len(kept)} examples" if not dropped else
             f"ratings: {len(cols)} columns; dropped {dropped} of {len(data)} examples that do not rate all of them")
+    absent = [a for a in APPRAISAL_COLUMNS if a not in cols] if names is None else []
+    if absent:  # the default names: say which of them the file does not rate, never leave them out silently
+        note += f"; {len(absent)} of the {len(APPRAISAL_COLUMNS)} crowd-enVENT ratings are not in it ({', '.join(absent)})"
     return kept, note
 
 
