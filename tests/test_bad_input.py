@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from emocircuits.base.constants import NUMBER_BOUNDS
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.app import app
 from emocircuits.cli.options import VOCABULARY
@@ -87,6 +88,12 @@ def world(tmp_path_factory) -> dict[str, str]:
     bad_layers = root / "sweep_bad_layers.toml"
     bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]'))
     extra = {**_bad_input_three(root, six, find, doc, variant), **_circuit_runs(root)}
+    world = {"root": str(root), "sweep": str(sweep)}
+    for name, table, line in (("sweep_seed_neg", "sweep", "seed = -1"), ("sweep_nboot_nan", "analysis", "n_boot = nan"),
+                              ("sweep_nboot_zero", "analysis", "n_boot = 0"),
+                              ("sweep_gpus_neg", "executor", "gpus_per_worker = -0.5"),
+                              ("sweep_limit_neg", "data", "limit_per_label = -3")):
+        extra[name] = _sweep_with(world, name, table, line)
     return {**extra, "root": str(root), "six": str(six), "one": str(one), "unknown": str(unknown),
             "not_json": str(root / "not_json.jsonl"), "find": str(find), "neurons": str(find / "neurons.json"),
             "layer999": str(variant("l999", add=[999, 0])), "layer_neg": str(variant("lneg", add=[-1, 0])),
@@ -388,6 +395,54 @@ CLASS_2 += [
       "not on --model tiny-qwen2", out="any", no_model=True),
 ]
 
+# 1. numbers in a sweep TOML: every count/seed/share key is checked by its name wherever it appears
+#    (sweeps.config.in_range over base.constants.NUMBER_BOUNDS), and the refusal names the key and the file
+def _sweep_with(w: dict[str, str], name: str, table: str, line: str) -> str:
+    """The world's sweep TOML with ``line`` (``key = value``) set in ``[table]``."""
+    import re
+
+    key = line.split("=")[0].strip()
+    text = Path(w["sweep"]).read_text()
+    if f"[{table}]\n" not in text:
+        text += f"[{table}]\n"
+    head, _, body = text.partition(f"[{table}]\n")
+    own, sep, rest = body.partition("\n[")
+    own = re.sub(rf"(?m)^{key} = .*\n?", "", own)
+    path = Path(w["root"]) / f"{name}.toml"
+    path.write_text(f"{head}[{table}]\n{line}\n{own}{sep}{rest}")
+    return str(path)
+
+
+CLASS_1_SWEEP = [
+    R("c1-sweep-seed-negative", "sweep {sweep_seed_neg} --quiet --out {out}", "Key 'sweep.seed' has value -1; "
+      "allowed: numbers >= 0", no_model=True),
+    R("c1-sweep-n-boot-nan", "sweep {sweep_nboot_nan} --quiet --out {out}", "Key 'analysis.n_boot' has value nan",
+      no_model=True),
+    R("c1-sweep-n-boot-zero", "sweep {sweep_nboot_zero} --quiet --out {out}", "sweep_nboot_zero.toml': Key "
+      "'analysis.n_boot' has value 0; allowed: numbers >= 1", no_model=True),
+    R("c1-sweep-gpus-negative", "sweep {sweep_gpus_neg} --quiet --out {out}", "Key 'executor.gpus_per_worker' has "
+      "value -0.5; allowed: numbers >= 0", no_model=True),
+    R("c1-sweep-limit-negative", "sweep {sweep_limit_neg} --quiet --out {out}", "Key 'data.limit_per_label'",
+      no_model=True),
+]
+
+
+@pytest.mark.parametrize("name", sorted(NUMBER_BOUNDS))
+def test_every_bounded_sweep_key_is_checked_and_the_cli_agrees(name):
+    """Below its low end a key is refused by the sweep reader; the CLI's option of that name refuses it too."""
+    from emocircuits.sweeps.config import in_range
+
+    low, high, low_in = NUMBER_BOUNDS[name]
+    below = low - 1 if low_in else low
+    with pytest.raises(EmocircuitsError, match=f"Key 'x.{name}' has value"):
+        in_range(name, below, f"x.{name}")
+    assert in_range(name, high if high is not None else low + (0 if low_in else 1), "k") is not None
+    opt = VOCABULARY.get("--" + name.replace("_", "-"))
+    if opt is not None and opt.check is not None:
+        with pytest.raises(EmocircuitsError):
+            opt.check(opt.flags[0])(below)
+
+
 # 3. files the toolkit wrote, damaged or hand-edited: a schema check on read (Selection.from_json for
 #    neurons.json; runs.read_manifest / read_table / read_tensors for manifests, Parquet, safetensors)
 CLASS_3 = [
@@ -568,7 +623,7 @@ CLASS_10 = [
     R("c10-config-json-a-list", "info {cfglist}", "holds a JSON list, not an object", out="any", no_model=True),
 ]
 
-CLI_ROWS += CLASS_2 + CLASS_3 + CLASS_4 + CLASS_5 + CLASS_6 + CLASS_7 + CLASS_8 + CLASS_9 + CLASS_10
+CLI_ROWS += CLASS_1_SWEEP + CLASS_2 + CLASS_3 + CLASS_4 + CLASS_5 + CLASS_6 + CLASS_7 + CLASS_8 + CLASS_9 + CLASS_10
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:
