@@ -29,7 +29,16 @@ _UNSET: Any = object()
 
 
 def _bad(flag: str, value: Any, allowed: str) -> EmocircuitsError:
-    return EmocircuitsError(f"{flag} {value} is not allowed; {allowed}.")
+    shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}...({len(str(value))} characters)"
+    return EmocircuitsError(f"{flag} {shown} is not allowed; {allowed}.")
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (an integer too large for a float is not: no count is that big)."""
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, TypeError, ValueError):
+        return False
 
 
 def at_least(low: float) -> Callable[[str], Callable[[Any], Any]]:
@@ -38,7 +47,7 @@ def at_least(low: float) -> Callable[[str], Callable[[Any], Any]]:
         def check(value: Any) -> Any:
             if value is None:
                 return value
-            if not math.isfinite(float(value)) or value < low:
+            if not _finite(value) or value < low:
                 raise _bad(flag, value, f"use a finite number >= {low:g}")
             return value
         return check
@@ -65,7 +74,7 @@ def multiplier(low: float) -> Callable[[str], Callable[[Any], Any]]:
 def positive(flag: str) -> Callable[[Any], Any]:
     """A check: a finite number > 0 (None passes)."""
     def check(value: Any) -> Any:
-        if value is not None and not (math.isfinite(float(value)) and value > 0):
+        if value is not None and not (_finite(value) and value > 0):
             raise _bad(flag, value, "use a finite number > 0")
         return value
     return check
@@ -74,7 +83,7 @@ def positive(flag: str) -> Callable[[Any], Any]:
 def share(flag: str) -> Callable[[Any], Any]:
     """A check: a share in (0, 1]."""
     def check(value: Any) -> Any:
-        if value is not None and not (math.isfinite(float(value)) and 0 < value <= 1):
+        if value is not None and not (_finite(value) and 0 < value <= 1):
             raise _bad(flag, value, "use a share in (0, 1], e.g. 0.01")
         return value
     return check
@@ -83,7 +92,7 @@ def share(flag: str) -> Callable[[Any], Any]:
 def finite(flag: str) -> Callable[[Any], Any]:
     """A check: a finite number (NaN and inf mean nothing as a strength)."""
     def check(value: Any) -> Any:
-        if value is not None and not math.isfinite(float(value)):
+        if value is not None and not _finite(value):
             raise _bad(flag, value, "use a finite number")
         return value
     return check
@@ -97,9 +106,9 @@ def number_list(low: float | None = None) -> Callable[[str], Callable[[Any], Any
                 return value
             try:
                 items = [float(x) for x in str(value).split(",") if x.strip()]
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise _bad(flag, value, "use comma-separated numbers, e.g. 0.5,1,2") from None
-            if not items or not all(math.isfinite(x) and (low is None or x >= low) for x in items):
+            if not items or not all(_finite(x) and (low is None or x >= low) for x in items):
                 bound = "" if low is None else f", each >= {low:g}"
                 raise _bad(flag, value, f"use comma-separated finite numbers{bound}, e.g. 0.5,1,2")
             return value

@@ -12,7 +12,7 @@ from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_for_config
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.jobs.circuits import read_directions
-from emocircuits.jobs.common import check_made_on
+from emocircuits.jobs.common import check_made_on, parse_numbers
 from emocircuits.methods.circuits.assemble import (
     PAPER_HEADS,
     PAPER_NEURONS,
@@ -34,14 +34,8 @@ from emocircuits.runs.rundir import RunDir, finished_run, read_table
 
 
 def parse_floats(text: str | Sequence[float], name: str = "alphas") -> list[float]:
-    """``"0.1,0.3"`` (or a list) → ``[0.1, 0.3]``, each > 0 (one sentence on bad input)."""
-    try:
-        vals = [float(x) for x in (str(text).split(",") if isinstance(text, str) else text) if str(x).strip()]
-    except ValueError:
-        raise EmocircuitsError(f"--{name} {text!r} is not a comma-separated list of numbers, e.g. 0.1,0.3.") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise EmocircuitsError(f"--{name} {text!r} must list at least one number, each > 0.")
-    return vals
+    """``"0.1,0.3"`` (or a list) → ``[0.1, 0.3]``, each finite and > 0 (one sentence on bad input)."""
+    return parse_numbers(text, name, low=0, above=True, example="0.1,0.3")
 
 
 def parse_anchor(text: str | Sequence[Any] | None) -> tuple[str, int] | None:

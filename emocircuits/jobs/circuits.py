@@ -13,7 +13,7 @@ from emocircuits.core.models import load_for_config
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.core.units import HeadSet, NeuronSet
 from emocircuits.data import load_data
-from emocircuits.jobs.common import _check_choice, check_made_on
+from emocircuits.jobs.common import _check_choice, check_made_on, parse_numbers
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.directions import GROUP_MODES, emotion_directions
 from emocircuits.methods.circuits.elicit import ACCEPT_MODES, elicit, system_template
@@ -45,14 +45,8 @@ def _check_min(name: str, value: int | None, low: int) -> None:
 
 
 def parse_scales(text: str) -> list[float]:
-    """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]`` (one sentence on bad input)."""
-    try:
-        vals = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise EmocircuitsError(f"--scales {text!r} is not a comma-separated list of numbers, e.g. 0,0.5,1,2.") from None
-    if not vals or any(v < 0 for v in vals):
-        raise EmocircuitsError(f"--scales {text!r} must list at least one factor, each >= 0.")
-    return vals
+    """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]``, each finite and >= 0 (one sentence on bad input)."""
+    return parse_numbers(text, "scales", low=0, example="0,0.5,1,2")
 
 
 def run_elicit(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:

@@ -105,3 +105,21 @@ def check_made_on(config: dict[str, Any], artefacts: list[tuple[str, dict[str, A
             raise EmocircuitsError(f"{what} was made on {rec_id}, but --model {requested} is {spec.model_id} (other "
                                    f"weights); {keep}, or pass --allow-other-model to use it on the other model "
                                    "anyway.")
+
+
+def parse_numbers(text: Any, name: str, *, low: float | None = None, above: bool = False,
+                  example: str = "0.5,1,2") -> list[float]:
+    """``"0.1,0.3"`` (or a list of numbers) as finite floats, each ``>= low`` (``> low`` with ``above``): the one
+    parser of the jobs' number lists; one sentence naming ``--name`` on anything else."""
+    import math
+
+    items = str(text).split(",") if isinstance(text, str) else list(text) if isinstance(text, list | tuple) else [text]
+    try:
+        vals = [float(x) for x in items if str(x).strip()]
+    except (TypeError, ValueError, OverflowError):
+        raise EmocircuitsError(f"--{name} {text!r} is not a comma-separated list of numbers, e.g. {example}.") from None
+    bound = "" if low is None else f", each {'>' if above else '>='} {low:g}"
+    bad = [v for v in vals if not math.isfinite(v) or (low is not None and (v <= low if above else v < low))]
+    if not vals or bad:
+        raise EmocircuitsError(f"--{name} {text!r} must list at least one finite number{bound}, e.g. {example}.")
+    return vals

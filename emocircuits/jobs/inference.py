@@ -13,6 +13,7 @@ from emocircuits.core.models import load_for_config
 from emocircuits.core.readout import CALIBRATIONS
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.data import load_data, load_pairs, rated_only
+from emocircuits.jobs.common import parse_numbers
 from emocircuits.methods.inference.appraisal_theory import get_setting, theory_table
 from emocircuits.runs.rundir import RunDir
 
@@ -41,13 +42,7 @@ def _sites(text: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def _floats(text: str, name: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise EmocircuitsError(f"--{name} {text!r} is not a comma list of numbers; write e.g. 1,2,4.") from None
-    if not vals:
-        raise EmocircuitsError(f"--{name} is empty; give at least one number.")
-    return vals
+    return parse_numbers(text, name, example="1,2,4")
 
 
 def validate(cmd: str, cfg: dict[str, Any]) -> None:
