@@ -107,6 +107,14 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     stats = None
     if config["ratio_mode"] == "reselect" and ratio is not None:
         stats = load_find_stats(config.get("neurons"), sel, source)
+    for e in emotions:  # a set that masks nothing would report a drop of exactly 0 as if measured
+        if not len(neurons.condition_set(sel, neurons.Condition(e, config["layers"], ratio, config["ratio_mode"]),
+                                         stats)):
+            fix = (f"use a larger --ratio (the set has {len(sel.sets[e])} neurons)" if ratio is not None and
+                   len(sel.sets[e]) else "choose other --layers or emotions, or re-run `emocircuits neurons find` "
+                   "with a larger --top-rate")
+            raise EmocircuitsError(f"--emotion {e}: no neuron of {source} is left to mask (layers {config['layers']}"
+                                   + (f", ratio {ratio:g}" if ratio is not None else "") + f"); {fix}.")
     if config.get("labels") and [str(x).strip().lower() for x in config["labels"]] != list(sel.labels):
         raise EmocircuitsError(f"--labels {','.join(config['labels'])} differs from the neurons' emotions "
                                f"{','.join(sel.labels)}; masking reads the scheme the neurons were found with.")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from emocircuits.base.constants import DEFAULT_CONTROLS, DEFAULT_TEMPLATE, EKMAN6, LAYER_RANGES, MASK_RATIOS
-from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.core.readout import SCORINGS
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.jobs.common import check_made_on
@@ -192,6 +192,11 @@ def rq3_config(*, neurons: str, model: str | None = None, data: str = "builtin:d
     What ``emocircuits neurons sweep`` runs; the grid order is that of :func:`emocircuits.methods.neurons.sweep`.
     """
 
+    if not ratios or len(set(ratios)) < len(ratios) or not all(0 < r <= 1 for r in ratios):
+        raise EmocircuitsError(f"{spell('ratios', '--ratios')} {','.join(f'{r:g}' for r in ratios)} must list "
+                               "different shares in (0, 1], e.g. 0.01,0.03.")
+    for name in layer_ranges:
+        check_layer_range(name, "layer_ranges")
     selection = Selection.load(neurons)
     labels = list(selection.labels)
     model = model or neurons_made_on(neurons, selection)["config"]["model"] or "default"
