@@ -616,6 +616,37 @@ def test_advice_names_only_options_the_command_has(command, world, tmp_path, no_
         assert advised <= DATA_COMMANDS[command], (command, advised - DATA_COMMANDS[command], err)
 
 
+# found by trying every subcommand by hand (issue 29's own sweep), each under its class
+HAND_SWEEP = [
+    # 1. numbers that mean nothing: a ratio that keeps no neuron, a seed no float holds, a scale that overflows
+    R("h1-mask-ratio-keeps-nothing", MASK + " --emotion anger --ratio 1e-9", "no neuron of", no_model=True),
+    R("h1-seed-too-big-for-a-float", CLASSIFY + " --seed 1" + "0" * 400, "(401 characters) is not allowed",
+      no_model=True),
+    R("h1-steer-scale-overflows", "steer hi --emotion anger --method residual --directions {di} --scale 1e308 "
+      "--max-new-tokens 2", "became infinite or NaN", out="any"),
+    R("h1-elicit-emotion-twice", "circuits elicit --model tiny-llama --emotion anger --emotion anger --quiet "
+      "--out {out}", "--emotion anger is given twice", no_model=True),
+    # 9. refusals that name an option the user typed, not a config key or an option that does not exist
+    R("h9-assemble-k-0", "circuits assemble --influence {inf} --components {co} --k 0 --quiet --out {out}",
+      "--k must be at least 1", no_model=True),
+    R("h9-influence-engine", "circuits influence --from {di} --engine turbo --quiet --out {out}",
+      "--engine 'turbo' is not valid", no_model=True),
+    R("h9-validate-kinds", "circuits validate --from {co} --kinds wheels --quiet --out {out}", "--kinds 'wheels'",
+      no_model=True),
+    R("h9-validate-emotion", "circuits validate --from {co} --emotion joy --quiet --out {out}", "--emotion 'joy'",
+      no_model=True),
+    R("h9-neurons-sweep-ratios", READS_ARTEFACTS["neurons sweep"].replace("--ratios 0.5", "--ratios 0"),
+      "--ratios 0 must list different shares in (0, 1]", no_model=True),
+    R("h9-neurons-sweep-layer-ranges", READS_ARTEFACTS["neurons sweep"].replace("--layer-ranges all",
+                                                                                 "--layer-ranges nowhere"),
+      "--layer-ranges 'nowhere' is not a layer range", no_model=True),
+    R("h9-steer-band", "steer hi --emotion anger --method residual --directions {di} --band 5-2",
+      "--band '5-2' is not a layer range", out="any", no_model=True),
+    Row("h9-empty-number-list", (*PROBE.replace("probe", "promote").split(), "--betas", ""),
+        "--betas '' is not allowed", no_model=True),
+]
+
+
 # 10. environment faults: one sentence each
 CLASS_10 = [
     R("c10-out-under-a-file", CLASSIFY.replace("{out}", "{six}/sub"), "cannot be created"),
@@ -623,7 +654,7 @@ CLASS_10 = [
     R("c10-config-json-a-list", "info {cfglist}", "holds a JSON list, not an object", out="any", no_model=True),
 ]
 
-CLI_ROWS += CLASS_1_SWEEP + CLASS_2 + CLASS_3 + CLASS_4 + CLASS_5 + CLASS_6 + CLASS_7 + CLASS_8 + CLASS_9 + CLASS_10
+CLI_ROWS += CLASS_1_SWEEP + CLASS_2 + CLASS_3 + CLASS_4 + CLASS_5 + CLASS_6 + CLASS_7 + CLASS_8 + CLASS_9 + CLASS_10 + HAND_SWEEP
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:

@@ -29,7 +29,8 @@ _UNSET: Any = object()
 
 
 def _bad(flag: str, value: Any, allowed: str) -> EmocircuitsError:
-    shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}...({len(str(value))} characters)"
+    shown = (repr(value) if isinstance(value, str) and not value.strip() else str(value) if len(str(value)) <= 40
+             else f"{str(value)[:20]}...({len(str(value))} characters)")
     return EmocircuitsError(f"{flag} {shown} is not allowed; {allowed}.")
 
 

@@ -348,11 +348,15 @@ class Runner:
 
     # ------------------------------------------------------------------ conveniences
     def logits(self, hidden: Tensor) -> Tensor:
-        """Unembed final hidden states ``[..., d_model]`` → logits ``[..., d_vocab]`` (float32)."""
+        """Unembed final hidden states ``[..., d_model]`` → logits ``[..., d_vocab]`` (float32); one sentence
+        when they are not finite (an intervention scaled the activations past what floats hold)."""
         logits = hidden @ weight(self.model, "unembed")
         bias = weight(self.model, "unembed.bias")
         if bias is not None:
             logits = logits + bias
+        if not bool(torch.isfinite(logits).all()):
+            raise EmocircuitsError(f"The outputs of {self.spec.model_id} became infinite or NaN under the "
+                                   "intervention applied now; use a smaller steering or scaling factor.")
         return logits.float()
 
     def last_logits(self, token_ids: Sequence[Sequence[int]]) -> Tensor:

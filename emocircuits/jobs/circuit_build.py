@@ -67,6 +67,8 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     if config.get("sigma_from", "output") not in SIGMA_FROM:
         raise EmocircuitsError(f"--sigma-from {config['sigma_from']!r} is not valid; use one of "
                                f"{', '.join(SIGMA_FROM)}.")
+    if config.get("method", "fast") not in ("fast", "full"):
+        raise EmocircuitsError(f"--engine {config['method']!r} is not valid; use fast or full.")
     if config.get("max_prompts") is not None and config["max_prompts"] < 1:
         raise EmocircuitsError(f"--max-prompts must be at least 1 (got {config['max_prompts']}).")
     # keys added after the first runs; their defaults are what those runs did
@@ -129,9 +131,9 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
     comp_manifest = finished_run(comp_dir, "neuron_scores.parquet", "circuits components")
     dir_path = Path(comp_manifest["config"]["from"])
     finished_run(dir_path, "prompts.parquet", "circuits directions")
-    for key, low in (("min_neurons", 0), ("min_heads", 0), ("k_total", 1)):
+    for key, flag, low in (("min_neurons", "--min-neurons", 0), ("min_heads", "--min-heads", 0), ("k_total", "--k", 1)):
         if config.get(key) is not None and config[key] < low:
-            raise EmocircuitsError(f"--{key.replace('_', '-')} must be at least {low} (got {config[key]}).")
+            raise EmocircuitsError(f"{flag} must be at least {low} (got {config[key]}).")
     if not 0 < float(config.get("cap_ratio", 0.4)) <= 1:
         raise EmocircuitsError(f"--cap-ratio must be in (0, 1] (got {config['cap_ratio']}).")
     if not 0 <= float(config.get("neuron_share", 0.7)) <= 1:

@@ -37,6 +37,9 @@ def _check_emotions(emotions: list[str]) -> None:
     bad = [e for e in emotions if e not in EKMAN6]
     if bad:
         raise EmocircuitsError(f"--emotion {bad[0]!r} is not an Ekman emotion; use one of {', '.join(EKMAN6)}.")
+    twice = [e for i, e in enumerate(emotions) if e in emotions[:i]]
+    if twice:
+        raise EmocircuitsError(f"--emotion {twice[0]} is given twice; name each emotion once.")
 
 
 def _check_min(name: str, value: int | None, low: int) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.base.constants import VALIDATION_SCALES
-from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.jobs.circuits import read_components, read_directions
 from emocircuits.jobs.common import check_made_on
 from emocircuits.judges.panel import check_judge_name
@@ -170,8 +170,17 @@ def validation_config(*, components: str, model: str | None = None, dtype: str |
 
     made = finished_run(Path(components), "neuron_scores.parquet", "circuits components")["config"]
     model, dtype = model or made.get("model", "default"), dtype or made.get("dtype", "float32")
+    have = sorted(path.stem for path in (_directions_run(components) / "directions").glob("*.json"))
+    for name, values, allowed in (("kinds", kinds, KINDS), ("emotion", emotions or [], have)):
+        bad = [v for v in values if v not in allowed]
+        if bad or len(set(values)) < len(values):
+            what = f"{bad[0]!r} is not valid" if bad else f"{','.join(values)!r} names one twice"
+            raise EmocircuitsError(f"{spell(name, '--' + name)} {what}; use one or more of {', '.join(allowed)}, "
+                                   "each once.")
+    if not kinds:
+        raise EmocircuitsError(f"{spell('kinds', '--kinds')} names no kind; use neurons, heads or neurons,heads.")
     if emotions is None:
-        emotions = sorted(path.stem for path in (_directions_run(components) / "directions").glob("*.json"))
+        emotions = have
     return {
         "sweep": {"analysis": "component_validation", "seed": seed,
                   "description": "Circuits I validation: top-k components scaled vs random-k"},
