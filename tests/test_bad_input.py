@@ -642,6 +642,12 @@ HAND_SWEEP = [
       "--layer-ranges 'nowhere' is not a layer range", no_model=True),
     R("h9-steer-band", "steer hi --emotion anger --method residual --directions {di} --band 5-2",
       "--band '5-2' is not a layer range", out="any", no_model=True),
+    R("h9-sweep-executor", "sweep {sweep} --executor slurm --quiet --out {out}", "--executor 'slurm' is not valid",
+      no_model=True),
+    R("h9-probe-advice-already-taken", PROBE + " --all-examples", "so load more examples (more data or a larger "
+      "--limit-per-label)."),
+    R("h1-attribute-site-twice", PROBE.replace("probe", "attribute") + " --sites mlp.out,mlp.out",
+      "--sites 'mlp.out,mlp.out' is not valid", no_model=True),
     Row("h9-empty-number-list", (*PROBE.replace("probe", "promote").split(), "--betas", ""),
         "--betas '' is not allowed", no_model=True),
 ]

@@ -36,7 +36,7 @@ PROBE_TABLE_DESCRIPTION = (
 def _sites(text: str, allowed: tuple[str, ...]) -> list[str]:
     sites = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in sites if s not in allowed]
-    if bad or not sites:
+    if bad or not sites or len(set(sites)) < len(sites):
         raise EmocircuitsError(f"--sites {text!r} is not valid; use a comma list of {', '.join(allowed)}.")
     return sites
 
