@@ -89,7 +89,9 @@ def check_made_on(config: dict[str, Any], artefacts: list[tuple[str, dict[str, A
         rec_spec, rec_id, recorded = _made_on(manifest)
         keep = f"leave --model out to use {rec_id}" + (f" (--model {rec_spec})" if rec_spec else "")
         if spec is None:
-            if requested and rec_spec and not allow and same_weights_source(str(requested), str(rec_spec)) is False:
+            where = Path(str(manifest.get("cwd") or ".")) / str(rec_spec or "")  # a relative spec: the run's folder
+            rec_path = str(where) if rec_spec and not Path(str(rec_spec)).is_absolute() and where.exists() else rec_spec
+            if requested and rec_spec and not allow and same_weights_source(str(requested), str(rec_path)) is False:
                 raise EmocircuitsError(f"{what} was made on {rec_id}, not on --model {requested}; {keep}, or pass "
                                        "--allow-other-model to use it on the other model anyway.")
             continue
