@@ -778,6 +778,23 @@ def test_mask_defaults_to_the_model_the_neurons_were_found_on(world, tmp_path):
     assert manifest["config"]["model"] == "tiny-llama" and manifest["model"]["model_id"] == "tiny-llama-seed0"
 
 
+def test_mask_leaves_out_an_emotion_with_no_neurons_and_says_so(world, tmp_path):
+    """Every emotion by default: one whose set is empty is left out with a note and recorded, never measured as 0."""
+    doc = json.loads(Path(world["neurons"]).read_text())
+    empty = [e for e, s in doc["neurons"].items() if not s]
+    assert empty, "the world's find run is expected to leave an emotion without neurons"
+    out = tmp_path / "mask"
+    r = runner.invoke(app, ["neurons", "mask", "--neurons", world["find"], "--data", f"jsonl:{world['six']}",
+                            "--controls", "0", "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"note: {', '.join(empty)} left out" in r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["config"]["left_out"]) == set(empty)
+    import pandas as pd
+
+    assert not set(pd.read_parquet(out / "mask_effects.parquet")["masked_emotion"]) & set(empty)
+
+
 def test_mask_reselect_loads_the_find_statistics(world, tmp_path):
     out = tmp_path / "mask"
     code, _, err = invoke(["neurons", "mask", "--neurons", world["find"], "--data", f"jsonl:{world['six']}",

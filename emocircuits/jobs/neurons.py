@@ -107,14 +107,24 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     stats = None
     if config["ratio_mode"] == "reselect" and ratio is not None:
         stats = load_find_stats(config.get("neurons"), sel, source)
-    for e in emotions:  # a set that masks nothing would report a drop of exactly 0 as if measured
-        if not len(neurons.condition_set(sel, neurons.Condition(e, config["layers"], ratio, config["ratio_mode"]),
-                                         stats)):
-            fix = (f"use a larger --ratio (the set has {len(sel.sets[e])} neurons)" if ratio is not None and
-                   len(sel.sets[e]) else "choose other --layers or emotions, or re-run `emocircuits neurons find` "
-                   "with a larger --top-rate")
-            raise EmocircuitsError(f"--emotion {e}: no neuron of {source} is left to mask (layers {config['layers']}"
-                                   + (f", ratio {ratio:g}" if ratio is not None else "") + f"); {fix}.")
+    # a set that masks nothing would report a drop of exactly 0 as if measured: an emotion asked for by name is
+    # refused, one of "every emotion" is left out with a note (and recorded); none left is refused
+    empty = [e for e in emotions if not len(neurons.condition_set(
+        sel, neurons.Condition(e, config["layers"], ratio, config["ratio_mode"]), stats))]
+    if empty and (config.get("emotions") or len(empty) == len(emotions)):
+        e = empty[0]
+        fix = (f"use a larger --ratio (the set has {len(sel.sets[e])} neurons)" if ratio is not None and
+               len(sel.sets[e]) else "choose other --layers or emotions, or re-run `emocircuits neurons find` "
+               "with a larger --top-rate")
+        raise EmocircuitsError(f"--emotion {e}: no neuron of {source} is left to mask (layers {config['layers']}"
+                               + (f", ratio {ratio:g}" if ratio is not None else "") + f"); {fix}.")
+    if empty:
+        import sys
+
+        emotions = [e for e in emotions if e not in empty]
+        config["left_out"] = {e: "no neuron to mask" for e in empty}
+        print(f"note: {', '.join(empty)} left out: {source} has no neuron of "
+              f"{'them' if len(empty) > 1 else 'it'} to mask (layers {config['layers']}).", file=sys.stderr)
     if config.get("labels") and [str(x).strip().lower() for x in config["labels"]] != list(sel.labels):
         raise EmocircuitsError(f"--labels {','.join(config['labels'])} differs from the neurons' emotions "
                                f"{','.join(sel.labels)}; masking reads the scheme the neurons were found with.")
