@@ -21,8 +21,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from emocircuits.base.constants import NUMBER_BOUNDS
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.app import app
+from emocircuits.cli.options import VOCABULARY
+from emocircuits.data import APPRAISAL_COLUMNS
 
 runner = CliRunner()
 EKMAN = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
@@ -79,13 +82,18 @@ def world(tmp_path_factory) -> dict[str, str]:
     (root / "onlycfg" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     sweep = root / "sweep.toml"
     sweep.write_text('[sweep]\nanalysis = "intervention"\n[model]\nspec = "tiny-llama"\n'
-                     f'[data]\nspec = "jsonl:{six}"\nlimit_per_label = 1\n[analysis]\nn_boot = 10\n'
+                     f'[data]\nspec = "jsonl:{six}"\nsplit = "all"\nlimit_per_label = 1\n[analysis]\nn_boot = 10\n'
                      '[analysis.intervention]\ntype = "ScaleHeads"\nheads = "{layers}:all"\nfactor = "{factor}"\n'
                      '[grid]\nlayers = ["0"]\nfactor = [0.0]\n')
     bad_layers = root / "sweep_bad_layers.toml"
-    bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]')
-                          .replace("limit_per_label = 1", 'limit_per_label = 1\nsplit = "all"'))
-    extra = _bad_input_three(root, six, find, doc, variant)
+    bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]'))
+    extra = {**_bad_input_three(root, six, find, doc, variant), **_circuit_runs(root)}
+    world = {"root": str(root), "sweep": str(sweep)}
+    for name, table, line in (("sweep_seed_neg", "sweep", "seed = -1"), ("sweep_nboot_nan", "analysis", "n_boot = nan"),
+                              ("sweep_nboot_zero", "analysis", "n_boot = 0"),
+                              ("sweep_gpus_neg", "executor", "gpus_per_worker = -0.5"),
+                              ("sweep_limit_neg", "data", "limit_per_label = -3")):
+        extra[name] = _sweep_with(world, name, table, line)
     return {**extra, "root": str(root), "six": str(six), "one": str(one), "unknown": str(unknown),
             "not_json": str(root / "not_json.jsonl"), "find": str(find), "neurons": str(find / "neurons.json"),
             "layer999": str(variant("l999", add=[999, 0])), "layer_neg": str(variant("lneg", add=[-1, 0])),
@@ -137,6 +145,18 @@ def _bad_input_three(root: Path, six: Path, find: Path, doc: dict, variant) -> d
     (root / "tab.csv").write_text("text\tlabel\nhi\tanger\n")
     for name in ("unclosed", "unclosed_eof", "semicolon", "tab"):
         w[name] = str(root / f"{name}.csv")
+    # 5. ratings the reader cannot use
+    base = [(f"You broke it again, {i}!", "anger") for i in range(6)] + [(f"We won prize {i}!", "happiness")
+                                                                           for i in range(6)]
+    w["rating_value_sd"] = str(_jsonl(root / "r_value_sd.jsonl", [{"text": t, "label": lab, "appraisal": {
+        "pleasantness": {"value": 3, "sd": 0.5}}} for t, lab in base]))
+    w["rating_other_key"] = str(_jsonl(root / "r_other_key.jsonl", [{"text": t, "label": lab, "scores": {
+        "pleasantness": 4, "effort": 2}} for t, lab in base]))
+    w["rating_twenty"] = str(_jsonl(root / "r_twenty.jsonl", [{"text": t, "label": lab, **{
+        a: 1 + i % 5 for i, a in enumerate(APPRAISAL_COLUMNS[:20])}} for t, lab in base]))
+    # 7. a text longer than the model's context
+    w["long"] = str(_jsonl(root / "long.jsonl", [{"text": "lorem ipsum dolor sit amet " * 600, "label": "anger"},
+                                                 {"text": "fine", "label": "joy"}]))
     # 10. environment faults
     (root / "latin1.toml").write_bytes((root / "sweep.toml").read_bytes().replace(b"[sweep]", b"# caf\xe9\n[sweep]"))
     w["latin1_toml"] = str(root / "latin1.toml")
@@ -146,6 +166,20 @@ def _bad_input_three(root: Path, six: Path, find: Path, doc: dict, variant) -> d
     # 6. a sweep whose data file is missing
     (root / "sweep_nodata.toml").write_text((root / "sweep.toml").read_text().replace(str(six), str(root / "gone.jsonl")))
     w["sweep_nodata"] = str(root / "sweep_nodata.toml")
+    return w
+
+
+def _circuit_runs(root: Path) -> dict[str, str]:
+    """A circuits chain made on tiny-llama (elicit, directions, components, influence, assemble): the artefacts
+    class 2 uses on other models."""
+    w = {name: str(root / name) for name in ("el", "di", "co", "inf", "asm")}
+    for argv in (f"circuits elicit --model tiny-llama --limit 2 --max-new-tokens 2 --out {w['el']}",
+                 f"circuits directions --from {w['el']} --groups all --n-boot 10 --shuffles 2 --out {w['di']}",
+                 f"circuits components --from {w['di']} --top-k 2 --out {w['co']}",
+                 f"circuits influence --from {w['di']} --alphas 0.1 --max-prompts 1 --out {w['inf']}",
+                 f"circuits assemble --influence {w['inf']} --components {w['co']} --k 8 --out {w['asm']}"):
+        r = runner.invoke(app, [*argv.split(), "--quiet"])
+        assert r.exit_code == 0, r.output
     return w
 
 
@@ -332,6 +366,83 @@ CLI_ROWS: list[Row] = [
 # ----------------------------------------------------------------------------- Bad input III (issue 29), by class
 # Each class is fixed by one mechanism; its rows check that mechanism on the named cases.
 
+# 2. artefacts made on one model used on another (jobs.common.check_made_on): every command with
+#    --allow-other-model has a template here (test_every_artefact_reader_has_class_2_rows), and each gets a row for
+#    a model of the same shape (refused before it loads) and one of another shape (refused naming both models,
+#    even with --allow-other-model)
+READS_ARTEFACTS = {
+    "neurons mask": MASK,
+    "neurons sweep": "neurons sweep --neurons {neurons} --data jsonl:{six} --split all --controls 0 --ratios 0.5 --layer-ranges all "
+                     "--quiet --out {out}",
+    "circuits directions": "circuits directions --from {el} --groups all --n-boot 2 --shuffles 1 --quiet --out {out}",
+    "circuits components": "circuits components --from {di} --top-k 2 --quiet --out {out}",
+    "circuits influence": "circuits influence --from {di} --alphas 0.1 --max-prompts 1 --quiet --out {out}",
+    "circuits assemble": "circuits assemble --influence {inf} --components {co} --k 8 --quiet --out {out}",
+    "circuits steer": "circuits steer --from {asm} --limit 1 --max-new-tokens 2 --methods circuit --quiet --out {out}",
+    "circuits validate": "circuits validate --from {co} --scales 1 --controls 1 --emotion anger --quiet --out {out}",
+    "steer": "steer hi --emotion anger --method circuit --circuits {asm} --max-new-tokens 2",
+}
+TEXT_ONLY = ("circuits directions",)  # reads an elicit run's texts: any shape fits, once allowed
+CLASS_2 = [row for command, argv in READS_ARTEFACTS.items() for row in (
+    R(f"c2-{command.replace(' ', '-')}-same-shape-other-model", argv + " --model tiny-qwen2",
+      "made on tiny-llama-seed0, not on --model tiny-qwen2", no_model=True, out="absent" if "{out}" in argv else "any"),
+    R(f"c2-{command.replace(' ', '-')}-other-shape-allowed", argv + " --model tiny-gpt2 --allow-other-model",
+      "made on tiny-llama-seed0 (d_mlp 96) and does not fit tiny-gpt2-seed0 (d_mlp 128)",
+      out="absent" if "{out}" in argv else "any"),
+) if "not on" in row.phrase or command not in TEXT_ONLY]
+CLASS_2 += [
+    R("c2-steer-residual-other-model", "steer hi --emotion anger --method residual --directions {di} --model tiny-qwen2",
+      "not on --model tiny-qwen2", out="any", no_model=True),
+]
+
+# 1. numbers in a sweep TOML: every count/seed/share key is checked by its name wherever it appears
+#    (sweeps.config.in_range over base.constants.NUMBER_BOUNDS), and the refusal names the key and the file
+def _sweep_with(w: dict[str, str], name: str, table: str, line: str) -> str:
+    """The world's sweep TOML with ``line`` (``key = value``) set in ``[table]``."""
+    import re
+
+    key = line.split("=")[0].strip()
+    text = Path(w["sweep"]).read_text()
+    if f"[{table}]\n" not in text:
+        text += f"[{table}]\n"
+    head, _, body = text.partition(f"[{table}]\n")
+    own, sep, rest = body.partition("\n[")
+    own = re.sub(rf"(?m)^{key} = .*\n?", "", own)
+    path = Path(w["root"]) / f"{name}.toml"
+    path.write_text(f"{head}[{table}]\n{line}\n{own}{sep}{rest}")
+    return str(path)
+
+
+CLASS_1_SWEEP = [
+    R("c1-sweep-seed-negative", "sweep {sweep_seed_neg} --quiet --out {out}", "Key 'sweep.seed' has value -1; "
+      "allowed: numbers >= 0", no_model=True),
+    R("c1-sweep-n-boot-nan", "sweep {sweep_nboot_nan} --quiet --out {out}", "Key 'analysis.n_boot' has value nan",
+      no_model=True),
+    R("c1-sweep-n-boot-zero", "sweep {sweep_nboot_zero} --quiet --out {out}", "sweep_nboot_zero.toml': Key "
+      "'analysis.n_boot' has value 0; allowed: numbers >= 1", no_model=True),
+    R("c1-sweep-gpus-negative", "sweep {sweep_gpus_neg} --quiet --out {out}", "Key 'executor.gpus_per_worker' has "
+      "value -0.5; allowed: numbers >= 0", no_model=True),
+    R("c1-sweep-limit-negative", "sweep {sweep_limit_neg} --quiet --out {out}", "Key 'data.limit_per_label'",
+      no_model=True),
+]
+
+
+@pytest.mark.parametrize("name", sorted(NUMBER_BOUNDS))
+def test_every_bounded_sweep_key_is_checked_and_the_cli_agrees(name):
+    """Below its low end a key is refused by the sweep reader; the CLI's option of that name refuses it too."""
+    from emocircuits.sweeps.config import in_range
+
+    low, high, low_in = NUMBER_BOUNDS[name]
+    below = low - 1 if low_in else low
+    with pytest.raises(EmocircuitsError, match=f"Key 'x.{name}' has value"):
+        in_range(name, below, f"x.{name}")
+    assert in_range(name, high if high is not None else low + (0 if low_in else 1), "k") is not None
+    opt = VOCABULARY.get("--" + name.replace("_", "-"))
+    if opt is not None and opt.check is not None:
+        with pytest.raises(EmocircuitsError):
+            opt.check(opt.flags[0])(below)
+
+
 # 3. files the toolkit wrote, damaged or hand-edited: a schema check on read (Selection.from_json for
 #    neurons.json; runs.read_manifest / read_table / read_tensors for manifests, Parquet, safetensors)
 CLASS_3 = [
@@ -365,6 +476,30 @@ CLASS_4 = [
     R("c4-tab-csv", FIND.replace("jsonl:{six}", "csv:{tab}"), "read it as tsv:", no_model=True),
 ]
 
+# 5. a rating the reader cannot use is never dropped in silence (data._rating, data._split_ratings): refused,
+#    and the advice names --appraisals only where the command has it
+PROBE2 = "inference probe --model tiny-llama --data jsonl:{data} --labels anger,happiness --quiet --out {out}"
+CLASS_5 = [
+    R("c5-rating-value-sd", PROBE2.replace("{data}", "{rating_value_sd}"),
+      'is {"value": 3, "sd": 0.5}, not a number', no_model=True),
+    R("c5-rating-under-unknown-key", PROBE2.replace("{data}", "{rating_other_key}"),
+      "field 'scores' holds appraisal ratings", no_model=True),
+    R("c5-rating-string-on-classify", CLASSIFY.replace("{six}", "{badrating}"),
+      "fix the file (this command reads every rating it has)", no_model=True),
+]
+
+
+def test_ratings_left_out_are_named(world, tmp_path):
+    """20 of the 21 crowd-enVENT ratings: the probe says which one the file does not rate, and records it."""
+    out = tmp_path / "p"
+    code, _, err = invoke([*PROBE2.format(data=world["rating_twenty"], out=str(out)).split()[:-2], "--folds", "2",
+                           "--controls", "1", "--layers", "0", "--sites", "resid.post", "--all-examples",
+                           "--out", str(out)])
+    assert code == 0, err
+    note = json.loads((out / "summary.json").read_text())["ratings"]
+    assert f"1 of the 21 crowd-enVENT ratings are not in it ({APPRAISAL_COLUMNS[20]})" in note, note
+
+
 # 6. refusals leave --out exactly as it was (runs.RunDir writes aside and swaps in at the end)
 CLASS_6 = [
     R("c6-find-one-label", FIND.replace("{six}", "{one}"), "No tokens were counted", out="absent"),
@@ -373,11 +508,150 @@ CLASS_6 = [
     R("c6-sweep-missing-data", "sweep {sweep_nodata} --quiet --out {out}", "does not exist", out="absent"),
 ]
 
+# 7. sizes with no bound: a prompt past the model's context is refused (core.runner.Runner.fit_context), never
+#    cut: tiny-gpt2 has 2048 positions
+CLASS_7 = [
+    R("c7-text-past-context", CLASSIFY.replace("tiny-llama", "tiny-gpt2").replace("{six}", "{long}")
+      + " --labels anger,joy", "more than the context length 2048 of tiny-gpt2-seed0"),
+    R("c7-find-text-past-context", FIND.replace("tiny-llama", "tiny-gpt2").replace("{six}", "{long}")
+      + " --labels anger,joy", "more than the context length 2048"),
+    R("c7-steer-max-new-tokens", "steer hi --emotion anger --model tiny-gpt2 --max-new-tokens 100000",
+      "--max-new-tokens 100000 goes past the context length 2048 of tiny-gpt2-seed0; use --max-new-tokens", out="any"),
+    R("c7-elicit-max-new-tokens", "circuits elicit --model tiny-gpt2 --limit 1 --max-new-tokens 5000 --quiet "
+      "--out {out}", "goes past the context length 2048"),
+]
+
+
+MULTIPLIERS = sorted(f for f, o in VOCABULARY.items() if o.check and o.check.__qualname__.startswith("multiplier"))
+
+
+@pytest.mark.parametrize("flag", MULTIPLIERS)
+def test_large_work_multipliers_print_the_planned_work(flag):
+    """Every work multiplier of the vocabulary: a large value prints the planned work before anything runs."""
+    import contextlib
+    import io
+
+    from emocircuits.base.constants import LARGE_WORK
+
+    check = VOCABULARY[flag].check(flag)
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert check(LARGE_WORK) == LARGE_WORK
+        assert check(3) == 3
+    assert err.getvalue().count("planned work") == 1 and f"{flag} {LARGE_WORK}" in err.getvalue()
+
+
+def test_masking_with_many_controls_prints_its_passes(world, tmp_path):
+    r = runner.invoke(app, ["neurons", "mask", "--neurons", world["find"], "--data", f"jsonl:{world['six']}",
+                            "--controls", "100", "--emotion", "anger", "--quiet", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "1 clean + 1 emotions x (1 masked + 100 controls) = 102 passes over 6 examples" in r.stderr
+
+
 # 8. sweeps whose cells fail exit non-zero with a summary line
 CLASS_8 = [
     R("c8-sweep-all-cells-fail", "sweep {sweep_bad_layers} --quiet --out {out}", "1 of 1 cells failed; see",
       out="any"),
 ]
+
+# 9. advice that cannot be followed: every command with --data, generated from the CLI's own option list
+def _commands_with(flag: str) -> dict[str, set[str]]:
+    """``{command path: its flags}`` of every command that has ``flag``."""
+    import typer
+
+    found: dict[str, set[str]] = {}
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+            return
+        flags = {o for p in cmd.params for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))}
+        if flag in flags:
+            found[" ".join(path)] = flags
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+DATA_COMMANDS = _commands_with("--data")
+NEEDS = {"neurons mask": "--neurons {neurons}", "neurons sweep": "--neurons {neurons}", "judge": "--judge lexicon",
+         "circuits steer": "--directions {di} --methods residual"}
+
+
+def _data_argv(command: str, data: str) -> str:
+    reads_a_run = any(f in NEEDS.get(command, "") for f in ("--neurons", "--directions"))  # its model is the run's
+    model = " --model tiny-llama" if "--model" in DATA_COMMANDS[command] and not reads_a_run else ""
+    return f"{command} --data {data}{model} {NEEDS.get(command, '')} --quiet --out {{out}}".replace("  ", " ")
+
+
+CLASS_9 = [row for command in DATA_COMMANDS for row in (
+    R(f"c9-{command.replace(' ', '-')}-split-None", _data_argv(command, "jsonl:{six}") + " --split None",
+      "use one of train, test, all", no_model=True),
+    R(f"c9-{command.replace(' ', '-')}-empty-data-path", _data_argv(command, "jsonl:"), "names no file after 'jsonl:'",
+      no_model=True),
+    R(f"c9-{command.replace(' ', '-')}-data-folder", _data_argv(command, "jsonl:{root}"), "is a folder, not a file",
+      no_model=True),
+)] + [
+    Row("c9-model-empty", ("classify", "--model", "", "--data", "jsonl:{six}", "--quiet", "--out", "{out}"),
+        "this name is empty", no_model=True),
+    Row("c9-info-empty-model", ("info", ""), "The model name is empty", out="any", no_model=True),
+    R("c9-probe-folds-1", PROBE + " --folds 1", "--folds 1 is not allowed; use a finite number >= 2", no_model=True),
+]
+
+
+@pytest.mark.parametrize("command", sorted(DATA_COMMANDS))
+def test_advice_names_only_options_the_command_has(command, world, tmp_path, no_model):
+    """Unknown labels and a missing text column: the advice names only options this command has."""
+    import re
+
+    nofield = tmp_path / "nofield.csv"
+    nofield.write_text("words,label\nhi,anger\n")
+    for data, phrase in ((f"jsonl:{world['unknown']}", "unknown label"), (f"csv:{nofield}", "not found")):
+        argv = _data_argv(command, data).format(**world, out=str(tmp_path / "out")).split()
+        code, _, err = invoke(argv)
+        assert code == 2 and phrase in err, err
+        advised = set(re.findall(r"(--[a-z][a-z-]+)", err.split(phrase, 1)[1]))
+        assert advised <= DATA_COMMANDS[command], (command, advised - DATA_COMMANDS[command], err)
+
+
+# found by trying every subcommand by hand (issue 29's own sweep), each under its class
+HAND_SWEEP = [
+    # 1. numbers that mean nothing: a ratio that keeps no neuron, a seed no float holds, a scale that overflows
+    R("h1-mask-ratio-keeps-nothing", MASK + " --emotion anger --ratio 1e-9", "no neuron of", no_model=True),
+    R("h1-seed-too-big-for-a-float", CLASSIFY + " --seed 1" + "0" * 400, "(401 characters) is not allowed",
+      no_model=True),
+    R("h1-steer-scale-overflows", "steer hi --emotion anger --method residual --directions {di} --scale 1e308 "
+      "--max-new-tokens 2", "became infinite or NaN", out="any"),
+    R("h1-elicit-emotion-twice", "circuits elicit --model tiny-llama --emotion anger --emotion anger --quiet "
+      "--out {out}", "--emotion anger is given twice", no_model=True),
+    # 9. refusals that name an option the user typed, not a config key or an option that does not exist
+    R("h9-assemble-k-0", "circuits assemble --influence {inf} --components {co} --k 0 --quiet --out {out}",
+      "--k must be at least 1", no_model=True),
+    R("h9-influence-engine", "circuits influence --from {di} --engine turbo --quiet --out {out}",
+      "--engine 'turbo' is not valid", no_model=True),
+    R("h9-validate-kinds", "circuits validate --from {co} --kinds wheels --quiet --out {out}", "--kinds 'wheels'",
+      no_model=True),
+    R("h9-validate-emotion", "circuits validate --from {co} --emotion joy --quiet --out {out}", "--emotion 'joy'",
+      no_model=True),
+    R("h9-neurons-sweep-ratios", READS_ARTEFACTS["neurons sweep"].replace("--ratios 0.5", "--ratios 0"),
+      "--ratios 0 must list different shares in (0, 1]", no_model=True),
+    R("h9-neurons-sweep-layer-ranges", READS_ARTEFACTS["neurons sweep"].replace("--layer-ranges all",
+                                                                                 "--layer-ranges nowhere"),
+      "--layer-ranges 'nowhere' is not a layer range", no_model=True),
+    R("h9-steer-band", "steer hi --emotion anger --method residual --directions {di} --band 5-2",
+      "--band '5-2' is not a layer range", out="any", no_model=True),
+    R("h9-sweep-executor", "sweep {sweep} --executor slurm --quiet --out {out}", "--executor 'slurm' is not valid",
+      no_model=True),
+    R("h9-probe-advice-already-taken", PROBE + " --all-examples", "so load more examples (more data or a larger "
+      "--limit-per-label)."),
+    R("h1-attribute-site-twice", PROBE.replace("probe", "attribute") + " --sites mlp.out,mlp.out",
+      "--sites 'mlp.out,mlp.out' is not valid", no_model=True),
+    Row("h9-empty-number-list", (*PROBE.replace("probe", "promote").split(), "--betas", ""),
+        "--betas '' is not allowed", no_model=True),
+]
+
 
 # 10. environment faults: one sentence each
 CLASS_10 = [
@@ -386,7 +660,7 @@ CLASS_10 = [
     R("c10-config-json-a-list", "info {cfglist}", "holds a JSON list, not an object", out="any", no_model=True),
 ]
 
-CLI_ROWS += CLASS_3 + CLASS_4 + CLASS_6 + CLASS_8 + CLASS_10
+CLI_ROWS += CLASS_1_SWEEP + CLASS_2 + CLASS_3 + CLASS_4 + CLASS_5 + CLASS_6 + CLASS_7 + CLASS_8 + CLASS_9 + CLASS_10 + HAND_SWEEP
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:
@@ -434,6 +708,36 @@ def test_bad_cli_input(row: Row, world, tmp_path, request):
         assert not (out / "manifest.json").exists()
 
 
+def test_every_artefact_reader_has_class_2_rows():
+    """Each command with --allow-other-model reads an earlier run's artefacts: it has its class 2 rows."""
+    import typer
+
+    found = []
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+        elif any("--allow-other-model" in getattr(p, "opts", []) for p in cmd.params):
+            found.append(" ".join(path))
+
+    walk(typer.main.get_command(app), [])
+    assert sorted(found) == sorted(READS_ARTEFACTS)
+
+
+def test_artefacts_run_on_their_own_model_and_on_another_when_allowed(world, tmp_path):
+    argv = READS_ARTEFACTS["circuits influence"].format(**world, out=str(tmp_path / "a")).split()
+    assert invoke(argv)[0] == 0
+    code, _, err = invoke([*argv[:-1], str(tmp_path / "b"), "--model", "tiny-qwen2", "--allow-other-model"])
+    assert code == 0, err
+    made = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert made["model"]["model_id"] == "tiny-qwen2-seed0" and made["config"]["allow_other_model"] is True
+    for command in TEXT_ONLY:  # texts fit a model of another shape
+        argv = READS_ARTEFACTS[command].format(**world, out=str(tmp_path / "c")).split()
+        code, _, err = invoke([*argv, "--model", "tiny-gpt2", "--allow-other-model"])
+        assert code == 0, err
+
+
 def test_table_is_documented():
     ids = [r.id for r in CLI_ROWS]
     assert len(ids) == len(set(ids)), "row ids must be unique"
@@ -472,6 +776,23 @@ def test_mask_defaults_to_the_model_the_neurons_were_found_on(world, tmp_path):
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["model"] == "tiny-llama" and manifest["model"]["model_id"] == "tiny-llama-seed0"
+
+
+def test_mask_leaves_out_an_emotion_with_no_neurons_and_says_so(world, tmp_path):
+    """Every emotion by default: one whose set is empty is left out with a note and recorded, never measured as 0."""
+    doc = json.loads(Path(world["neurons"]).read_text())
+    empty = [e for e, s in doc["neurons"].items() if not s]
+    assert empty, "the world's find run is expected to leave an emotion without neurons"
+    out = tmp_path / "mask"
+    r = runner.invoke(app, ["neurons", "mask", "--neurons", world["find"], "--data", f"jsonl:{world['six']}",
+                            "--controls", "0", "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"note: {', '.join(empty)} left out" in r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["config"]["left_out"]) == set(empty)
+    import pandas as pd
+
+    assert not set(pd.read_parquet(out / "mask_effects.parquet")["masked_emotion"]) & set(empty)
 
 
 def test_mask_reselect_loads_the_find_statistics(world, tmp_path):

@@ -137,3 +137,81 @@ def test_neurons_json_reader_never_raises_another_exception(doc):
     assert any(len(s) for s in sel.sets.values()) and set(sel.sets) <= set(sel.labels)
     for s in sel.sets.values():
         assert all(isinstance(x, int) and x >= 0 for p in s.pairs() for x in p)
+
+
+# ----------------------------------------------------------------------------- the number parsers
+
+from emocircuits.cli.options import VOCABULARY  # noqa: E402
+
+CHECKED = sorted(flag for flag, opt in VOCABULARY.items() if opt.check is not None)
+numbers = (st.none() | st.booleans() | st.integers() | st.integers(10**300, 10**400) | st.integers(-10**400, -10**300)
+           | st.floats(allow_nan=True, allow_infinity=True))
+number_texts = st.text(alphabet="0123456789.,-+eEinfatyINF _x", max_size=24) | st.lists(
+    st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**400, 10**400), max_size=4).map(
+    lambda xs: ",".join(map(str, xs)))
+
+
+def _clean_or_own_error(call, value):
+    """``call(value)``: a value back, or the toolkit's own one-line error; any other exception fails the test."""
+    try:
+        return call(value)
+    except EmocircuitsError as exc:
+        assert "\n" not in str(exc) and str(exc).endswith(".")
+        return None
+
+
+@pytest.mark.parametrize("flag", CHECKED)
+@SETTINGS
+@given(value=numbers | number_texts)
+def test_option_checks_return_the_value_or_refuse(flag, value):
+    """Every checked option of the vocabulary: the value it was given back unchanged, or one sentence."""
+    import math
+
+    check = VOCABULARY[flag].check(flag)
+    text_options = ("--model", "--text-field", "--label-field", "--preset", "--split")
+    if isinstance(value, str) and flag not in text_options \
+            and "number_list" not in VOCABULARY[flag].check.__qualname__:
+        return  # typer turns the text of a number option into a number (or its own usage error) first
+    got = _clean_or_own_error(check, value)
+    if got is not None and isinstance(got, float) and flag not in text_options:  # typer hands those a str
+        assert math.isfinite(got)
+
+
+@SETTINGS
+@given(number_texts | st.lists(numbers, max_size=4))
+def test_job_number_lists_are_finite_or_refused(text):
+    """The jobs' one number-list parser (alphas, scales, betas): finite floats in range, or one sentence."""
+    import math
+
+    from emocircuits.jobs.circuit_build import parse_floats
+    from emocircuits.jobs.circuits import parse_scales
+    from emocircuits.jobs.common import parse_numbers
+
+    for call in (parse_floats, lambda t: parse_scales(t) if isinstance(t, str) else [0.0],
+                 lambda t: parse_numbers(t, "betas")):
+        got = _clean_or_own_error(call, text)
+        assert got is None or (got and all(isinstance(v, float) and math.isfinite(v) for v in got))
+
+
+@SETTINGS
+@given(st.text(alphabet="0123456789-, alltopbmidre", max_size=12), st.integers(1, 40))
+def test_layer_ranges_are_layers_of_the_model_or_refused(text, n_layers):
+    from emocircuits.core.sites import check_layer_range, layer_range
+
+    got = _clean_or_own_error(lambda t: (check_layer_range(t), layer_range(n_layers, t))[1], text)
+    assert got is None or (got and all(0 <= layer < n_layers for layer in got))
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["seed", "n_boot", "limit_per_label", "max_tokens", "controls"]),
+                       numbers | st.text(max_size=4), max_size=3))
+def test_sweep_number_keys_are_clean_or_refused(analysis):
+    """Numbers in a sweep TOML's [analysis] and [sweep]: a config, or one sentence naming the key."""
+    from emocircuits.sweeps import from_dict
+
+    seed = analysis.pop("seed", 0)
+    cfg = {"sweep": {"analysis": "neuron_masking", "seed": seed}, "data": {"spec": "builtin:dialogues"},
+           "analysis": {"neurons": "", **analysis}, "grid": {"emotion": ["anger"], "layers": ["all"]}}
+    got = _clean_or_own_error(from_dict, cfg)
+    if got is not None:
+        assert got.seed >= 0 and got.params.n_boot >= 1 and got.params.controls >= 0

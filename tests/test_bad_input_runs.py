@@ -102,7 +102,7 @@ def test_bom_sweep_toml_and_tsv_load(tmp_path):
     (tmp_path / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "hi", "label": "fear"}).encode() + b"\n")
     assert len(load_data(f"jsonl:{tmp_path / 'b.jsonl'}")) == 1
     toml = ('[sweep]\nanalysis = "intervention"\n[model]\nspec = "tiny-llama"\n'
-            f'[data]\nspec = "jsonl:{tmp_path / "b.jsonl"}"\n[analysis.intervention]\ntype = "ScaleHeads"\n'
+            f'[data]\nspec = "jsonl:{tmp_path / "b.jsonl"}"\nsplit = "all"\n[analysis.intervention]\ntype = "ScaleHeads"\n'
             'heads = "{layers}:all"\nfactor = "{factor}"\n[grid]\nlayers = ["0"]\nfactor = [0.0]\n')
     (tmp_path / "s.toml").write_bytes(b"\xef\xbb\xbf" + toml.encode())
     assert load_config(tmp_path / "s.toml").analysis == "intervention"

@@ -147,7 +147,8 @@ def test_controls_default_to_five_everywhere(tmp_path):
         assert inspect.signature(fn).parameters["controls"].default == DEFAULT_CONTROLS
     for cmd in (mask_cmd, sweep_cmd):
         assert inspect.signature(cmd).parameters["controls"].default.default == DEFAULT_CONTROLS
-    sel = Selection.from_json({"neurons": {"fear": [[0, 1]], "joy": []}, "labels": ["fear", "joy"], "n_layers": 3,
+    ekman = ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]  # the labels of the sweep's data
+    sel = Selection.from_json({"neurons": {"fear": [[0, 1]]}, "labels": ekman, "n_layers": 3,
                                "d_mlp": 96})  # one neuron: a file whose sets are all empty is refused (issue 29)
     (tmp_path / "neurons.json").write_text(__import__("json").dumps(sel.to_json()))
     assert from_dict(rq3_config(neurons=str(tmp_path / "neurons.json"))).params.controls == DEFAULT_CONTROLS

@@ -54,6 +54,8 @@ prompts ends by itself (24 of 24 measured on the embedded model; 88% without the
 
 DEFAULT_CONTROLS = 5
 """Random control sets per masked set (size- and layer-matched)."""
+LARGE_WORK = 100
+"""A work multiplier (--controls, --n-random, --n-pairs) from which a command prints its planned work first."""
 FLOOR_ACC = 0.2
 """Below this clean accuracy on a label, masking cannot show a drop there (the table marks it ``floor``)."""
 STABILITY_RESAMPLES = 20
@@ -100,3 +102,15 @@ DEFAULT_EMOTION_SYSTEM = "short"
 """The default of :data:`EMOTION_SYSTEMS` (today's elicitation prompt)."""
 NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
 """The emotion-free system prompt of sublayer influence and of the steering comparison."""
+
+NUMBER_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
+    "seed": (0, None, True), "cells_per_task": (0, None, True), "limit_per_label": (0, None, True),
+    "limit": (1, None, True), "controls": (0, None, True), "n_random": (0, None, True), "n_pairs": (1, None, True),
+    "n_boot": (1, None, True), "max_tokens": (1, None, True), "max_new_tokens": (1, None, True),
+    "top_k": (0, None, True), "max_prompts": (0, None, True), "judge_prompts": (1, None, True),
+    "workers": (1, None, True), "cpus_per_worker": (1, None, True), "gpus_per_worker": (0, None, True),
+    "top_rate": (0, 1, False),
+}
+"""The range of each numeric config key that means a count, seed or share, by key name: ``(low, high, low
+included)`` (high always included; None: no upper bound). A sweep TOML's keys are checked against it wherever they
+appear (``0`` of ``limit_per_label``, ``top_k``, ``max_prompts``: all)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class EmocircuitsError(ValueError):
@@ -35,6 +35,31 @@ def speaking_cli() -> Iterator[None]:
         yield
     finally:
         _SPEAKING_CLI.reset(token)
+
+
+def offered(cli: str) -> bool:
+    """Whether advice may name option ``cli`` (e.g. ``--drop-unknown``): outside the command line always; inside
+    it only when the running command has that option, so a refusal never advises what cannot be typed."""
+    if not _SPEAKING_CLI.get() or _COMMAND_FLAGS is None:
+        return True
+    flags = _COMMAND_FLAGS()
+    return flags is None or cli.split()[0] in flags
+
+
+_COMMAND_FLAGS: Callable[[], set[str] | None] | None = None
+
+
+def tell_command_flags(flags: Callable[[], set[str] | None]) -> None:
+    """The CLI tells how to read the running command's flags (None: no command runs), for :func:`offered`."""
+    global _COMMAND_FLAGS
+    _COMMAND_FLAGS = flags
+
+
+def advise(ways: list[tuple[str, str, str]], otherwise: str) -> str:
+    """Advice naming each way ``(python, cli, what it does)`` the caller can take, joined by "or" (:func:`spell`);
+    ``otherwise`` when the running command offers none of them."""
+    open_ways = [f"{spell(py, cli)} {what}" for py, cli, what in ways if offered(cli)]
+    return f"pass {' or '.join(open_ways)}" if open_ways else otherwise
 
 
 def spell(python: str, cli: str) -> str:

@@ -7,7 +7,13 @@ import sys
 
 import typer
 
-from emocircuits.base.errors import EmocircuitsError, speaking_cli, start_speaking_cli, stop_speaking_cli
+from emocircuits.base.errors import (
+    EmocircuitsError,
+    speaking_cli,
+    start_speaking_cli,
+    stop_speaking_cli,
+    tell_command_flags,
+)
 
 
 def run_cli(app: object) -> None:
@@ -33,6 +39,21 @@ def _speak_cli(ctx: typer.Context) -> None:
     """Advice in errors names command-line options while a command runs (``--labels``, not ``labels=``)."""
     token = start_speaking_cli()
     ctx.call_on_close(lambda: stop_speaking_cli(token))
+
+
+def _running_command_flags() -> set[str] | None:
+    """The flags of the command now running (advice in errors names only these), None outside a command."""
+    try:  # typer carries its own copy of click (0.29); older ones use click itself
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return None
+    return {f for p in ctx.command.params for f in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))}
+
+
+tell_command_flags(_running_command_flags)
 
 
 def _register_all() -> None:

@@ -43,6 +43,7 @@ def elicit_cmd(
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
     labels: str | None = option("--labels"),
+    drop_unknown: bool = option("--drop-unknown"),
     text_field: str | None = option("--text-field"),
     label_field: str | None = option("--label-field"),
 ) -> None:
@@ -52,7 +53,8 @@ def elicit_cmd(
     config = {"model": model, "data": data, "split": split, "limit": limit, "judges": list(judges or ["lexicon"]),
               "accept": accept, "emotions": list(emotions or EKMAN6), "max_new_tokens": max_new_tokens,
               "dtype": dtype, "seed": seed, "system": system}
-    for key, value in (("labels", split_list(labels)), ("text_field", text_field), ("label_field", label_field)):
+    for key, value in (("labels", split_list(labels)), ("text_field", text_field), ("label_field", label_field),
+                       ("drop_unknown", drop_unknown or None)):
         if value is not None:  # recorded only when given: earlier runs' configs stay as they were
             config[key] = value
     if labels is not None and not config["labels"]:
@@ -70,6 +72,7 @@ def elicit_cmd(
 def directions_cmd(
     source: Path = option("--from"),
     model: str | None = option("--model", None),
+    allow_other_model: bool = option("--allow-other-model"),
     groups: str = option("--groups"),
     n_boot: int = option("--n-boot", 200),
     shuffles: int = typer.Option(20, "--shuffles", help="Random-label control: shuffles of emotions within groups.",
@@ -84,7 +87,7 @@ def directions_cmd(
     """Emotion directions at resid.mid / resid.post of every layer, with cosine tables and a shuffled control."""
     from emocircuits.jobs.circuits import run_directions
 
-    config = {"from": str(source), "model": model, "groups": groups, "n_boot": n_boot, "shuffles": shuffles,
+    config = {"from": str(source), "model": model, "allow_other_model": allow_other_model, "groups": groups, "n_boot": n_boot, "shuffles": shuffles,
               "seed": seed, "last_after_final_norm": last_after_final_norm}
     dr = run_directions(config, out, quiet)
     ctl = dr.control.dropna(subset=["real"])
@@ -98,6 +101,7 @@ def directions_cmd(
 def components_cmd(
     source: Path = option("--from"),
     model: str | None = option("--model", None),
+    allow_other_model: bool = option("--allow-other-model"),
     top_k: int = option("--top-k", 20),
     top_k_heads: int | None = typer.Option(None, "--top-k-heads", help="Heads kept per emotion (default --top-k)."),
     head_score: str = typer.Option("mlp_in", "--head-score", help="Head importance: mlp_in (the drop of the MLP "
@@ -121,7 +125,7 @@ def components_cmd(
     emotion; keep the top-k."""
     from emocircuits.jobs.circuits import run_components
 
-    config = {"from": str(source), "model": model, "top_k": top_k, "top_k_heads": top_k_heads,
+    config = {"from": str(source), "model": model, "allow_other_model": allow_other_model, "top_k": top_k, "top_k_heads": top_k_heads,
               "head_score": head_score, "ablation": ablation, "use": use, "max_samples": max_samples,
               "per_valence": per_valence, "layers": layers, "seed": seed}
     co = run_components(config, out, quiet)
@@ -138,6 +142,7 @@ def components_cmd(
 def validate_cmd(
     source: Path = option("--from"),
     model: str | None = option("--model", None),
+    allow_other_model: bool = option("--allow-other-model"),
     kinds: str = typer.Option("neurons,heads", "--kinds", help="neurons, heads or neurons,heads."),
     scales: str = typer.Option("0,0.5,1,1.5,2,3", "--scales", help="Comma-separated scale factors.", callback=number_list(0)("--scales")),
     controls: int = option("--controls"),
@@ -165,7 +170,8 @@ def validate_cmd(
     cfg = validation_config(components=str(source), model=model, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
                             scales=parse_scales(scales), emotions=list(emotions or []) or None, top_k=top_k,
                             controls=controls, max_prompts=max_prompts or 0, seed=seed, judge=judge,
-                            judge_prompts=judge_prompts, max_new_tokens=max_new_tokens)
+                            judge_prompts=judge_prompts, max_new_tokens=max_new_tokens,
+                            allow_other_model=allow_other_model)
     result = run_sweep(cfg, out, resume=resume, executor=executor, workers=workers, progress=not quiet)
     for r in result.table[result.table["status"] == "ok"].itertuples():
         judged = (f"  judged top {r.judged_top:.2f} random {r.judged_random:.2f}" if judge else "")
@@ -181,6 +187,7 @@ def validate_cmd(
 def influence_cmd(
     source: Path = option("--from"),
     model: str | None = option("--model", None),
+    allow_other_model: bool = option("--allow-other-model"),
     alphas: str = typer.Option("0.1,0.3,0.5,0.7", "--alphas", help="Injection sizes α (× σ), comma-separated.",
                                 callback=number_list(0)("--alphas")),
     emotions: list[str] = option("--emotion"),
@@ -206,7 +213,7 @@ def influence_cmd(
     """Sublayer influence: inject α·σ·v̂ into one attention or MLP output and measure the final projection."""
     from emocircuits.jobs.circuit_build import run_influence
 
-    config = {"from": str(source), "model": model, "alphas": alphas, "emotions": list(emotions or []),
+    config = {"from": str(source), "model": model, "allow_other_model": allow_other_model, "alphas": alphas, "emotions": list(emotions or []),
               "readout": readout, "sigma_from": sigma_from, "ref_fraction": ref_fraction, "max_prompts": max_prompts,
               "method": method, "ref_layers": ref_layers, "ref_anchor": ref_anchor, "sigma_prompts": sigma_prompts,
               "layers": layers, "system": system}
@@ -223,6 +230,7 @@ def assemble_cmd(
     influence: Path = typer.Option(..., "--influence", help="Run directory of `emocircuits circuits influence`."),
     components: Path = typer.Option(..., "--components", help="Run directory of `emocircuits circuits components`."),
     model: str | None = option("--model", None),
+    allow_other_model: bool = option("--allow-other-model"),
     k_total: int | None = typer.Option(None, "--k", help="Components per emotion (default 560 · n_layers / 28)."),
     neuron_share: float = typer.Option(0.7, "--neuron-share", help="Share of K that are neurons (paper: 392/560).",
                                        callback=share("--neuron-share")),
@@ -237,7 +245,8 @@ def assemble_cmd(
     """Assemble each emotion's circuit: a budget over layers by influence, top components, shift vectors Δμ."""
     from emocircuits.jobs.circuit_build import run_assemble
 
-    config = {"influence": str(influence), "components": str(components), "model": model, "k_total": k_total,
+    config = {"influence": str(influence), "components": str(components), "model": model,
+              "allow_other_model": allow_other_model, "k_total": k_total,
               "neuron_share": neuron_share, "min_neurons": min_neurons, "min_heads": min_heads,
               "cap_ratio": cap_ratio, "groups": groups}
     asm = run_assemble(config, out, quiet)
@@ -251,6 +260,7 @@ def steer_compare_cmd(
     source: Path | None = option("--from", None),
     directions: Path | None = option("--directions"),
     model: str | None = option("--model", None),
+    allow_other_model: bool = option("--allow-other-model"),
     data: str = option("--data", "builtin:sev"),
     split: str = option("--split", "test"),
     limit: int | None = option("--limit"),
@@ -279,7 +289,7 @@ def steer_compare_cmd(
     --from: a `circuits assemble` run; residual, prompt and none alone need only --directions."""
     from emocircuits.jobs.steer import run_steer, steer_lines
 
-    config = {"from": None if source is None else str(source),
+    config = {"from": None if source is None else str(source), "allow_other_model": allow_other_model,
               "directions": None if directions is None else str(directions), "model": model, "data": data, "split": split, "limit": limit,
               "emotions": list(emotions or []), "methods": methods, "scale": scale, "alpha": alpha, "band": band,
               "n_random": n_random, "judges": list(judges or ["lexicon"]), "max_new_tokens": max_new_tokens,
@@ -305,6 +315,7 @@ def steer_cmd(
     band: str | None = option("--band"),
     site: str = option("--site"),
     model: str | None = option("--model", None),
+    allow_other_model: bool = option("--allow-other-model"),
     max_new_tokens: int = option("--max-new-tokens"),
     min_new_tokens: int = option("--min-new-tokens"),
     repetition_penalty: float = option("--repetition-penalty"),
@@ -320,7 +331,8 @@ def steer_cmd(
                         max_new_tokens=max_new_tokens, seed=seed, band=band, site=site, system=system,
                         prompt_system=prompt_system, min_new_tokens=min_new_tokens,
                         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                        sentences=sentences, calibration_prompts=calibration_prompts)
+                        sentences=sentences, calibration_prompts=calibration_prompts,
+                        allow_other_model=allow_other_model)
     if r["strength_choice"] is not None:
         typer.echo(r["strength_choice"].line())
     typer.echo(f"[unsteered, {r['finish_unsteered']}]\n{r['unsteered']}\n\n[{r['method']} {r['emotion']}"

@@ -97,6 +97,9 @@ Q = option("--quiet")
 LABELS = option("--labels")
 
 
+DROP = option("--drop-unknown")
+
+
 TF = option("--text-field")
 
 
@@ -139,13 +142,14 @@ def probe_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str = SP
               ridge_alpha: float = typer.Option(5.0, "--ridge-alpha", help=(
                   "Ridge α of the appraisal probes (default 5: the paper's)."),
                   callback=at_least(1e-12)("--ridge-alpha")),
-              labels: str | None = LABELS, text_field: str | None = TF, label_field: str | None = LF,
+              labels: str | None = LABELS, drop_unknown: bool = DROP, text_field: str | None = TF,
+                 label_field: str | None = LF,
               appraisals: str | None = APPR, preset: str | None = PRESET,
               out: Path = OUT, quiet: bool = Q) -> None:
     """Last-token logistic (emotion) and ridge (appraisal) probes at every layer, with in-range intervals, K
     label-permutation controls and selectivity with its interval."""
     _go("probe", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-        **_data_keys(labels, text_field, label_field, appraisals),
+        **_data_keys(labels, text_field, label_field, appraisals), "drop_unknown": drop_unknown,
                   "sites": sites, "layers": layers, "folds": folds, "controls": controls,
                   "random_features": random_features, "standardise": standardise, "stratify": stratify,
                   "test_share": test_share, "split_seed": split_seed, "c": c, "ridge_alpha": ridge_alpha},
@@ -158,12 +162,13 @@ def knockout_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str =
                  sites: str = option("--sites", "attn.out,mlp.out"),
                  span: int = SPAN, stride: int = STRIDE,
                  mode: str = typer.Option("zero", "--mode", help="zero | noise (norm-matched)."),
-                 labels: str | None = LABELS, text_field: str | None = TF, label_field: str | None = LF,
+                 labels: str | None = LABELS, drop_unknown: bool = DROP, text_field: str | None = TF,
+                 label_field: str | None = LF,
               appraisals: str | None = APPR, preset: str | None = PRESET,
               out: Path = OUT, quiet: bool = Q) -> None:
     """Knock out a site's last-token output over sliding layer windows; share of predictions unchanged."""
     _go("knockout", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-        **_data_keys(labels, text_field, label_field, appraisals),
+        **_data_keys(labels, text_field, label_field, appraisals), "drop_unknown": drop_unknown,
                      "sites": sites, "span": span, "stride": stride, "mode": mode}, out, quiet, ctx, preset)
 
 
@@ -173,12 +178,13 @@ def patch_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str = SP
               sites: str = option("--sites", "attn.out,mlp.out,resid.post"),
               span: int = SPAN, stride: int = STRIDE,
               n_pairs: int = option("--n-pairs"), pairs: str | None = PAIRS,
-              labels: str | None = LABELS, text_field: str | None = TF, label_field: str | None = LF,
+              labels: str | None = LABELS, drop_unknown: bool = DROP, text_field: str | None = TF,
+                 label_field: str | None = LF,
               appraisals: str | None = APPR, preset: str | None = PRESET,
               out: Path = OUT, quiet: bool = Q) -> None:
     """Patch sources' last-token activations into targets over layer windows: flip / stay / other shares."""
     _go("patch", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-        **_data_keys(labels, text_field, label_field, appraisals),
+        **_data_keys(labels, text_field, label_field, appraisals), "drop_unknown": drop_unknown,
                   "sites": sites, "span": span, "stride": stride, "n_pairs": n_pairs, "pairs": pairs}, out, quiet, ctx, preset)
 
 
@@ -189,12 +195,13 @@ def attribute_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str 
                   span: int = option("--span"), stride: int = STRIDE,
                   n_pairs: int = option("--n-pairs"), pairs: str | None = PAIRS,
                   compare: bool = typer.Option(False, "--compare", help="Also run real patching; Spearman per site."),
-                  labels: str | None = LABELS, text_field: str | None = TF, label_field: str | None = LF,
+                  labels: str | None = LABELS, drop_unknown: bool = DROP, text_field: str | None = TF,
+                 label_field: str | None = LF,
               appraisals: str | None = APPR, preset: str | None = PRESET,
               out: Path = OUT, quiet: bool = Q) -> None:
     """Attribution patching: gradient x activation difference for every layer, site and head, in one backward."""
     _go("attribute", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-        **_data_keys(labels, text_field, label_field, appraisals),
+        **_data_keys(labels, text_field, label_field, appraisals), "drop_unknown": drop_unknown,
                       "sites": sites, "span": span, "stride": stride, "n_pairs": n_pairs,
                       "pairs": pairs, "compare": compare}, out, quiet, ctx, preset)
 
@@ -208,12 +215,13 @@ def promote_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str = 
                                           callback=auto_or(number_list())("--betas")),
                 n_random: int = option("--n-random", 20),
                 rms_scaled: bool = typer.Option(False, "--rms-scaled", help="Scale the added vector by RMS(h)."),
-                labels: str | None = LABELS, text_field: str | None = TF, label_field: str | None = LF,
+                labels: str | None = LABELS, drop_unknown: bool = DROP, text_field: str | None = TF,
+                 label_field: str | None = LF,
               appraisals: str | None = APPR, preset: str | None = PRESET,
               out: Path = OUT, quiet: bool = Q) -> None:
     """Add β·(unit emotion probe weight) to resid.post at the last token; success over headroom vs random."""
     _go("promote", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-        **_data_keys(labels, text_field, label_field, appraisals),
+        **_data_keys(labels, text_field, label_field, appraisals), "drop_unknown": drop_unknown,
                     "layers": layers, "betas": betas, "n_random": n_random, "rms_scaled": rms_scaled}, out, quiet, ctx, preset)
 
 
@@ -226,12 +234,13 @@ def appraisal_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str 
                   beta: str = typer.Option("auto", "--beta", help="Norm of the added direction, or auto: the strongest "
                                            "β whose replies stay fluent.", callback=strength("--beta")),
                   n_random: int = option("--n-random", 100),
-                  labels: str | None = LABELS, text_field: str | None = TF, label_field: str | None = LF,
+                  labels: str | None = LABELS, drop_unknown: bool = DROP, text_field: str | None = TF,
+                 label_field: str | None = LF,
               appraisals: str | None = APPR, preset: str | None = PRESET,
               out: Path = OUT, quiet: bool = Q) -> None:
     """Steer along orthogonalised appraisal directions; compare the shift with appraisal theory and random."""
     _go("appraisal", {**_common(model, data, split, limit_per_label, template, calibration, all_examples, seed, dtype),
-        **_data_keys(labels, text_field, label_field, appraisals),
+        **_data_keys(labels, text_field, label_field, appraisals), "drop_unknown": drop_unknown,
                       "layers": layers, "settings": settings, "beta": beta, "n_random": n_random}, out, quiet, ctx, preset)
 
 

@@ -8,7 +8,7 @@ same function re-creates a run from its manifest (``emocircuits rerun``). ``neur
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -128,8 +128,7 @@ def mask_cmd(
     seed: int = option("--seed"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
-    allow_other_model: Annotated[bool, typer.Option(
-        "--allow-other-model", help="Apply neurons found on another model (other weights) anyway.")] = False,
+    allow_other_model: bool = option("--allow-other-model"),
     prepend_bos: bool | None = option("--prepend-bos/--no-prepend-bos"),
     drop_unknown: bool = option("--drop-unknown"),
     labels: str | None = option("--labels"),
@@ -155,7 +154,8 @@ def mask_cmd(
 @neurons_app.command("sweep")
 def sweep_cmd(
     neurons_file: Path = option("--neurons"),
-    model: str = option("--model"),
+    model: str | None = option("--model", None),
+    allow_other_model: bool = option("--allow-other-model"),
     data: str = option("--data"),
     split: str = option("--split", "test"),
     limit_per_label: int | None = option("--limit-per-label"),
@@ -185,7 +185,7 @@ def sweep_cmd(
     cfg = rq3_config(neurons=str(neurons_file), model=model, data=data, split=split, limit_per_label=limit_per_label,
                      template=template, ratios=ratio_list, ratio_mode=ratio_mode, controls=controls, seed=seed,
                      layer_ranges=[s.strip() for s in layer_ranges.split(",") if s.strip()], dtype=dtype,
-                     emotions=list(emotions or []) or None)
+                     emotions=list(emotions or []) or None, allow_other_model=allow_other_model)
     result = run_sweep(cfg, out, resume=resume, executor=executor, workers=workers, progress=not quiet)
     cols = ["emotion", "ratio", "layers", "n_neurons", "own_acc_normal", "own_acc_masked", "own_acc_control", "own_diff",
             "own_rank_p", "own_floor"]

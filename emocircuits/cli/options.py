@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 
-from emocircuits.base.constants import EMOTION_SYSTEMS, LAYER_RANGES
+from emocircuits.base.constants import EMOTION_SYSTEMS, LARGE_WORK, LAYER_RANGES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.presets import preset_names, resolve
 from emocircuits.core.prompts import template_names
@@ -29,7 +29,17 @@ _UNSET: Any = object()
 
 
 def _bad(flag: str, value: Any, allowed: str) -> EmocircuitsError:
-    return EmocircuitsError(f"{flag} {value} is not allowed; {allowed}.")
+    shown = (repr(value) if isinstance(value, str) and not value.strip() else str(value) if len(str(value)) <= 40
+             else f"{str(value)[:20]}...({len(str(value))} characters)")
+    return EmocircuitsError(f"{flag} {shown} is not allowed; {allowed}.")
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (an integer too large for a float is not: no count is that big)."""
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, TypeError, ValueError):
+        return False
 
 
 def at_least(low: float) -> Callable[[str], Callable[[Any], Any]]:
@@ -38,8 +48,25 @@ def at_least(low: float) -> Callable[[str], Callable[[Any], Any]]:
         def check(value: Any) -> Any:
             if value is None:
                 return value
-            if not math.isfinite(float(value)) or value < low:
+            if not _finite(value) or value < low:
                 raise _bad(flag, value, f"use a finite number >= {low:g}")
+            return value
+        return check
+    return make
+
+
+def multiplier(low: float) -> Callable[[str], Callable[[Any], Any]]:
+    """A check: a count ``>= low`` that multiplies a command's passes; from :data:`LARGE_WORK` on, the planned
+    work is printed (stderr) before anything starts."""
+    def make(flag: str) -> Callable[[Any], Any]:
+        plain = at_least(low)(flag)
+
+        def check(value: Any) -> Any:
+            value = plain(value)
+            if value is not None and value >= LARGE_WORK:
+                typer.echo(f"planned work: {flag} {value} repeats each measurement on {value} random controls or "
+                           f"pairs, about {int(value) + 1} times the passes of one measurement; this takes long "
+                           "(Ctrl-C stops it and leaves --out as it was).", err=True)
             return value
         return check
     return make
@@ -48,7 +75,7 @@ def at_least(low: float) -> Callable[[str], Callable[[Any], Any]]:
 def positive(flag: str) -> Callable[[Any], Any]:
     """A check: a finite number > 0 (None passes)."""
     def check(value: Any) -> Any:
-        if value is not None and not (math.isfinite(float(value)) and value > 0):
+        if value is not None and not (_finite(value) and value > 0):
             raise _bad(flag, value, "use a finite number > 0")
         return value
     return check
@@ -57,7 +84,7 @@ def positive(flag: str) -> Callable[[Any], Any]:
 def share(flag: str) -> Callable[[Any], Any]:
     """A check: a share in (0, 1]."""
     def check(value: Any) -> Any:
-        if value is not None and not (math.isfinite(float(value)) and 0 < value <= 1):
+        if value is not None and not (_finite(value) and 0 < value <= 1):
             raise _bad(flag, value, "use a share in (0, 1], e.g. 0.01")
         return value
     return check
@@ -66,7 +93,7 @@ def share(flag: str) -> Callable[[Any], Any]:
 def finite(flag: str) -> Callable[[Any], Any]:
     """A check: a finite number (NaN and inf mean nothing as a strength)."""
     def check(value: Any) -> Any:
-        if value is not None and not math.isfinite(float(value)):
+        if value is not None and not _finite(value):
             raise _bad(flag, value, "use a finite number")
         return value
     return check
@@ -79,7 +106,7 @@ def strength(flag: str) -> Callable[[Any], Any]:
             return value
         try:
             x = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             x = math.nan
         if not (math.isfinite(x) and x >= 0):
             raise _bad(flag, value, "use auto (the strongest fluent strength) or a finite number >= 0")
@@ -106,9 +133,9 @@ def number_list(low: float | None = None) -> Callable[[str], Callable[[Any], Any
                 return value
             try:
                 items = [float(x) for x in str(value).split(",") if x.strip()]
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise _bad(flag, value, "use comma-separated numbers, e.g. 0.5,1,2") from None
-            if not items or not all(math.isfinite(x) and (low is None or x >= low) for x in items):
+            if not items or not all(_finite(x) and (low is None or x >= low) for x in items):
                 bound = "" if low is None else f", each >= {low:g}"
                 raise _bad(flag, value, f"use comma-separated finite numbers{bound}, e.g. 0.5,1,2")
             return value
@@ -149,6 +176,16 @@ def one_of(names: list[str]) -> Callable[[str], Callable[[Any], Any]]:
     return make
 
 
+def model_name(flag: str) -> Callable[[Any], Any]:
+    """A check: a non-empty model spec (None passes: the command's default)."""
+    def check(value: Any) -> Any:
+        if value is not None and not str(value).strip():
+            raise _bad(flag, repr(value), "name a model (this name is empty), e.g. default (the embedded "
+                       "SmolLM2-135M-Instruct), a local model folder or a .gguf file")
+        return value
+    return check
+
+
 def field_name(flag: str) -> Callable[[Any], Any]:
     """A check: a non-empty field name."""
     def check(value: Any) -> Any:
@@ -161,12 +198,12 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     # what to run on
     Opt(("--model",), "Model spec: default (the embedded SmolLM2-135M-Instruct), a .gguf path, a local HF dir, "
         "a cached hub id, or tiny-llama; commands that read an earlier run default to that run's model.",
-        "default", per_command=True),
+        "default", per_command=True, check=model_name),
     Opt(("--dtype",), "float32 | bfloat16 | float16 (what bfloat16 changes: README, Speed).", "float32"),
     Opt(("--data",), "Data spec: builtin:dialogues|events|appraisal_events|sev, jsonl:PATH, csv:PATH, envent:PATH, "
         "emoprism:PATH or sev:PATH (default: the data of the command's paper).", "builtin:dialogues", per_command=True),
     Opt(("--split",), "train, test or all (default: the command's own part of data that has a split, train to "
-        "find and test to measure, else all).", None, per_command=True),
+        "find and test to measure, else all).", None, per_command=True, check=one_of(["train", "test", "all"])),
     Opt(("--limit-per-label",), "At most N examples per label (seeded, stratified).", None, check=at_least(1)),
     Opt(("--limit",), "At most N SEV skeletons (round-robin over themes).", None, check=at_least(1)),
     Opt(("--template",), f"Prompt template: one of {_TEMPLATES} (tak2025 and lee2025 are written from those "
@@ -198,14 +235,14 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     Opt(("--seed",), "Seed of every random choice of the command (sampling, controls, pairs, bootstraps).", 0,
         check=at_least(0)),
     Opt(("--controls",), "K random controls per measured effect (same size and layers; the CI resamples them "
-        "and p ranks the effect among them).", 5, per_command=True, check=at_least(0)),
+        "and p ranks the effect among them).", 5, per_command=True, check=multiplier(0)),
     Opt(("--n-boot",), "Bootstrap resamples for the CIs.", 1000, per_command=True, check=at_least(1)),
     Opt(("--random-features/--no-random-features",), "Also probe Gaussian features of the same dimension (a "
         "control beside the label permutations).", False),
     Opt(("--n-random",), "Random controls (directions or circuits of the same size) per condition.", None,
-        per_command=True, check=at_least(0)),
+        per_command=True, check=multiplier(0)),
     Opt(("--n-pairs",), "Random (source, target) pairs with different labels.", 50, per_command=True,
-        check=at_least(1)),
+        check=multiplier(1)),
     # where in the model
     Opt(("--layers",), f"Layers: {', '.join(LAYER_RANGES)}, A-B or A (inclusive); default: the command's.", None,
         per_command=True),
@@ -250,6 +287,8 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     Opt(("--from",), "Run directory of the step before (the command's help names it).", ..., per_command=True),
     Opt(("--directions",), "Run directory of `circuits directions`: enough for residual, prompt and none steering "
         "(no assemble run needed).", None),
+    Opt(("--allow-other-model",), "Use an earlier run's neurons, directions or circuits on a model other than the "
+        "one they were made on (refused by default; shapes must still fit).", False),
     Opt(("--neurons",), "neurons.json written by `neurons find` (or its run directory).", ...),
     Opt(("--groups",), "Groups of prompts used: accepted (every emotion's reply accepted) | all.", "accepted",
         per_command=True),

@@ -148,6 +148,7 @@ def generate(
     ids = encode_prompts(runner, list(prompts), system)
     if not ids:
         raise EmocircuitsError("No prompts to generate from.")
+    runner.fit_context(ids, max_new_tokens)
     settings = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
                     temperature=temperature, top_p=top_p, seed=seed, repetition_penalty=repetition_penalty,
                     no_repeat_ngram_size=no_repeat_ngram_size, stop=list(stop), sentences=int(sentences))

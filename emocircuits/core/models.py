@@ -75,6 +75,7 @@ class ModelSpec:
     dtype: str
     device: str
     prepend_bos: bool = False  # does the model's own tokenizer put BOS before plain text?
+    n_ctx: int | None = None  # positions the model can attend over (its context length); None: not recorded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +157,8 @@ def _known_specs_sentence() -> str:
 
 def resolve_spec(spec: str) -> _Resolved:
     """Turn a spec string into a local weight source, or raise one clear sentence."""
+    if not str(spec).strip():
+        raise EmocircuitsError(f"The model name is empty; {_known_specs_sentence()}.")
     if spec.lower() in DEFAULT_ALIASES:
         path = embedded_gguf_path()
         if path is None:
@@ -375,9 +378,34 @@ def describe(bridge: Any, *, model_id: str, source: str, weights_hash: str, prep
         dtype=str(param.dtype).removeprefix("torch."),
         device=str(param.device),
         prepend_bos=bool(prepend_bos),
+        n_ctx=_n_ctx(text_cfg),
     )
     setattr(bridge, _SPEC_ATTR, model_spec)
     return model_spec
+
+
+def _n_ctx(cfg: Any) -> int | None:
+    """The context length of an HF config (``max_position_embeddings`` / ``n_positions``), None if it has none."""
+    value = _first(cfg, "max_position_embeddings", "n_positions", "n_ctx", default=None)
+    return int(value) if value else None
+
+
+def same_weights_source(a: str, b: str) -> bool | None:
+    """Whether model specs ``a`` and ``b`` name the same weights, decided without loading either: True (the same
+    spec, alias, file or folder), False (different ones), None (one cannot be resolved here)."""
+    if a == b:
+        return True
+
+    def where(spec: str) -> str | None:
+        if spec.startswith("tiny-"):
+            return spec
+        try:
+            return str(resolve_spec(spec).path.resolve())
+        except EmocircuitsError:
+            return None
+
+    wa, wb = where(a), where(b)
+    return None if wa is None or wb is None else wa == wb
 
 
 def _first(cfg: Any, *names: str, default: Any = KeyError) -> Any:

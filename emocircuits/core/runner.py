@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.core.interventions import BatchInfo, PrefixUnsafe, batch_context, capture, observe, run_until
 from emocircuits.core.models import spec_of
 from emocircuits.core.sites import hook_name, weight
@@ -177,9 +177,32 @@ class Runner:
             out.append(ids)
         return out
 
+    def fit_context(self, token_ids: Sequence[Sequence[int]], new_tokens: int = 0) -> None:
+        """Refuse (one sentence naming the prompt by its place and words and the model's context length) a prompt
+        whose tokens, plus ``new_tokens`` to generate, do not fit the model's context (``ModelSpec.n_ctx``).
+        Texts are refused, not truncated: a cut text would be classified or steered as if it were whole."""
+        n_ctx = self.spec.n_ctx
+        if not n_ctx:
+            return
+        for i, ids in enumerate(token_ids):
+            if len(ids) + new_tokens <= n_ctx:
+                continue
+            middle = len(ids) // 2  # inside the text, past a template's opening
+            words = " ".join(self.tokenizer.decode(list(ids[middle:middle + 16]), skip_special_tokens=True).split())
+            where = f"Prompt {i + 1} of {len(token_ids)} (in the order given; it reads '...{words[:50]}...')"
+            if len(ids) >= n_ctx or not new_tokens:
+                raise EmocircuitsError(f"{where} is {len(ids)} tokens long, more than the context length {n_ctx} "
+                                       f"of {self.spec.model_id}; shorten or remove that text, or use a model with "
+                                       "a longer context.")
+            flag = spell("max_new_tokens", "--max-new-tokens")
+            raise EmocircuitsError(f"{where} is {len(ids)} tokens long, so {flag} {new_tokens} goes past the context "
+                                   f"length {n_ctx} of {self.spec.model_id}; use {flag} {n_ctx - len(ids)} or less.")
+
     def batches(self, token_ids: Sequence[Sequence[int]], max_tokens: int | None = None) -> list[Batch]:
         """Right-padded batches within the token budget (``b · p ≤ max_tokens``), longest prompts first;
-        a prompt longer than the budget gets a batch of its own."""
+        a prompt longer than the budget gets a batch of its own; a prompt longer than the model's context is
+        refused (:meth:`fit_context`)."""
+        self.fit_context(token_ids)
         budget = max_tokens or self.max_tokens
         order = sorted(range(len(token_ids)), key=lambda i: (-len(token_ids[i]), i))
         out, group = [], []
@@ -325,11 +348,15 @@ class Runner:
 
     # ------------------------------------------------------------------ conveniences
     def logits(self, hidden: Tensor) -> Tensor:
-        """Unembed final hidden states ``[..., d_model]`` → logits ``[..., d_vocab]`` (float32)."""
+        """Unembed final hidden states ``[..., d_model]`` → logits ``[..., d_vocab]`` (float32); one sentence
+        when they are not finite (an intervention scaled the activations past what floats hold)."""
         logits = hidden @ weight(self.model, "unembed")
         bias = weight(self.model, "unembed.bias")
         if bias is not None:
             logits = logits + bias
+        if not bool(torch.isfinite(logits).all()):
+            raise EmocircuitsError(f"The outputs of {self.spec.model_id} became infinite or NaN under the "
+                                   "intervention applied now; use a smaller steering or scaling factor.")
         return logits.float()
 
     def last_logits(self, token_ids: Sequence[Sequence[int]]) -> Tensor:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from emocircuits.base.constants import LAYER_RANGES
-from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.core.models import ModelSpec, spec_of
 
 
@@ -164,7 +164,9 @@ def check_layer_range(name: str, key: str = "layers") -> str:
     explicit = a.isdigit() and (b.isdigit() if dash else True)
     if name in LAYER_RANGES or (explicit and int(a) <= int(b or a)):
         return name
-    raise EmocircuitsError(f"Key {key!r} has value {name!r}; allowed values: {', '.join(LAYER_RANGES)}, "
+    said = (f"Key {key!r} has value {name!r}" if "." in key  # a sweep TOML key
+            else f"{spell(key, '--' + key.replace('_', '-'))} {name!r} is not a layer range")
+    raise EmocircuitsError(f"{said}; allowed values: {', '.join(LAYER_RANGES)}, "
                            "'A-B' (inclusive, A <= B) or a single layer 'A'.")
 
 

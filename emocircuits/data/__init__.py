@@ -52,7 +52,7 @@ from typing import Any, overload
 import pandas as pd
 
 from emocircuits.base.constants import EKMAN6, LABEL_ALIASES, SPLIT_SEED, TEST_SHARE, VALENCES
-from emocircuits.base.errors import EmocircuitsError, spell
+from emocircuits.base.errors import EmocircuitsError, advise, offered, spell
 
 # The crowd-enVENT appraisal schema (Troiano et al., 2023): its 21 rating columns (1-5), in the published
 # order. The one source of appraisal names: the loader, the generator of ``builtin:appraisal_events``
@@ -227,6 +227,9 @@ def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
 
 
 def _check_file(path: Path) -> Path:
+    if path.is_dir():
+        raise EmocircuitsError(f"Data path {path} is a folder, not a file; name the data file inside it in the data "
+                               "spec.")
     if not path.is_file():
         raise EmocircuitsError(f"Data file {path} does not exist; check the path in the data spec.")
     return path
@@ -368,17 +371,20 @@ def _rating(value: Any, name: str, row: _Row) -> float | None:
     """One appraisal rating as a float (None: not rated); anything else that is not a number raises."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    leave_out = "fix the file, or " + advise(
+        [("appraisals=[...]", "--appraisals a,b,...", f"naming the others to leave {name} out")], "") \
+        if offered("--appraisals") else "fix the file (this command reads every rating it has)"
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise EmocircuitsError(
             f"{row.where}: appraisal rating {name!r} is {json.dumps(value)}, not a number; write one number per "
-            f"rating (e.g. {name}: 3) or leave {name} out with {spell('appraisals=[...]', '--appraisals a,b,...')}."
+            f"rating (e.g. {name}: 3): {leave_out}."
         )
     try:
         out = float(value)
     except ValueError:
         raise EmocircuitsError(
-            f"{row.where}: appraisal rating {name!r} is {value!r}, not a number; ratings must be numbers "
-            f"(fix the file, or leave {name} out with {spell('appraisals=[...]', '--appraisals a,b,...')})."
+            f"{row.where}: appraisal rating {name!r} is {value!r}, not a number; ratings must be numbers, so "
+            f"{leave_out}."
         ) from None
     return None if out != out else out  # NaN: not rated
 
@@ -401,6 +407,13 @@ def _split_ratings(row: _Row, names: Sequence[str] | None) -> tuple[dict[str, An
             r = _rating(v, k, row)
             if r is not None:
                 ratings[k] = r
+        elif isinstance(v, dict) and set(map(str, v)) & set(wanted):
+            held = ", ".join(sorted(set(map(str, v)) & set(wanted))[:3])
+            raise EmocircuitsError(
+                f"{row.where}: field {k!r} holds appraisal ratings ({held}, ...) under a key the reader does not "
+                f"take, so they would be left out; rename it to one of {', '.join(RATING_OBJECTS)} or move the "
+                "ratings to top-level columns."
+            )
         else:
             rest[k] = v
     return rest, ratings
@@ -425,8 +438,9 @@ class _LabelMapper:
             return None
         raise EmocircuitsError(
             f"{row.where}: unknown label {raw!r}; allowed labels are {', '.join(self.scheme)} "
-            f"(pass {spell('labels=...', '--labels a,b,...')} to change the scheme or "
-            f"{spell('drop_unknown=True', '--drop-unknown')} to skip such rows)."
+            "(" + advise([("labels=...", "--labels a,b,...", "to change the scheme"),
+                          ("drop_unknown=True", "--drop-unknown", "to skip such rows")],
+                         "this command reads only these labels, so relabel or remove such rows") + ")."
         )
 
 
@@ -530,7 +544,8 @@ def _load_sev(
         if unknown and not drop_unknown:
             raise EmocircuitsError(
                 f"{row.where}: unknown valence(s) {', '.join(map(repr, unknown))}; allowed labels are "
-                f"{', '.join(labels)} (pass {spell('drop_unknown=True', '--drop-unknown')} to skip them)."
+                f"{', '.join(labels)} (" + advise([("drop_unknown=True", "--drop-unknown", "to skip them")],
+                                                  "remove them from the file") + ")."
             )
         skel = str(f.get("id") or f"sev-{n:04d}")
         for valence in labels:
@@ -616,6 +631,9 @@ def rated_only(data: Dataset, names: Sequence[str] | None = None) -> tuple[Datas
         )
     note = (f"ratings: {len(cols)} columns; kept all {len(kept)} examples" if not dropped else
             f"ratings: {len(cols)} columns; dropped {dropped} of {len(data)} examples that do not rate all of them")
+    absent = [a for a in APPRAISAL_COLUMNS if a not in cols] if names is None else []
+    if absent:  # the default names: say which of them the file does not rate, never leave them out silently
+        note += f"; {len(absent)} of the {len(APPRAISAL_COLUMNS)} crowd-enVENT ratings are not in it ({', '.join(absent)})"
     return kept, note
 
 
@@ -697,6 +715,9 @@ def load_data(
                 f"Built-in data file {path} is missing; run `python scripts/make_data.py` or set EMOCIRCUITS_DATA_DIR."
             )
     else:
+        if not arg.strip():
+            raise EmocircuitsError(f"Data spec {spec!r} names no file after '{kind}:'; give the path, e.g. "
+                                   f"{kind}:data/my_texts.{'jsonl' if kind == 'jsonl' else 'csv'}.")
         path = Path(arg).expanduser()
     if kind == "sev" and (text_field or label_field or appraisals):
         raise EmocircuitsError(
@@ -731,8 +752,9 @@ def load_data(
                         if kind == "envent" and what == "text" else "")
                 raise EmocircuitsError(
                     f"{path}: {what} column {fname!r} not found; the file's columns are "
-                    f"{', '.join(sorted(rows[0].fields))}{hint}; name the {what} field with "
-                    f"{spell(f'{what}_field', f'--{what}-field')}."
+                    f"{', '.join(sorted(rows[0].fields))}{hint}; "
+                    + (f"name the {what} field with {spell(f'{what}_field', f'--{what}-field')}."
+                       if offered(f"--{what}-field") else f"name that column {fname!r} in the file.")
                 )
         if kind == "envent":
             pairs = _load_envent(rows, mapper, id_prefix="envent", text_field=tf, label_field=lf, appraisals=names)

@@ -12,6 +12,7 @@ from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_for_config
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.jobs.circuits import read_directions
+from emocircuits.jobs.common import check_made_on, parse_numbers
 from emocircuits.methods.circuits.assemble import (
     PAPER_HEADS,
     PAPER_NEURONS,
@@ -33,14 +34,8 @@ from emocircuits.runs.rundir import RunDir, finished_run, read_table
 
 
 def parse_floats(text: str | Sequence[float], name: str = "alphas") -> list[float]:
-    """``"0.1,0.3"`` (or a list) → ``[0.1, 0.3]``, each > 0 (one sentence on bad input)."""
-    try:
-        vals = [float(x) for x in (str(text).split(",") if isinstance(text, str) else text) if str(x).strip()]
-    except ValueError:
-        raise EmocircuitsError(f"--{name} {text!r} is not a comma-separated list of numbers, e.g. 0.1,0.3.") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise EmocircuitsError(f"--{name} {text!r} must list at least one number, each > 0.")
-    return vals
+    """``"0.1,0.3"`` (or a list) → ``[0.1, 0.3]``, each finite and > 0 (one sentence on bad input)."""
+    return parse_numbers(text, name, low=0, above=True, example="0.1,0.3")
 
 
 def parse_anchor(text: str | Sequence[Any] | None) -> tuple[str, int] | None:
@@ -72,6 +67,8 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     if config.get("sigma_from", "output") not in SIGMA_FROM:
         raise EmocircuitsError(f"--sigma-from {config['sigma_from']!r} is not valid; use one of "
                                f"{', '.join(SIGMA_FROM)}.")
+    if config.get("method", "fast") not in ("fast", "full"):
+        raise EmocircuitsError(f"--engine {config['method']!r} is not valid; use fast or full.")
     if config.get("max_prompts") is not None and config["max_prompts"] < 1:
         raise EmocircuitsError(f"--max-prompts must be at least 1 (got {config['max_prompts']}).")
     # keys added after the first runs; their defaults are what those runs did
@@ -86,6 +83,8 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     if config["sigma_prompts"] not in SIGMA_PROMPTS:
         raise EmocircuitsError(f"--sigma-prompts {config['sigma_prompts']!r} is not valid; use one of "
                                f"{', '.join(SIGMA_PROMPTS)}.")
+    made = [(f"The directions run {str(src)!r}", manifest)]
+    check_made_on(config, made)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     prompts, directions = read_directions(src)
@@ -94,6 +93,7 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     if bad:
         raise EmocircuitsError(f"--emotion {bad[0]!r} has no direction in {str(src)!r}; it has {', '.join(directions)}.")
     bridge, spec = load_for_config(config, quiet, model_pair)
+    check_made_on(config, made, spec)
     ref_layers = (None if config["ref_layers"] is None else paper_ref_layers(spec.n_layers)
                   if config["ref_layers"] == "paper" else layer_range(spec.n_layers, config["ref_layers"]))
     layers = None if config["layers"] is None else layer_range(spec.n_layers, config["layers"])
@@ -131,15 +131,18 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
     comp_manifest = finished_run(comp_dir, "neuron_scores.parquet", "circuits components")
     dir_path = Path(comp_manifest["config"]["from"])
     finished_run(dir_path, "prompts.parquet", "circuits directions")
-    for key, low in (("min_neurons", 0), ("min_heads", 0), ("k_total", 1)):
+    for key, flag, low in (("min_neurons", "--min-neurons", 0), ("min_heads", "--min-heads", 0), ("k_total", "--k", 1)):
         if config.get(key) is not None and config[key] < low:
-            raise EmocircuitsError(f"--{key.replace('_', '-')} must be at least {low} (got {config[key]}).")
+            raise EmocircuitsError(f"{flag} must be at least {low} (got {config[key]}).")
     if not 0 < float(config.get("cap_ratio", 0.4)) <= 1:
         raise EmocircuitsError(f"--cap-ratio must be in (0, 1] (got {config['cap_ratio']}).")
     if not 0 <= float(config.get("neuron_share", 0.7)) <= 1:
         raise EmocircuitsError(f"--neuron-share must be in [0, 1] (got {config['neuron_share']}).")
     if config.get("groups", "all") not in ("all", "accepted"):
         raise EmocircuitsError(f"--groups {config['groups']!r} is not valid; use all or accepted.")
+    made = [(f"The influence run {str(inf_dir)!r}", inf_manifest),
+            (f"The components run {str(comp_dir)!r}", comp_manifest)]
+    check_made_on(config, made)
     config = {**config, "model": config.get("model") or inf_manifest["config"]["model"],
               "dtype": config.get("dtype") or inf_manifest["config"].get("dtype", "float32")}
     table = read_table(inf_dir / "influence.parquet")
@@ -147,6 +150,7 @@ def run_assemble(config: dict[str, Any], out: Path, quiet: bool = False, model_p
     prompts = read_table(dir_path / "prompts.parquet")
     emotions = [e for e in dict.fromkeys(table["emotion"]) if e in set(ns["emotion"])]
     bridge, spec = load_for_config(config, quiet, model_pair)
+    check_made_on(config, made, spec)
     with RunDir.create(out, command="circuits assemble", config=config, model_spec=spec,
                        seed=config.get("seed")) as run:
         shifts = shift_vectors(bridge, prompts, groups=config.get("groups", "all"))

@@ -13,7 +13,7 @@ from emocircuits.core.models import load_for_config
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.core.units import HeadSet, NeuronSet
 from emocircuits.data import load_data
-from emocircuits.jobs.common import _check_choice
+from emocircuits.jobs.common import _check_choice, check_made_on, parse_numbers
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.directions import GROUP_MODES, emotion_directions
 from emocircuits.methods.circuits.elicit import ACCEPT_MODES, elicit, system_template
@@ -37,6 +37,9 @@ def _check_emotions(emotions: list[str]) -> None:
     bad = [e for e in emotions if e not in EKMAN6]
     if bad:
         raise EmocircuitsError(f"--emotion {bad[0]!r} is not an Ekman emotion; use one of {', '.join(EKMAN6)}.")
+    twice = [e for i, e in enumerate(emotions) if e in emotions[:i]]
+    if twice:
+        raise EmocircuitsError(f"--emotion {twice[0]} is given twice; name each emotion once.")
 
 
 def _check_min(name: str, value: int | None, low: int) -> None:
@@ -45,14 +48,8 @@ def _check_min(name: str, value: int | None, low: int) -> None:
 
 
 def parse_scales(text: str) -> list[float]:
-    """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]`` (one sentence on bad input)."""
-    try:
-        vals = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise EmocircuitsError(f"--scales {text!r} is not a comma-separated list of numbers, e.g. 0,0.5,1,2.") from None
-    if not vals or any(v < 0 for v in vals):
-        raise EmocircuitsError(f"--scales {text!r} must list at least one factor, each >= 0.")
-    return vals
+    """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]``, each finite and >= 0 (one sentence on bad input)."""
+    return parse_numbers(text, "scales", low=0, example="0,0.5,1,2")
 
 
 def run_elicit(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> Any:
@@ -70,7 +67,7 @@ def run_elicit(config: dict[str, Any], out: Path, quiet: bool = False, model_pai
                                f"{', '.join(ACCEPT_MODES)} or one of the --judge names.")
     split = None if config["split"] in (None, "all") else config["split"]
     data = load_data(config["data"], split=split, labels=config.get("labels"), text_field=config.get("text_field"),
-                     label_field=config.get("label_field"))
+                     label_field=config.get("label_field"), drop_unknown=bool(config.get("drop_unknown")))
     bridge, spec = load_for_config(config, quiet, model_pair)
     with RunDir.create(out, command="circuits elicit", config=config, model_spec=spec, seed=config["seed"]) as run:
         el = elicit(bridge, data, emotions=config["emotions"], limit=config["limit"],
@@ -96,10 +93,13 @@ def run_directions(config: dict[str, Any], out: Path, quiet: bool = False, model
     _check_min("shuffles", config["shuffles"], 0)
     # configs written before the key existed: the last layer read before the final norm
     config = {**config, "last_after_final_norm": bool(config.get("last_after_final_norm", False))}
+    made = [(f"The elicit run {str(src)!r}", manifest)]
+    check_made_on(config, made)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     replies = read_table(src / "replies.parquet")
     bridge, spec = load_for_config(config, quiet, model_pair)
+    check_made_on(config, made, spec, text_only=True)
     with RunDir.create(out, command="circuits directions", config=config, model_spec=spec,
                        seed=config["seed"]) as run:
         dr = emotion_directions(bridge, replies, groups=config["groups"], n_boot=config["n_boot"],
@@ -149,10 +149,13 @@ def run_components(config: dict[str, Any], out: Path, quiet: bool = False, model
     _check_min("per-valence", config["per_valence"], 1)
     if config["layers"] is not None:
         check_layer_range(config["layers"], "layers")
+    made = [(f"The directions run {str(src)!r}", manifest)]
+    check_made_on(config, made)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     prompts, directions = read_directions(src)
     bridge, spec = load_for_config(config, quiet, model_pair)
+    check_made_on(config, made, spec)
     for d in directions.values():
         d.validate(spec)
     layers = None if config["layers"] is None else layer_range(spec.n_layers, config["layers"])

@@ -14,6 +14,7 @@ from emocircuits.core.models import load_for_config
 from emocircuits.core.readout import CALIBRATIONS
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.data import load_data, load_pairs, rated_only
+from emocircuits.jobs.common import parse_numbers
 from emocircuits.methods.circuits.steer import AUTO, check_strength
 from emocircuits.methods.inference.appraisal_theory import get_setting, theory_table
 from emocircuits.runs.rundir import RunDir
@@ -37,19 +38,13 @@ PROBE_TABLE_DESCRIPTION = (
 def _sites(text: str, allowed: tuple[str, ...]) -> list[str]:
     sites = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in sites if s not in allowed]
-    if bad or not sites:
+    if bad or not sites or len(set(sites)) < len(sites):
         raise EmocircuitsError(f"--sites {text!r} is not valid; use a comma list of {', '.join(allowed)}.")
     return sites
 
 
 def _floats(text: str, name: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise EmocircuitsError(f"--{name} {text!r} is not a comma list of numbers; write e.g. 1,2,4.") from None
-    if not vals:
-        raise EmocircuitsError(f"--{name} is empty; give at least one number.")
-    return vals
+    return parse_numbers(text, name, example="1,2,4")
 
 
 def _record_choice(run: RunDir, summary: dict[str, Any], choice: Any, quiet: bool) -> None:

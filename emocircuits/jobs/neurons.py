@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emocircuits.base.constants import DEFAULT_CONTROLS, FLOOR_ACC, STABILITY_RESAMPLES
+from emocircuits.base.constants import DEFAULT_CONTROLS, FLOOR_ACC, LARGE_WORK, STABILITY_RESAMPLES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import _EMBEDDED_ID, TINY_ARCHS, load_for_config
 from emocircuits.core.sites import layer_range
-from emocircuits.jobs.common import _check_choice, _check_common, load_job_data
+from emocircuits.jobs.common import _check_choice, _check_common, check_made_on, load_job_data
 from emocircuits.methods import neurons
 from emocircuits.methods.neurons.find import NeuronStats
 from emocircuits.runs.rundir import RunDir, read_tensors
@@ -100,25 +100,48 @@ def run_mask(config: dict[str, Any], out: Path, quiet: bool = False, model_pair:
     if unknown:
         raise EmocircuitsError(f"--emotion {', '.join(unknown)} has no neuron set in {source}; it has "
                                f"{', '.join(sel.sets)}.")
-    rec_spec, rec_id, rec_hash = (None, None, None) if selection is not None else recorded_model(config["neurons"], sel)
+    rec_spec, rec_id, _ = (None, None, None) if selection is not None else recorded_model(config["neurons"], sel)
     layer_range(sel.n_layers, config["layers"])  # syntax, and the range of the model the neurons were found on
     sel.validate(sel.n_layers, sel.d_mlp, model=f"the model it was found on ({rec_id or 'unrecorded'})", source=source,
                  fix="fix the file or re-create it with `emocircuits neurons find`.")
     stats = None
     if config["ratio_mode"] == "reselect" and ratio is not None:
         stats = load_find_stats(config.get("neurons"), sel, source)
+    # a set that masks nothing would report a drop of exactly 0 as if measured: an emotion asked for by name is
+    # refused, one of "every emotion" is left out with a note (and recorded); none left is refused
+    empty = [e for e in emotions if not len(neurons.condition_set(
+        sel, neurons.Condition(e, config["layers"], ratio, config["ratio_mode"]), stats))]
+    if empty and (config.get("emotions") or len(empty) == len(emotions)):
+        e = empty[0]
+        fix = (f"use a larger --ratio (the set has {len(sel.sets[e])} neurons)" if ratio is not None and
+               len(sel.sets[e]) else "choose other --layers or emotions, or re-run `emocircuits neurons find` "
+               "with a larger --top-rate")
+        raise EmocircuitsError(f"--emotion {e}: no neuron of {source} is left to mask (layers {config['layers']}"
+                               + (f", ratio {ratio:g}" if ratio is not None else "") + f"); {fix}.")
+    if empty:
+        import sys
+
+        emotions = [e for e in emotions if e not in empty]
+        config["left_out"] = {e: "no neuron to mask" for e in empty}
+        print(f"note: {', '.join(empty)} left out: {source} has no neuron of "
+              f"{'them' if len(empty) > 1 else 'it'} to mask (layers {config['layers']}).", file=sys.stderr)
     if config.get("labels") and [str(x).strip().lower() for x in config["labels"]] != list(sel.labels):
         raise EmocircuitsError(f"--labels {','.join(config['labels'])} differs from the neurons' emotions "
                                f"{','.join(sel.labels)}; masking reads the scheme the neurons were found with.")
+    if selection is None:
+        check_made_on(config, [(source, neurons_made_on(config["neurons"], sel))])
     data = load_job_data(config, "test", labels=sel.labels, quiet=quiet)
+    passes = 1 + len(emotions) * (1 + int(config["controls"]))
+    if int(config["controls"]) >= LARGE_WORK:
+        import sys
+
+        print(f"planned work: 1 clean + {len(emotions)} emotions x (1 masked + {config['controls']} controls) = "
+              f"{passes} passes over {len(data)} examples ({passes * len(data)} example-passes).", file=sys.stderr)
     given = config.get("model")
     config["model"] = given or rec_spec or "default"
     bridge, spec = load_for_config(config, quiet, model_pair)
-    if rec_hash and spec.weights_hash != rec_hash and not config.get("allow_other_model"):
-        raise EmocircuitsError(
-            f"{source} was found on {rec_id} but --model {config['model']} is {spec.model_id} (other weights); "
-            f"leave --model out (or pass --model {rec_spec}) to use the model they were found on, or pass "
-            "--allow-other-model to apply them anyway.")
+    if selection is None:
+        check_made_on(config, [(source, neurons_made_on(config["neurons"], sel))], spec)
     layer_range(spec.n_layers, config["layers"])  # validate before any pass
     sel.validate(spec.n_layers, spec.d_mlp, model=spec.model_id, source=source,
                  fix=(f"these neurons were found on {rec_id}: leave --model out to use it, or re-run "
@@ -163,6 +186,14 @@ def recorded_model(neurons_path: Any, sel: Any) -> tuple[str | None, str | None,
         else:
             spec = str(model_id)
     return spec, model_id, weights_hash
+
+
+def neurons_made_on(neurons_path: Any, sel: Any) -> dict[str, Any]:
+    """What :func:`emocircuits.jobs.common.check_made_on` reads, for a neuron selection: the spec, id, weights
+    hash and shape of the model it was found on, as a manifest would hold them."""
+    spec, model_id, weights_hash = recorded_model(neurons_path, sel)
+    return {"config": {"model": spec}, "model": {"model_id": model_id, "weights_hash": weights_hash,
+                                                 "n_layers": sel.n_layers or None, "d_mlp": sel.d_mlp or None}}
 
 
 def load_find_stats(neurons_path: Any, sel: Any, source: str) -> Any:

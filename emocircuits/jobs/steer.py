@@ -15,6 +15,7 @@ from emocircuits.core.models import load_for_config, load_model
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.data import load_data
 from emocircuits.jobs.circuits import read_directions
+from emocircuits.jobs.common import check_made_on
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.elicit import elicitation_items, system_template
 from emocircuits.methods.circuits.steer import (
@@ -91,8 +92,8 @@ def steer_from_runs(text: str, emotion: str, method: str = "prompt", *, scale: f
                     band: str | None = None, site: str = "resid.post", system: str | None = None,
                     prompt_system: str | None = None, min_new_tokens: int = 0, repetition_penalty: float = 1.0,
                     no_repeat_ngram_size: int = 0, sentences: int = STEER_SENTENCES,
-                    calibration_prompts: int = CALIBRATION_PROMPTS,
-                    calibration_data: str = "builtin:sev") -> dict[str, Any]:
+                    calibration_prompts: int = CALIBRATION_PROMPTS, calibration_data: str = "builtin:sev",
+                    allow_other_model: bool = False) -> dict[str, Any]:
     """:func:`steer_text` with the model loaded by name and the circuit and direction of ``emotion`` read from a
     ``circuits assemble`` run (its directions run gives the residual direction) or, for ``residual``, from a
     ``circuits directions`` run alone; what ``emocircuits steer`` runs. ``prompt`` needs no run; ``circuit``
@@ -138,8 +139,13 @@ def steer_from_runs(text: str, emotion: str, method: str = "prompt", *, scale: f
                                "assemble`) or, for residual, --directions (a `circuits directions` run).")
     elif emotion not in EKMAN6:
         raise EmocircuitsError(f"--emotion {emotion!r} is not one of {', '.join(EKMAN6)}.")
+    run_dir = circuits if circuits is not None else directions
+    made = [(f"The run {str(run_dir)!r}", manifest)] if manifest else []
+    check = {"model": model, "allow_other_model": allow_other_model}
+    check_made_on(check, made)
     bridge, spec = load_model(model or manifest.get("config", {}).get("model") or "default",
                               dtype=manifest.get("config", {}).get("dtype", "float32"))
+    check_made_on(check, made, spec)
     layers = layer_range(spec.n_layers, band) if band is not None else None
     users = None
     if strength["scale"] == AUTO and method != "prompt":
@@ -192,6 +198,8 @@ def run_steer(config: dict[str, Any], out: Any, quiet: bool = False, model_pair:
     config = {**config, **gen, **strength, "site": _check_site(config.get("site") or "resid.post"),
               "system": config.get("system"), "prompt_system": config.get("prompt_system")}
     prompt_system = system_template(config["prompt_system"])
+    made = [(f"The run {str(src)!r}", manifest)]
+    check_made_on(config, made)
     config = {**config, "model": config.get("model") or manifest["config"]["model"],
               "dtype": config.get("dtype") or manifest["config"].get("dtype", "float32")}
     circuits = read_circuits(src) if config.get("from") else {}
@@ -208,6 +216,7 @@ def run_steer(config: dict[str, Any], out: Any, quiet: bool = False, model_pair:
     if split == "test" and AUTO in (strength["scale"], strength["alpha"]):
         calibration = elicitation_items(load_data(config.get("data", "builtin:sev"), split="train"), emotions=emotions)
     bridge, spec = load_for_config(config, quiet, model_pair)
+    check_made_on(config, made, spec)
     band = layer_range(spec.n_layers, config["band"]) if config.get("band") else None
     with RunDir.create(out, command="circuits steer", config=config, model_spec=spec, seed=config.get("seed", 0)) as run:
         res = steer_compare(bridge, items, emotions=emotions, methods=methods, circuits=circuits or None,

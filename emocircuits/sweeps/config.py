@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from emocircuits.base.constants import DEFAULT_TEMPLATE
+from emocircuits.base.constants import DEFAULT_TEMPLATE, NUMBER_BOUNDS
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.data import load_data
 
@@ -139,11 +139,26 @@ def from_mapping(cls: type, data: Mapping[str, Any], where: str) -> Any:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kwargs[f.name] = coerce(data[f.name], hints[f.name], f"{where}.{f.name}" if where else f.name)
+            key = f"{where}.{f.name}" if where else f.name
+            kwargs[f.name] = in_range(f.name, coerce(data[f.name], hints[f.name], key), key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init:
             key = f"{where}.{f.name}" if where else f.name
             raise EmocircuitsError(f"Missing required key {key!r} ({_type_name(hints[f.name])}).")
     return cls(**kwargs)
+
+
+def in_range(name: str, value: Any, key: str) -> Any:
+    """``value``, or one sentence naming ``key`` when it is a number outside the range of ``name``
+    (:data:`NUMBER_BOUNDS`)."""
+    bound = NUMBER_BOUNDS.get(name)
+    if bound is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    low, high, low_in = bound
+    if (value < low if low_in else value <= low) or (high is not None and value > high):
+        allowed = (f"numbers in ({low:g}, {high:g}]" if not low_in and high is not None else
+                   f"numbers in [{low:g}, {high:g}]" if high is not None else f"numbers >= {low:g}")
+        raise EmocircuitsError(f"Key {key!r} has value {value!r}; allowed: {allowed}.")
+    return value
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.base.io import atomic_path
 from emocircuits.runs.rundir import MANIFEST, open_run, read_manifest
 from emocircuits.sweeps.base import cell_dict, cell_id
-from emocircuits.sweeps.config import SweepConfig, as_dict
+from emocircuits.sweeps.config import EXECUTORS, SweepConfig, as_dict
 from emocircuits.sweeps.executors import make_executor
 from emocircuits.sweeps.registry import expand, from_dict, get_analysis, load_config
 from emocircuits.sweeps.store import RESERVED, RESULTS, CellStore
@@ -137,6 +137,9 @@ def run_sweep(
         cfg = config
     else:
         cfg = from_dict(config) if isinstance(config, Mapping) else load_config(config)
+    if executor is not None and executor not in EXECUTORS:
+        raise EmocircuitsError(f"{spell('executor', '--executor')} {executor!r} is not valid; use one of "
+                               f"{', '.join(EXECUTORS)}.")
     cfg = cfg.with_executor(kind=executor, workers=workers, address=address)
     out = Path(out)
     if out.exists() and not out.is_dir():

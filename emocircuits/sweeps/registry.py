@@ -114,6 +114,11 @@ def load_config(path: str | Path) -> SweepConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise EmocircuitsError(f"{str(path)!r} is not valid TOML ({exc}).") from None
-    return from_dict(data)
+    try:
+        return from_dict(data)
+    except EmocircuitsError as exc:  # name the file: "sweep.toml: Key 'analysis.n_boot' has value 0; ..."
+        if str(path) in str(exc):
+            raise
+        raise EmocircuitsError(f"{str(path)!r}: {exc}") from None
 
 

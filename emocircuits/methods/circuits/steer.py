@@ -177,7 +177,7 @@ def check_strength(value: Any, flag: str) -> float | None:
         return None
     try:
         x = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         x = math.nan
     if not (math.isfinite(x) and x >= 0):
         raise EmocircuitsError(f"{flag} {value!r} is not a strength; use auto or a finite number >= 0.")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from emocircuits.base.constants import PROBE_SEED, PROBE_SITES
-from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.base.seeds import derive_seed
 from emocircuits.base.stats import bootstrap_versus_controls, clip_interval, wilson_interval
 from emocircuits.core.components import Direction
@@ -291,8 +291,10 @@ def probe(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, layers: Sequenc
     if folds < 2 or len(prep) < max(2 * folds, 10) or n_test < 2 or len(set(prep.true.tolist())) < 2:
         raise EmocircuitsError(
             f"Probes need at least {max(2 * folds, 10)} examples of two or more emotions for {folds}-fold CV and a "
-            f"{test_size:.0%} test split (and folds >= 2); {len(prep)} are left — use more examples "
-            "(--limit-per-label) or keep wrong predictions too (--all-examples).")
+            f"{test_size:.0%} test split (and folds >= 2); {len(prep)} are left, so load more examples (more data or a "
+            f"larger {spell('limit_per_label', '--limit-per-label')})"
+            + ("." if len(prep) >= prep.n_total else
+               f" or keep wrong predictions too ({spell('only_correct=False', '--all-examples')})."))
     acts = capture_sites(prep.model, prep.token_ids, sites, layers)
     ya, names = appraisal_matrix(prep.examples, appraisals)
     spec = spec_of(prep.model)

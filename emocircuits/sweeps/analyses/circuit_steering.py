@@ -27,6 +27,7 @@ from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.sites import check_layer_range, layer_range
 from emocircuits.data import load_data
 from emocircuits.jobs.circuits import read_directions
+from emocircuits.jobs.common import check_made_on
 from emocircuits.jobs.steer import METHODS
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.elicit import elicitation_items
@@ -55,6 +56,7 @@ class CircuitSteeringParams:
     n_boot: int = 1000
     sentences: int = 0
     """A reply ends after this many sentences (0: at its end of turn, as sweeps ran before the option)."""
+    allow_other_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,10 @@ def _runs(circuits: str) -> tuple[dict[str, Any], Path]:
     return manifest, Path(manifest["summary"]["directions"])
 
 
+def _model_check(cfg: Any) -> dict[str, Any]:
+    return {"model": cfg.model.spec, "allow_other_model": cfg.params.allow_other_model}
+
+
 class CircuitSteering(Analysis):
     name = "circuit_steering"
     Params = CircuitSteeringParams
@@ -97,6 +103,7 @@ class CircuitSteering(Analysis):
             raise EmocircuitsError("Key 'analysis.circuits' is empty; name the run directory of "
                                    "`emocircuits circuits assemble`.")
         manifest, _ = _runs(p.circuits)
+        check_made_on(_model_check(cfg), [(f"The assemble run {p.circuits!r}", manifest)])
         at_least("analysis", p, {"limit": 1, "n_random": 1, "max_new_tokens": 1, "n_boot": 1, "sentences": 0})
         if not p.judges:
             raise EmocircuitsError("Key 'analysis.judges' is empty; name at least one judge, e.g. [\"lexicon\"].")
@@ -119,7 +126,8 @@ class CircuitSteering(Analysis):
         p: CircuitSteeringParams = cfg.params
         torch.manual_seed(cfg.seed)
         model, spec = cached_model(cfg.model, progress=progress)
-        _, directions_run = _runs(p.circuits)
+        manifest, directions_run = _runs(p.circuits)
+        check_made_on(_model_check(cfg), [(f"The assemble run {p.circuits!r}", manifest)], spec)
         circuits = read_circuits(p.circuits)
         directions = read_directions(directions_run)[1]
         split = None if p.split == ALL else p.split

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.base.constants import VALIDATION_SCALES
-from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.jobs.circuits import read_components, read_directions
+from emocircuits.jobs.common import check_made_on
 from emocircuits.judges.panel import check_judge_name
 from emocircuits.methods.circuits.local_components import KINDS, PROMPT_USES, prompt_rows
 from emocircuits.methods.circuits.validate import emotion_prompts, emotion_scores, judged_cell, validate_cell
@@ -53,6 +54,7 @@ class ComponentValidationParams:
     judge: str = ""
     judge_prompts: int = 6
     max_new_tokens: int = 30
+    allow_other_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,15 @@ def _directions_run(components: str) -> Path:
     return Path(manifest["config"]["from"])
 
 
+def _made(components: str) -> list[tuple[str, dict[str, Any]]]:
+    manifest = finished_run(Path(components), "neuron_scores.parquet", "circuits components")
+    return [(f"The components run {str(components)!r}", manifest)]
+
+
+def _model_check(cfg: Any) -> dict[str, Any]:
+    return {"model": cfg.model.spec, "allow_other_model": cfg.params.allow_other_model}
+
+
 class ComponentValidation(Analysis):
     name = "component_validation"
     Params = ComponentValidationParams
@@ -96,6 +107,7 @@ class ComponentValidation(Analysis):
                                    "`emocircuits circuits components`.")
         source = _directions_run(p.components)
         finished_run(source, "prompts.parquet", "circuits directions")
+        check_made_on(_model_check(cfg), _made(p.components))
         at_least("analysis", p, {"top_k": 0, "controls": 1, "max_prompts": 0, "n_boot": 1, "judge_prompts": 1,
                                  "max_new_tokens": 1})
         choice("analysis.use", p.use, PROMPT_USES)
@@ -117,6 +129,7 @@ class ComponentValidation(Analysis):
         p: ComponentValidationParams = cfg.params
         torch.manual_seed(cfg.seed)
         model, spec = cached_model(cfg.model, progress=progress)
+        check_made_on(_model_check(cfg), _made(p.components), spec)
         prompts, directions = read_directions(_directions_run(p.components))
         neurons, heads = read_components(Path(p.components), p.top_k or None)
         return ValidationState(model, spec, p, prompts, directions, {"neurons": neurons, "heads": heads}, cfg.seed)
@@ -150,14 +163,24 @@ class ComponentValidation(Analysis):
 def validation_config(*, components: str, model: str | None = None, dtype: str | None = None, kinds: Sequence[str] = KINDS,
                       scales: Sequence[float] = VALIDATION_SCALES, emotions: Sequence[str] | None = None,
                       top_k: int = 0, controls: int = 5, use: str = "used", max_prompts: int = 0, n_boot: int = 1000,
-                      seed: int = 0, judge: str = "", judge_prompts: int = 6, max_new_tokens: int = 30) -> Any:
+                      seed: int = 0, judge: str = "", judge_prompts: int = 6, max_new_tokens: int = 30,
+                      allow_other_model: bool = False) -> Any:
     """The ``component_validation`` sweep config (emotion × kind × scale), validated: what
     ``emocircuits circuits validate`` runs. ``model``/``dtype``: default, those of the components run."""
 
     made = finished_run(Path(components), "neuron_scores.parquet", "circuits components")["config"]
     model, dtype = model or made.get("model", "default"), dtype or made.get("dtype", "float32")
+    have = sorted(path.stem for path in (_directions_run(components) / "directions").glob("*.json"))
+    for name, values, allowed in (("kinds", kinds, KINDS), ("emotion", emotions or [], have)):
+        bad = [v for v in values if v not in allowed]
+        if bad or len(set(values)) < len(values):
+            what = f"{bad[0]!r} is not valid" if bad else f"{','.join(values)!r} names one twice"
+            raise EmocircuitsError(f"{spell(name, '--' + name)} {what}; use one or more of {', '.join(allowed)}, "
+                                   "each once.")
+    if not kinds:
+        raise EmocircuitsError(f"{spell('kinds', '--kinds')} names no kind; use neurons, heads or neurons,heads.")
     if emotions is None:
-        emotions = sorted(path.stem for path in (_directions_run(components) / "directions").glob("*.json"))
+        emotions = have
     return {
         "sweep": {"analysis": "component_validation", "seed": seed,
                   "description": "Circuits I validation: top-k components scaled vs random-k"},
@@ -165,6 +188,6 @@ def validation_config(*, components: str, model: str | None = None, dtype: str |
         "data": {"spec": "builtin:sev", "split": "all"},  # unused: the prompts are the directions run's
         "analysis": {"components": str(components), "top_k": top_k, "controls": controls, "use": use,
                      "max_prompts": max_prompts, "n_boot": n_boot, "judge": judge, "judge_prompts": judge_prompts,
-                     "max_new_tokens": max_new_tokens},
+                     "max_new_tokens": max_new_tokens, "allow_other_model": allow_other_model},
         "grid": {"emotion": list(emotions), "kind": list(kinds), "scale": [float(s) for s in scales]},
     }

@@ -134,6 +134,7 @@ class InterventionAnalysis(Analysis):
         choice("analysis.readout", p.readout, READOUTS)
         choice("analysis.scoring", p.scoring, SCORINGS)
         at_least("analysis", p, {"n_boot": 1, "max_tokens": 1})
+        cfg.data.load(seed=cfg.seed)  # the data the cells read: refused before any model loads
         if not p.intervention:
             raise EmocircuitsError("Missing table [analysis.intervention]: the intervention template each cell fills "
                                    "(e.g. type = \"ScaleHeads\", heads = \"{layers}:all\", factor = \"{factor}\").")

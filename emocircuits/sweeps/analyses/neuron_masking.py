@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 
 from emocircuits.base.constants import DEFAULT_CONTROLS, DEFAULT_TEMPLATE, EKMAN6, LAYER_RANGES, MASK_RATIOS
-from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.core.readout import SCORINGS
 from emocircuits.core.sites import check_layer_range, layer_range
+from emocircuits.jobs.common import check_made_on
+from emocircuits.jobs.neurons import neurons_made_on
 from emocircuits.methods.neurons.find import RATIO_MODES, Condition, Selection
 from emocircuits.methods.neurons.masking import MaskingEngine, mask, sweep_row
 from emocircuits.sweeps.artifacts import (
@@ -59,6 +61,7 @@ class NeuronMaskingParams:
     n_boot: int = 1000
     scoring: str = "first_token"
     max_tokens: int = 4096
+    allow_other_model: bool = False
     find: NeuronFind = field(default_factory=NeuronFind)
 
 
@@ -97,10 +100,14 @@ class NeuronMasking(Analysis):
         choice("analysis.scoring", p.scoring, SCORINGS)
         parse_artifacts({"find": _find_artifact(p)[ARTIFACT]}, "analysis")  # the find settings, as an artifact
         at_least("analysis", p, {"controls": 0, "n_boot": 1})
+        cfg.data.load(seed=cfg.seed)  # the data the cells read: refused before any model loads
         labels = tuple(cfg.data.labels) or EKMAN6
         if p.neurons:
 
-            labels = Selection.load(p.neurons).labels  # one sentence if missing or damaged
+            selection = Selection.load(p.neurons)  # one sentence if missing or damaged
+            labels = selection.labels
+            check_made_on({"model": cfg.model.spec, "allow_other_model": p.allow_other_model},
+                          [(f"The neurons in {p.neurons!r}", neurons_made_on(p.neurons, selection))])
         if p.stats and not Path(p.stats).is_file():
             raise EmocircuitsError(f"Key 'analysis.stats' names {p.stats!r}, which does not exist.")
         for e in cfg.grid.get("emotion", []):
@@ -142,6 +149,9 @@ class NeuronMasking(Analysis):
         torch.manual_seed(cfg.seed)
         model, spec = cached_model(cfg.model, progress=progress)
         selection, stats = Artifacts(shared["artifacts"]).load(ARTIFACT)
+        if p.neurons:
+            check_made_on({"model": cfg.model.spec, "allow_other_model": p.allow_other_model},
+                          [(f"The neurons in {p.neurons!r}", neurons_made_on(p.neurons, selection))], spec)
         if (selection.n_layers, selection.d_mlp) != (spec.n_layers, spec.d_mlp) and selection.d_mlp:
             raise EmocircuitsError(f"The neuron selection is for {selection.n_layers} layers x {selection.d_mlp} neurons "
                                    f"but the model has {spec.n_layers} x {spec.d_mlp}; find neurons on this model.")
@@ -171,24 +181,32 @@ def _has_stats(neurons: str) -> bool:
     return any((d / name).is_file() for name in ("neuron_stats.safetensors", "stats.safetensors"))
 
 
-def rq3_config(*, neurons: str, model: str = "default", data: str = "builtin:dialogues", split: str | None = "test",
+def rq3_config(*, neurons: str, model: str | None = None, data: str = "builtin:dialogues", split: str | None = "test",
                limit_per_label: int | None = None, template: str | None = None,
                ratios: Sequence[float] = MASK_RATIOS,
                layer_ranges: Sequence[str] = LAYER_RANGES, ratio_mode: str = "truncate",
                controls: int = DEFAULT_CONTROLS, n_boot: int = 1000, seed: int = 0, dtype: str = "float32",
-               emotions: Sequence[str] | None = None) -> Any:
+               emotions: Sequence[str] | None = None, allow_other_model: bool = False) -> Any:
     """The ``neuron_masking`` sweep config of the RQ3 grid (emotion × layer range × ratio), validated.
 
     What ``emocircuits neurons sweep`` runs; the grid order is that of :func:`emocircuits.methods.neurons.sweep`.
     """
 
-    labels = list(Selection.load(neurons).labels)
+    if not ratios or len(set(ratios)) < len(ratios) or not all(0 < r <= 1 for r in ratios):
+        raise EmocircuitsError(f"{spell('ratios', '--ratios')} {','.join(f'{r:g}' for r in ratios)} must list "
+                               "different shares in (0, 1], e.g. 0.01,0.03.")
+    for name in layer_ranges:
+        check_layer_range(name, "layer_ranges")
+    selection = Selection.load(neurons)
+    labels = list(selection.labels)
+    model = model or neurons_made_on(neurons, selection)["config"]["model"] or "default"
     return {
         "sweep": {"analysis": "neuron_masking", "seed": seed, "description": "RQ3: emotion x layer range x ratio"},
         "model": {"spec": model, "dtype": dtype},
         "data": {"spec": data, "split": split or "all", "limit_per_label": limit_per_label or 0, "labels": labels,
                  "template": template or DEFAULT_TEMPLATE},
-        "analysis": {"neurons": str(neurons), "controls": controls, "n_boot": n_boot},
+        "analysis": {"neurons": str(neurons), "controls": controls, "n_boot": n_boot,
+                     "allow_other_model": allow_other_model},
         "grid": {"emotion": list(emotions or labels), "layers": list(layer_ranges), "ratio": list(ratios),
                  "ratio_mode": [ratio_mode], "seed": [seed]},
     }
