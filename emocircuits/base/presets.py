@@ -28,7 +28,8 @@ class Setting:
 PRESETS: dict[str, dict[str, Setting]] = {
     # Tak et al. 2025, "Mechanistic Interpretability of Emotion Inference in Large Language Models"
     "tak2025": {
-        "template": Setting("tak2025", "paper, Readout: plain few-shot prompt (joy, sadness demos), no chat template"),
+        "template": Setting("tak2025", "authors' public code, prompt_manager.py (main.py default joy_sadness_0): plain "
+                             "few-shot prompt, joy and sadness demos, no chat template"),
         "calibration": Setting("none", "paper, Readout: argmax over the label tokens' logits, uncalibrated"),
         "all_examples": Setting(False, "paper, Readout: analyses keep only correctly predicted samples"),
         "sites": Setting("attn.out,mlp.out,resid.post", "paper, Probing: attention output, MLP output, residual stream",
