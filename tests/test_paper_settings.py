@@ -100,6 +100,9 @@ def test_csv_and_nested_jsonl_give_the_same_probe_table_with_tak2025(tmp_path):
     cfg = json.loads((a / "manifest.json").read_text())["config"]
     assert cfg["preset"] == "tak2025"
     for key, value in readme_presets()["tak2025"].items():
+        if PRESETS["tak2025"][key].commands and "inference probe" not in PRESETS["tak2025"][key].commands:
+            assert key not in cfg["preset_settings"], key  # a patching setting, not the probe's
+            continue
         expect = "True" if key == "all_examples" else value
         assert str(cfg[key]) == expect and str(cfg["preset_settings"][key]) == expect, key
     # replayable: kept ids and the split ids
@@ -141,6 +144,16 @@ def test_lee2025_preset_manifest_matches_the_readme(tmp_path):
     cfg = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
     assert cfg["preset"] == "lee2025"
     assert {k: str(cfg[k]) for k in readme_presets()["lee2025"]} == readme_presets()["lee2025"]
+
+
+def test_tak2025_patching_span_and_pairs_only_for_patch():
+    base = {"template": "x", "span": 3, "n_pairs": 50, "sites": "mlp.out"}
+    patch, _ = resolve("tak2025", base, set(), "inference patch")
+    assert (patch["span"], patch["n_pairs"]) == (5, 200) and patch["sites"] == "attn.out,mlp.out,resid.post"
+    knock, _ = resolve("tak2025", base, set(), "inference knockout")
+    assert (knock["span"], knock["n_pairs"]) == (3, 50) and "span" not in knock["preset_settings"]
+    mine, notes = resolve("tak2025", {**base, "n_pairs": 8}, {"n_pairs"}, "inference patch")
+    assert mine["n_pairs"] == 8 and "--n-pairs 8 given, overriding the preset's 200" in notes[1]
 
 
 def test_wang2025_preset_resolves_and_refuses_commands_it_does_not_set():

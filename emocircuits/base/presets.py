@@ -40,6 +40,10 @@ PRESETS: dict[str, dict[str, Setting]] = {
         "split_seed": Setting(42, "paper, Probing: seed 42"),
         "c": Setting(1.0, "paper, Probing: logistic regression, C = 1"),
         "ridge_alpha": Setting(5.0, "paper, Probing: ridge regression, alpha = 5"),
+        "span": Setting(5, "authors' public code, main.py activation_patching: windows of span = 5 layers (knockout "
+                           "keeps 3, the default)", ("inference patch",)),
+        "n_pairs": Setting(200, "authors' public code, main.py activation_patching: num_experiments = 200 random "
+                                "pairs per window", ("inference patch",)),
     },
     # Lee et al. 2025, emotion neurons (LAPE-style selection on EmoPrism dialogues)
     "lee2025": {
