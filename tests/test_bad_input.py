@@ -323,6 +323,7 @@ CLI_ROWS: list[Row] = [
     R("inference-wrong-label-field", PROBE + " --label-field emotion", "missing field(s) emotion", no_model=True),
     R("inference-unknown-preset", PROBE + " --preset nosuch", "--preset 'nosuch' is not allowed", no_model=True),
     R("inference-test-share-1", PROBE + " --test-share 1", "--test-share 1.0 is not allowed", no_model=True),
+    R("inference-max-iter-0", PROBE + " --max-iter 0", "--max-iter 0 is not allowed", no_model=True),
     R("inference-pairs-unknown-ids", "inference patch --model tiny-llama --data jsonl:{six} --pairs {pairs} --quiet "
       "--out {out}", "are not in", no_model=True),
     R("find-wrong-label-field", FIND + " --label-field emotion", "missing field(s) emotion", no_model=True),

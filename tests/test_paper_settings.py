@@ -126,6 +126,11 @@ def test_probe_estimators_are_keywords_and_change_the_fit():
                             stratify=False, c=0.5, test_size=0.3, seed=1)
     assert raw.config | {} == {**raw.config, "standardise": False, "stratify": False, "C": 0.5, "test_size": 0.3}
     assert len(raw.split["test"]) == 6 and base.config["standardise"] is True
+    capped, free = (probe_activations({"resid.post": {0: x}}, y, ["a", "b"], controls=1, folds=2, standardise=False,
+                                      max_iter=m) for m in (1, 2000))
+    assert capped.config["max_iter"] == 1 and base.config["max_iter"] == free.config["max_iter"] == 2000
+    assert not np.allclose(capped.emotion_directions["b"].vectors["resid.post"][0],
+                           free.emotion_directions["b"].vectors["resid.post"][0])
 
 
 # ------------------------------------------------------------------------------------------- presets

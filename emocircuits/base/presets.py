@@ -40,6 +40,8 @@ PRESETS: dict[str, dict[str, Setting]] = {
         "split_seed": Setting(42, "paper, Probing: seed 42"),
         "c": Setting(1.0, "paper, Probing: logistic regression, C = 1"),
         "ridge_alpha": Setting(5.0, "paper, Probing: ridge regression, alpha = 5"),
+        "max_iter": Setting(100, "authors' public code, utils.py probe_classification: LogisticRegression's default "
+                                 "max_iter = 100 (some raw-activation fits stop before converging)"),
         "span": Setting(5, "authors' public code, main.py activation_patching: windows of span = 5 layers (knockout "
                            "keeps 3, the default)", ("inference patch",)),
         "n_pairs": Setting(200, "authors' public code, main.py activation_patching: num_experiments = 200 random "
