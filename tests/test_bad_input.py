@@ -85,6 +85,8 @@ def world(tmp_path_factory) -> dict[str, str]:
                      f'[data]\nspec = "jsonl:{six}"\nsplit = "all"\nlimit_per_label = 1\n[analysis]\nn_boot = 10\n'
                      '[analysis.intervention]\ntype = "ScaleHeads"\nheads = "{layers}:all"\nfactor = "{factor}"\n'
                      '[grid]\nlayers = ["0"]\nfactor = [0.0]\n')
+    (root / "sweep_badpreset.toml").write_text(sweep.read_text().replace("[sweep]\n", '[sweep]\npreset = "tak2026"\n'))
+    (root / "sweep_wangpreset.toml").write_text(sweep.read_text().replace("[sweep]\n", '[sweep]\npreset = "wang2025"\n'))
     bad_layers = root / "sweep_bad_layers.toml"
     bad_layers.write_text(sweep.read_text().replace('layers = ["0"]', 'layers = ["7"]'))
     extra = {**_bad_input_three(root, six, find, doc, variant), **_circuit_runs(root)}
@@ -99,7 +101,8 @@ def world(tmp_path_factory) -> dict[str, str]:
             "layer999": str(variant("l999", add=[999, 0])), "layer_neg": str(variant("lneg", add=[-1, 0])),
             "index_big": str(variant("ibig", add=[0, 10**6])), "bare": str(variant("bare")),
             "smol": str(root / "smol" / "neurons.json"), "onlycfg": str(root / "onlycfg"), "sweep": str(sweep),
-            "sweep_bad_layers": str(bad_layers),
+            "sweep_bad_layers": str(bad_layers), "sweep_badpreset": str(root / "sweep_badpreset.toml"),
+            "sweep_wangpreset": str(root / "sweep_wangpreset.toml"),
             "badrating": str(badrating), "pairs": str(root / "pairs.csv")}
 
 
@@ -354,12 +357,22 @@ CLI_ROWS: list[Row] = [
     R("inference-wrong-label-field", PROBE + " --label-field emotion", "missing field(s) emotion", no_model=True),
     R("inference-unknown-preset", PROBE + " --preset nosuch", "--preset 'nosuch' is not allowed", no_model=True),
     R("inference-test-share-1", PROBE + " --test-share 1", "--test-share 1.0 is not allowed", no_model=True),
+    R("inference-max-iter-0", PROBE + " --max-iter 0", "--max-iter 0 is not allowed", no_model=True),
     R("inference-pairs-unknown-ids", "inference patch --model tiny-llama --data jsonl:{six} --pairs {pairs} --quiet "
       "--out {out}", "are not in", no_model=True),
     R("find-wrong-label-field", FIND + " --label-field emotion", "missing field(s) emotion", no_model=True),
     R("find-empty-labels", FIND + " --labels ,", "names no label", no_model=True),
     R("find-label-absent", FIND.replace("{six}", "{one}") + " --labels anger,fear", "occur in no row", no_model=True),
     R("find-bad-tokens", FIND + " --tokens words", "--tokens 'words' is not valid; use one of all, text, last", no_model=True),
+    R("judge-wrong-text-field", JUDGE + " --text-field story", "missing field(s) story", no_model=True),
+    R("judge-wrong-label-field", JUDGE + " --label-field emotion", "missing field(s) emotion", no_model=True),
+    R("judge-empty-labels", JUDGE + " --labels ,", "names no label", no_model=True),
+    R("judge-label-absent", JUDGE.replace("{six}", "{one}") + " --labels anger,fear", "occur in no row", no_model=True),
+    R("sweep-unknown-preset", "sweep {sweep_badpreset} --quiet --out {out}",
+      "sweep_badpreset.toml': key 'sweep.preset' names an unknown preset 'tak2026'; use one of tak2025, lee2025",
+      no_model=True),
+    R("sweep-preset-sets-nothing", "sweep {sweep_wangpreset} --quiet --out {out}",
+      "sets nothing that sweep intervention has", no_model=True),
 ]
 
 

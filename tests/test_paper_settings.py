@@ -78,8 +78,10 @@ def test_partly_rated_and_unrated_files_say_so(tmp_path):
 def test_tak2025_prompt_is_plain_fewshot_and_maps_joy():
     t = get_template("tak2025")
     assert t.kind == "plain"
-    ekman = t.render("I felt ... when it rained.", ["anger", "happiness", "sadness"])
-    assert "Emotion: happiness" in ekman and "Emotion: sadness" in ekman and ekman.endswith("Emotion:")
+    ekman = t.render("It rained.", ["anger", "happiness", "sadness"])
+    assert ekman == ("What are the inferred emotions in the following contexts? Context: My first child was born. "
+                     "Answer: happiness Context: My dog died last week. Answer: sadness Context: It rained. Answer:")
+    assert "Answer: joy Context" in t.render("x", ["joy", "sadness"])
     assert get_template("lee2025").system == get_template("chat_lee").system
 
 
@@ -98,6 +100,9 @@ def test_csv_and_nested_jsonl_give_the_same_probe_table_with_tak2025(tmp_path):
     cfg = json.loads((a / "manifest.json").read_text())["config"]
     assert cfg["preset"] == "tak2025"
     for key, value in readme_presets()["tak2025"].items():
+        if PRESETS["tak2025"][key].commands and "inference probe" not in PRESETS["tak2025"][key].commands:
+            assert key not in cfg["preset_settings"], key  # a patching setting, not the probe's
+            continue
         expect = "True" if key == "all_examples" else value
         assert str(cfg[key]) == expect and str(cfg["preset_settings"][key]) == expect, key
     # replayable: kept ids and the split ids
@@ -121,6 +126,11 @@ def test_probe_estimators_are_keywords_and_change_the_fit():
                             stratify=False, c=0.5, test_size=0.3, seed=1)
     assert raw.config | {} == {**raw.config, "standardise": False, "stratify": False, "C": 0.5, "test_size": 0.3}
     assert len(raw.split["test"]) == 6 and base.config["standardise"] is True
+    capped, free = (probe_activations({"resid.post": {0: x}}, y, ["a", "b"], controls=1, folds=2, standardise=False,
+                                      max_iter=m) for m in (1, 2000))
+    assert capped.config["max_iter"] == 1 and base.config["max_iter"] == free.config["max_iter"] == 2000
+    assert not np.allclose(capped.emotion_directions["b"].vectors["resid.post"][0],
+                           free.emotion_directions["b"].vectors["resid.post"][0])
 
 
 # ------------------------------------------------------------------------------------------- presets
@@ -139,6 +149,16 @@ def test_lee2025_preset_manifest_matches_the_readme(tmp_path):
     cfg = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
     assert cfg["preset"] == "lee2025"
     assert {k: str(cfg[k]) for k in readme_presets()["lee2025"]} == readme_presets()["lee2025"]
+
+
+def test_tak2025_patching_span_and_pairs_only_for_patch():
+    base = {"template": "x", "span": 3, "n_pairs": 50, "sites": "mlp.out"}
+    patch, _ = resolve("tak2025", base, set(), "inference patch")
+    assert (patch["span"], patch["n_pairs"]) == (5, 200) and patch["sites"] == "attn.out,mlp.out,resid.post"
+    knock, _ = resolve("tak2025", base, set(), "inference knockout")
+    assert (knock["span"], knock["n_pairs"]) == (3, 50) and "span" not in knock["preset_settings"]
+    mine, notes = resolve("tak2025", {**base, "n_pairs": 8}, {"n_pairs"}, "inference patch")
+    assert mine["n_pairs"] == 8 and "--n-pairs 8 given, overriding the preset's 200" in notes[1]
 
 
 def test_wang2025_preset_resolves_and_refuses_commands_it_does_not_set():
@@ -161,3 +181,68 @@ def test_patch_records_pairs_and_replays_them_from_a_file(tmp_path):
     assert json.loads((tmp_path / "b" / "pairs.json").read_text()) == pairs
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "patching.parquet"),
                                   pd.read_parquet(tmp_path / "b" / "patching.parquet"))
+
+
+# ------------------------------------------------------------------------------------------- sweeps
+def _sweep_toml(tmp_path: Path, sweep_extra: str = "", data_extra: str = "") -> Path:
+    data = tmp_path / "six.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{lab} story {i}", "label": lab}) + "\n"
+                            for lab in ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
+                            for i in range(2)))
+    f = tmp_path / "sweep.toml"
+    f.write_text(f'[sweep]\nanalysis = "intervention"\n{sweep_extra}[model]\nspec = "tiny-llama"\n'
+                 f'[data]\nspec = "jsonl:{data}"\nsplit = "all"\nlimit_per_label = 1\n{data_extra}[analysis]\nn_boot = 10\n'
+                 '[analysis.intervention]\ntype = "ScaleHeads"\nheads = "{layers}:all"\nfactor = "{factor}"\n'
+                 '[grid]\nlayers = ["0"]\nfactor = [0.0, 1.0]\n')
+    return f
+
+
+def test_sweep_preset_resolves_like_the_flag_and_is_recorded_per_cell(tmp_path):
+    from emocircuits.sweeps import load_config
+
+    cfg = load_config(_sweep_toml(tmp_path, 'preset = "tak2025"\n'))
+    assert cfg.data.template == "tak2025" and cfg.preset_settings == {"template": "tak2025"}
+    assert cfg.preset_notes == ("preset tak2025: template=tak2025",)
+    r = _run(["sweep", str(_sweep_toml(tmp_path, 'preset = "tak2025"\n')), "--quiet", "--out", str(tmp_path / "s")])
+    assert "preset tak2025: template=tak2025" in r.output
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["config"]["sweep"]["preset"] == "tak2025" and manifest["config"]["data"]["template"] == "tak2025"
+    assert manifest["preset"] == {"name": "tak2025", "settings": {"template": "tak2025"}}
+    cells = sorted((tmp_path / "s" / "cells").glob("*.json"))
+    assert len(cells) == 2 and all(json.loads(c.read_text())["preset"]["name"] == "tak2025" for c in cells)
+    # a key written in the file wins, with a note; the sweep's identity is what ran (template raw)
+    over = load_config(_sweep_toml(tmp_path, 'preset = "tak2025"\n', 'template = "raw"\n'))
+    assert over.data.template == "raw" and over.preset_settings == {"template": "raw"}
+    assert over.preset_notes[1] == "preset tak2025: data.template = 'raw' in the file, overriding the preset's 'tak2025'"
+    # without a preset nothing changes, and the same config resolves the same way from Python
+    assert load_config(_sweep_toml(tmp_path)).preset_settings == {}
+    from emocircuits.sweeps.registry import from_dict
+
+    again = from_dict(manifest["config"])
+    assert again.identity() == cfg.identity() and again.preset_settings == {"template": "tak2025"}
+
+
+def test_sweep_preset_refused_before_any_cell(tmp_path):
+    from emocircuits.sweeps import load_config
+
+    f = _sweep_toml(tmp_path, 'preset = "tak2026"\n')
+    with pytest.raises(EmocircuitsError, match=r"sweep.toml'?: key 'sweep.preset' names an unknown preset 'tak2026'; "
+                                               r"use one of tak2025, lee2025, wang2025\.$"):
+        load_config(f)
+    r = runner.invoke(app, ["sweep", str(f), "--quiet", "--out", str(tmp_path / "s")])
+    assert r.exit_code != 0 and not (tmp_path / "s").exists()
+    with pytest.raises(EmocircuitsError, match="sets nothing that sweep intervention has"):
+        load_config(_sweep_toml(tmp_path, 'preset = "wang2025"\n'))
+
+
+# ------------------------------------------------------------------------------------------- judge
+def test_judge_reads_named_fields_and_label_schemes(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"story": f"I am so {w}.", "feeling": lab}) + "\n"
+                            for lab, w in (("anger", "furious"), ("fear", "scared"), ("anger", "angry"))))
+    _run(["judge", "--judge", "lexicon", "--data", f"jsonl:{data}", "--text-field", "story", "--label-field",
+          "feeling", "--labels", "anger,fear", "--quiet", "--out", str(tmp_path / "j")])
+    metrics = json.loads((tmp_path / "j" / "metrics.json").read_text())
+    assert metrics["labels"] == ["anger", "fear"] and metrics["config"]["text_field"] == "story"
+    verdicts = pd.read_parquet(tmp_path / "j" / "verdicts.parquet")
+    assert sorted(verdicts["true"]) == ["anger", "anger", "fear"]

@@ -62,6 +62,8 @@ STABILITY_RESAMPLES = 20
 """Bootstrap resamples over texts for the neuron-selection stability table."""
 PROBE_SEED = 42
 """Seed of the probes' splits and fits (Tak et al. 2025's public code uses 42)."""
+PROBE_MAX_ITER = 2000
+"""lbfgs iterations of the logistic emotion probe: enough to converge on raw or standardised activations here."""
 
 DEFAULT_TEMPLATE = "chat_short"
 """The prompt template everywhere but ``classify``: the best-scoring shipped template on the embedded model

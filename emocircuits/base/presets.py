@@ -28,7 +28,8 @@ class Setting:
 PRESETS: dict[str, dict[str, Setting]] = {
     # Tak et al. 2025, "Mechanistic Interpretability of Emotion Inference in Large Language Models"
     "tak2025": {
-        "template": Setting("tak2025", "paper, Readout: plain few-shot prompt (joy, sadness demos), no chat template"),
+        "template": Setting("tak2025", "authors' public code, prompt_manager.py (main.py default joy_sadness_0): plain "
+                             "few-shot prompt, joy and sadness demos, no chat template"),
         "calibration": Setting("none", "paper, Readout: argmax over the label tokens' logits, uncalibrated"),
         "all_examples": Setting(False, "paper, Readout: analyses keep only correctly predicted samples"),
         "sites": Setting("attn.out,mlp.out,resid.post", "paper, Probing: attention output, MLP output, residual stream",
@@ -39,6 +40,12 @@ PRESETS: dict[str, dict[str, Setting]] = {
         "split_seed": Setting(42, "paper, Probing: seed 42"),
         "c": Setting(1.0, "paper, Probing: logistic regression, C = 1"),
         "ridge_alpha": Setting(5.0, "paper, Probing: ridge regression, alpha = 5"),
+        "max_iter": Setting(100, "authors' public code, utils.py probe_classification: LogisticRegression's default "
+                                 "max_iter = 100 (some raw-activation fits stop before converging)"),
+        "span": Setting(5, "authors' public code, main.py activation_patching: windows of span = 5 layers (knockout "
+                           "keeps 3, the default)", ("inference patch",)),
+        "n_pairs": Setting(200, "authors' public code, main.py activation_patching: num_experiments = 200 random "
+                                "pairs per window", ("inference patch",)),
     },
     # Lee et al. 2025, emotion neurons (LAPE-style selection on EmoPrism dialogues)
     "lee2025": {

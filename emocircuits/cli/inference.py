@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from emocircuits.base.constants import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE, PROBE_SEED
+from emocircuits.base.constants import DEFAULT_CALIBRATION, DEFAULT_TEMPLATE, PROBE_MAX_ITER, PROBE_SEED
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.cli.options import apply_preset, at_least, auto_or, number_list, option, split_list, strength
 
@@ -142,8 +142,12 @@ def probe_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str = SP
               ridge_alpha: float = typer.Option(5.0, "--ridge-alpha", help=(
                   "Ridge α of the appraisal probes (default 5: the paper's)."),
                   callback=at_least(1e-12)("--ridge-alpha")),
+              max_iter: int = typer.Option(PROBE_MAX_ITER, "--max-iter", help=(
+                  f"lbfgs iterations of the logistic emotion probe (default {PROBE_MAX_ITER}: enough to converge "
+                  "on raw activations; Tak et al.'s code keeps scikit-learn's 100, which stops some fits early)."),
+                  callback=at_least(1)("--max-iter")),
               labels: str | None = LABELS, drop_unknown: bool = DROP, text_field: str | None = TF,
-                 label_field: str | None = LF,
+              label_field: str | None = LF,
               appraisals: str | None = APPR, preset: str | None = PRESET,
               out: Path = OUT, quiet: bool = Q) -> None:
     """Last-token logistic (emotion) and ridge (appraisal) probes at every layer, with in-range intervals, K
@@ -152,7 +156,8 @@ def probe_cmd(ctx: typer.Context, model: str = M, data: str = D, split: str = SP
         **_data_keys(labels, text_field, label_field, appraisals), "drop_unknown": drop_unknown,
                   "sites": sites, "layers": layers, "folds": folds, "controls": controls,
                   "random_features": random_features, "standardise": standardise, "stratify": stratify,
-                  "test_share": test_share, "split_seed": split_seed, "c": c, "ridge_alpha": ridge_alpha},
+                  "test_share": test_share, "split_seed": split_seed, "c": c, "ridge_alpha": ridge_alpha,
+                  "max_iter": max_iter},
         out, quiet, ctx, preset)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from emocircuits.cli.options import option
+from emocircuits.cli.options import given, option
 
 
 def _summary(metrics: dict[str, Any]) -> str:
@@ -38,14 +38,17 @@ def judge_cmd(
     quiet: bool = option("--quiet"),
     labels: str | None = option("--labels"),
     drop_unknown: bool = option("--drop-unknown"),
+    text_field: str | None = option("--text-field"),
+    label_field: str | None = option("--label-field"),
 ) -> None:
     """Judge which emotion each text of a dataset expresses, with one or more judges, and compare them."""
     from emocircuits.cli.classify import parse_labels
     from emocircuits.jobs.judge import run_judge
 
     config = {"judges": list(judge), "data": data, "split": split,
-              "limit_per_label": limit_per_label, "model": model, "seed": seed, "labels": parse_labels(labels),
-              "drop_unknown": drop_unknown}
+              "limit_per_label": limit_per_label, "model": model, "seed": seed, "labels": parse_labels(given(labels)),
+              "drop_unknown": given(drop_unknown, False), "text_field": given(text_field),
+              "label_field": given(label_field)}
     metrics = run_judge(config, out, quiet=quiet)
     typer.echo(_summary(metrics) + f"\n-> {out}")
 

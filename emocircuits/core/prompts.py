@@ -76,15 +76,19 @@ FEWSHOT_DEMOS: tuple[tuple[str, str], ...] = (
 )
 
 
-# Tak et al. (2025) read emotions with a plain few-shot prompt (no chat template) whose demonstrations are
-# a joy and a sadness example, and take the argmax over the label tokens' logits at the last position. The
-# paper gives the shape, not the wording the toolkit could quote: these two event descriptions are written
-# for emocircuits in the crowd-enVENT style ("I felt ... when ..."). ``joy`` is shown as ``happiness`` when
-# the scheme is Ekman's six.
+# Tak et al. (2025) read emotions with a plain few-shot prompt (no chat template): one instruction sentence,
+# a joy and a sadness demonstration, each as " Context: ... Answer: <label>", then the query as
+# " Context: <text> Answer:", and the argmax over the label tokens' logits at the last position. The wording,
+# the two demonstrations (crowd-enVENT event descriptions) and the separators are those of the authors'
+# public code (prompt_manager.py, build_prompt(shots=("joy", "sadness"), prompt_index=0): the default
+# ``joy_sadness_0`` of main.py), so that both tools read the same strings. ``joy`` is shown as ``happiness``
+# when the scheme is Ekman's six.
+TAK_INSTRUCTION = "What are the inferred emotions in the following contexts?"
 TAK_DEMOS: tuple[tuple[str, str], ...] = (
-    ("I felt joy when my sister called to say she had passed her final exam.", "joy"),
-    ("I felt sadness when the old oak in our yard had to be cut down.", "sadness"),
+    ("My first child was born.", "joy"),
+    ("My dog died last week.", "sadness"),
 )
+TAK_FORMAT = (" Context: {text} Answer: {label}", " Context: {text} Answer:")
 
 
 # Demonstrations of the chat few-shot templates: two per emotion in mixed registers (plain, terse,
@@ -122,7 +126,8 @@ class PromptTemplate:
     ``user`` / ``system`` may use ``{text}`` and ``{labels}`` (comma-separated label list).
     ``label_space``: score labels as ``" label"`` (True) or ``"label"`` (False).
     ``fewshot``: ``(text, label)`` demonstrations shown before the query (only those whose label is in the
-    scheme): for ``"plain"`` as ``Text:/Emotion:`` lines; for ``"chat"`` as earlier user/assistant turns
+    scheme): for ``"plain"`` as ``fewshot_format`` says (a demonstration, then the query; default
+    ``Text:/Emotion:`` lines); for ``"chat"`` as earlier user/assistant turns
     (user: ``user`` with the demo text; assistant: ``answer_prefix`` and the label).
     ``add_special_tokens``: whether tokenising the rendered string adds the tokenizer's special
     tokens (False for chat renders, which already contain them).
@@ -136,6 +141,7 @@ class PromptTemplate:
     label_space: bool = True
     fewshot: tuple[tuple[str, str], ...] = ()
     add_special_tokens: bool = True
+    fewshot_format: tuple[str, str] = ("Text: {text}\nEmotion: {label}\n\n", "Text: {text}\nEmotion:")
 
     def render(
         self, text: str, labels: Sequence[str], tokenizer: Any = None, *, emotion: str | None = None
@@ -149,9 +155,10 @@ class PromptTemplate:
         if self.kind == "plain":
             if self.fewshot:  # header (text before {text}), demos in the scheme, then the query
                 header = self.user.split("{text}")[0].replace("{labels}", lab)
-                demos = "".join(f"Text: {d}\nEmotion: {_demo_label(y, labels)}\n\n" for d, y in self.fewshot
-                                if _demo_label(y, labels) is not None)
-                return f"{header}{demos}Text: {text}\nEmotion:"
+                demo, query = self.fewshot_format
+                demos = "".join(demo.replace("{text}", d).replace("{label}", str(_demo_label(y, labels)))
+                                for d, y in self.fewshot if _demo_label(y, labels) is not None)
+                return header + demos + query.replace("{text}", text)
             return fmt(self.user) + self.answer_prefix
         messages = []
         system = self.system
@@ -242,8 +249,9 @@ TEMPLATES: dict[str, PromptTemplate] = {
     "tak2025": PromptTemplate(
         "tak2025",
         kind="plain",
-        user="Classify the emotion of each text as one of: {labels}.\n\n{text}",
+        user=TAK_INSTRUCTION + "{text}",
         fewshot=TAK_DEMOS,
+        fewshot_format=TAK_FORMAT,
     ),
     "lee2025": PromptTemplate(
         "lee2025", kind="chat", system=LEE_SYSTEM, user=LEE_USER, label_space=False, add_special_tokens=False

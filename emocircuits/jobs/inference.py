@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import emocircuits.methods.inference as inf
-from emocircuits.base.constants import KNOCKOUT_SITES, PROBE_SITES
+from emocircuits.base.constants import KNOCKOUT_SITES, PROBE_MAX_ITER, PROBE_SITES
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.core.models import load_for_config
 from emocircuits.core.readout import CALIBRATIONS
@@ -97,6 +97,8 @@ def validate(cmd: str, cfg: dict[str, Any]) -> None:
     for key in ("c", "ridge_alpha"):
         if cfg.get(key) is not None and not float(cfg[key]) > 0:
             raise EmocircuitsError(f"--{key.replace('_', '-')} {cfg[key]} is not allowed; use a positive number.")
+    if cfg.get("max_iter") is not None and not int(cfg["max_iter"]) >= 1:
+        raise EmocircuitsError(f"--max-iter {cfg['max_iter']} is not allowed; use a whole number >= 1, e.g. 2000.")
 
 
 def _ratings_for(cmd: str, data: Any, config: dict[str, Any], quiet: bool) -> tuple[Any, str | None]:
@@ -168,7 +170,8 @@ def run_inference(cmd: str, config: dict[str, Any], out: Path, quiet: bool = Fal
                             c=float(config.get("c", 1.0)), alpha=float(config.get("ridge_alpha", 5.0)),
                             test_size=float(config.get("test_share", 0.2)),
                             standardise=bool(config.get("standardise", True)),
-                            stratify=bool(config.get("stratify", True)))
+                            stratify=bool(config.get("stratify", True)),
+                            max_iter=int(config.get("max_iter", PROBE_MAX_ITER)))
             ids = [ex.id for ex in prep.examples]
             run.write_json("split", {part: [ids[i] for i in idx] for part, idx in res.split.items()},
                            "ids of the probes' train and test examples (the 80/20-style split)")

@@ -6,6 +6,8 @@ Schema (every table but ``[grid]`` is optional; unknown keys are rejected with t
     analysis = "neuron_masking"
     seed = 0                     # drives every random choice of every cell
     cells_per_task = 0           # cells per task sent to a worker; 0 = the analysis' default
+    preset = ""                  # a paper's settings (tak2025 | lee2025 | wang2025) for the [data] and
+                                 # [analysis] keys the analysis has; keys written in the file win, with a note
 
     [model]                      # passed to emocircuits.load_model
     spec = "default"
@@ -191,6 +193,8 @@ class SweepSection:
     seed: int = 0
     cells_per_task: int = 0
     description: str = ""
+    preset: str = ""
+    """A paper preset (emocircuits.base.presets) applied to [data] and [analysis]; "" = none."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,10 @@ class SweepConfig:
     params: Any
     grid: dict[str, list[Any]]
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    preset_settings: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The settings ``sweep.preset`` resolved to (written into [data] / [analysis]; recorded per cell)."""
+    preset_notes: tuple[str, ...] = field(default=(), compare=False)
+    """What to print at the start: the preset and each key of the file that overrides it."""
 
     @property
     def analysis(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -141,6 +142,9 @@ def run_sweep(
         raise EmocircuitsError(f"{spell('executor', '--executor')} {executor!r} is not valid; use one of "
                                f"{', '.join(EXECUTORS)}.")
     cfg = cfg.with_executor(kind=executor, workers=workers, address=address)
+    for note in cfg.preset_notes:  # the preset, printed at the start as the commands' --preset is
+        print(note, file=sys.stderr)
+    preset = {"name": cfg.sweep.preset, "settings": cfg.preset_settings} if cfg.sweep.preset else None
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EmocircuitsError(f"--out {str(out)!r} exists and is not a directory; choose another --out.")
@@ -171,6 +175,8 @@ def run_sweep(
     with open_run(out, command=COMMAND, config=cfg.to_dict(with_executor=False), seed=cfg.seed, resume=resume) as run:
         run.update(sweep={"analysis": cfg.analysis, "n_cells": len(cells), "identity_hash": ident,
                           "executor": as_dict(cfg.executor), "n_cells_done_at_start": len(done)})
+        if preset:
+            run.update(preset=preset)
         _write_text(out / "sweep.toml", cfg.to_toml())
         store.write_results(records, ids)
         if tasks:
@@ -185,6 +191,8 @@ def run_sweep(
                 for outcomes in itertools.chain([rejected] if rejected else [], ex.iterate(tasks)):
                     for o in outcomes:
                         arrays = o.pop("arrays", None)
+                        if preset:  # each cell's record names the preset it ran under
+                            o["preset"] = preset
                         store.write(o, arrays)
                         records[o["cell_id"]] = o
                         done.add(o["cell_id"])

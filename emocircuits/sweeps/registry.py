@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from emocircuits.base.errors import EmocircuitsError
+from emocircuits.base.presets import PRESETS, resolve
 from emocircuits.core.prompts import get_template
 from emocircuits.sweeps.analyses.circuit_steering import CircuitSteering
 from emocircuits.sweeps.analyses.component_validation import ComponentValidation
@@ -53,8 +55,46 @@ def get_analysis(name: str) -> Analysis:
     return ANALYSES[name]()
 
 
-def from_dict(data: Mapping[str, Any]) -> SweepConfig:
-    """Parse and validate a config dict (the content of a sweep TOML); loads no model."""
+def _defaults(cls: type) -> dict[str, Any]:
+    """A config dataclass' fields with their defaults (required fields left out)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def apply_preset(name: str, analysis: Analysis, data_table: Mapping[str, Any], params_table: Mapping[str, Any],
+                 source: str = "the sweep config") -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
+    """``[data]`` and ``[analysis]`` with preset ``name``'s settings for the keys they have, as
+    :func:`emocircuits.base.presets.resolve` does for a command's flags: a key written in the file wins
+    (with a note). Returns ``(data_table, params_table, settings, notes)``; refuses an unknown preset
+    naming ``source``."""
+    if name not in PRESETS:
+        raise EmocircuitsError(f"{source}: key 'sweep.preset' names an unknown preset {name!r}; use one of "
+                               f"{', '.join(PRESETS)}.")
+    data_keys, params_keys = _defaults(DataConfig), _defaults(analysis.Params)
+    flat = {**params_keys, **params_table, **data_keys, **data_table}
+    explicit = set(data_table) | set(params_table)
+    try:
+        resolved, notes = resolve(name, flat, explicit, f"sweep {analysis.name}")
+    except EmocircuitsError as exc:
+        raise EmocircuitsError(f"{source}: {exc}") from None
+    settings = dict(resolved["preset_settings"])
+    data_out, params_out = dict(data_table), dict(params_table)
+    for key, value in settings.items():
+        (data_out if key in data_keys else params_out)[key] = value
+    overrides = [f"preset {name}: {'data' if key in data_table else 'analysis'}.{key} = {value!r} in the file, "
+                 f"overriding the preset's {PRESETS[name][key].value!r}"
+                 for key, value in settings.items() if key in explicit and value != PRESETS[name][key].value]
+    return data_out, params_out, settings, [notes[0], *overrides]
+
+
+def from_dict(data: Mapping[str, Any], source: str = "the sweep config") -> SweepConfig:
+    """Parse and validate a config dict (the content of a sweep TOML); loads no model. ``source`` names the
+    file in refusals that are about the whole file (an unknown ``sweep.preset``)."""
 
     if not isinstance(data, Mapping):
         raise EmocircuitsError("A sweep config must be a table of tables ([sweep], [model], [data], [analysis], [grid]).")
@@ -73,7 +113,13 @@ def from_dict(data: Mapping[str, Any]) -> SweepConfig:
         raise EmocircuitsError(f"Key 'sweep.cells_per_task' has value {sweep.cells_per_task}; allowed: integers >= 0.")
     model = from_mapping(ModelConfig, data.get("model", {}), "model")
     choice("model.dtype", model.dtype, DTYPES)
-    data_cfg = from_mapping(DataConfig, data.get("data", {}), "data")
+    data_table, params_table = dict(data.get("data", {})), dict(data.get("analysis", {}))
+    settings: dict[str, Any] = {}
+    notes: list[str] = []
+    if sweep.preset:
+        data_table, params_table, settings, notes = apply_preset(sweep.preset, analysis, data_table, params_table,
+                                                                 source)
+    data_cfg = from_mapping(DataConfig, data_table, "data")
     choice("data.split", data_cfg.split, SPLITS)
     if data_cfg.limit_per_label < 0:
         raise EmocircuitsError(f"Key 'data.limit_per_label' has value {data_cfg.limit_per_label}; allowed: integers >= 0.")
@@ -82,11 +128,12 @@ def from_dict(data: Mapping[str, Any]) -> SweepConfig:
         get_template(data_cfg.template)
     except EmocircuitsError as exc:
         raise EmocircuitsError(f"Key 'data.template': {exc}") from None
-    params = from_mapping(analysis.Params, data.get("analysis", {}), "analysis")
+    params = from_mapping(analysis.Params, params_table, "analysis")
     grid = _parse_grid(analysis, data.get("grid", {}))
     executor = from_mapping(ExecutorConfig, data.get("executor", {}), "executor")
     _validate_executor(executor)
-    cfg = SweepConfig(sweep=sweep, model=model, data=data_cfg, params=params, grid=grid, executor=executor)
+    cfg = SweepConfig(sweep=sweep, model=model, data=data_cfg, params=params, grid=grid, executor=executor,
+                      preset_settings=settings, preset_notes=tuple(notes))
     analysis.validate(cfg)
     return cfg
 
@@ -115,7 +162,7 @@ def load_config(path: str | Path) -> SweepConfig:
     except tomllib.TOMLDecodeError as exc:
         raise EmocircuitsError(f"{str(path)!r} is not valid TOML ({exc}).") from None
     try:
-        return from_dict(data)
+        return from_dict(data, source=f"Sweep config {str(path)!r}")
     except EmocircuitsError as exc:  # name the file: "sweep.toml: Key 'analysis.n_boot' has value 0; ..."
         if str(path) in str(exc):
             raise

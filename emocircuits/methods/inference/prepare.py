@@ -94,7 +94,7 @@ def prepare(model: Any, examples: Sequence[Example], *, labels: Sequence[str] | 
     The readout is the toolkit's default (``chat_short``, first-token scores, calibrated against a label prior
     fitted on ``prior_examples``, else as :func:`emocircuits.core.readout.classify` finds them); the prior is a
     constant per label, so it moves which label wins but no logit difference or gradient. ``calibrate=False``
-    and ``template="tak2025"`` give a plain few-shot readout written from Tak et al.'s description
+    and ``template="tak2025"`` give Tak et al.'s plain few-shot readout (their public code's default prompt)
     (``fewshot`` is the toolkit's own few-shot prompt). Raises when nothing is left.
     """
 

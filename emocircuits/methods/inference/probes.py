@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from emocircuits.base.constants import PROBE_SEED, PROBE_SITES
+from emocircuits.base.constants import PROBE_MAX_ITER, PROBE_SEED, PROBE_SITES
 from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.base.seeds import derive_seed
 from emocircuits.base.stats import bootstrap_versus_controls, clip_interval, wilson_interval
@@ -57,10 +57,15 @@ def _standardise(x: np.ndarray, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (x - mu) / sd, mu, sd
 
 
-def _fit_logreg(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> Any:
+def _fit_logreg(x: np.ndarray, y: np.ndarray, c: float, seed: int, max_iter: int = PROBE_MAX_ITER) -> Any:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x, y)
+    with warnings.catch_warnings():  # a capped fit (max_iter, e.g. Tak et al.'s 100) is a setting, not an accident
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x, y)
 
 
 def label_permutations(n: int, k: int, seed: int) -> np.ndarray:
@@ -102,19 +107,21 @@ def emotion_split(y: np.ndarray, test_size: float, seed: int, stratify: bool = T
 
 
 def _oof_correct(x: np.ndarray, y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
-                 train_labels: np.ndarray, c: float, seed: int, standardise: bool = True) -> np.ndarray:
+                 train_labels: np.ndarray, c: float, seed: int, standardise: bool = True,
+                 max_iter: int = PROBE_MAX_ITER) -> np.ndarray:
     """0/1 correctness against ``y`` of each held-out row (rows of the splits' test parts, in order), the
     probe of each split trained on ``train_labels`` (``y`` itself, or a permutation of it)."""
     out = []
     for a, b in splits:
         xf, _ = _scaled(x, x[a], standardise)
-        out.append(_fit_logreg(xf[a], train_labels[a], c, seed).predict(xf[b]) == y[b])
+        out.append(_fit_logreg(xf[a], train_labels[a], c, seed, max_iter).predict(xf[b]) == y[b])
     return np.concatenate(out).astype(float)
 
 
 def _probe_emotion(x: np.ndarray, y: np.ndarray, *, c: float, seed: int, folds: int, test_size: float,
                    perms: np.ndarray, random_features: int | None = None, n_boot: int = 1000,
-                   standardise: bool = True, stratify: bool = True) -> tuple[dict[str, float], np.ndarray]:
+                   standardise: bool = True, stratify: bool = True,
+                   max_iter: int = PROBE_MAX_ITER) -> tuple[dict[str, float], np.ndarray]:
     """Emotion probe of ``x [n, d]`` for labels ``y [n]``; weights ``[n_cls, d]`` in raw space.
 
     ``value``: accuracy on an 80/20 split (Wilson interval ``value_low, value_high``). ``cv_mean``: accuracy
@@ -131,7 +138,7 @@ def _probe_emotion(x: np.ndarray, y: np.ndarray, *, c: float, seed: int, folds: 
     counts = np.bincount(y)[np.bincount(y) > 0]
     tr, te = emotion_split(y, test_size, seed, stratify)
     xs, _ = _scaled(x, x[tr], standardise)
-    clf = _fit_logreg(xs[tr], y[tr], c, seed)
+    clf = _fit_logreg(xs[tr], y[tr], c, seed, max_iter)
     hits = int((clf.predict(xs[te]) == y[te]).sum())
     value = hits / len(te)
     v_lo, v_hi = wilson_interval(hits, len(te))
@@ -141,8 +148,8 @@ def _probe_emotion(x: np.ndarray, y: np.ndarray, *, c: float, seed: int, folds: 
     splits = ((list(StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y)) if stratify
                else list(KFold(k, shuffle=True, random_state=seed).split(x))) if k >= 2
               else [(tr, te)])  # too few of a label for k-fold: the 80/20 split is the one "fold"
-    correct = _oof_correct(x, y, splits, y, c, seed, standardise)  # [n_oof]
-    ctrl = np.stack([_oof_correct(x, y, splits, y[p], c, seed, standardise) for p in perms])  # [K, n_oof]
+    correct = _oof_correct(x, y, splits, y, c, seed, standardise, max_iter)  # [n_oof]
+    ctrl = np.stack([_oof_correct(x, y, splits, y[p], c, seed, standardise, max_iter) for p in perms])  # [K, n_oof]
     m = float(correct.mean())
     lo, hi = wilson_interval(int(correct.sum()), len(correct))
     vs = bootstrap_versus_controls(correct, ctrl, n_boot=n_boot, seed=seed)
@@ -154,12 +161,12 @@ def _probe_emotion(x: np.ndarray, y: np.ndarray, *, c: float, seed: int, folds: 
            "n_train": len(tr), "n_test": len(te)}
     if random_features is not None:
         g = np.random.default_rng(random_features).standard_normal(x.shape)
-        rf = _oof_correct(g, y, splits, y, c, seed, standardise)
+        rf = _oof_correct(g, y, splits, y, c, seed, standardise, max_iter)
         row["random_features"] = float(rf.mean())
         row["random_features_low"], row["random_features_high"] = wilson_interval(int(rf.sum()), len(rf))
     # full-data fit for the weights, mapped back to raw activation space (w / sd)
     xs_all, sd = _scaled(x, x, standardise)
-    full = _fit_logreg(xs_all, y, c, seed)
+    full = _fit_logreg(xs_all, y, c, seed, max_iter)
     coef = full.coef_ / sd[None, :]
     if coef.shape[0] == 1:  # binary: sklearn keeps one row (class 1 vs 0)
         coef = np.concatenate([-coef, coef])
@@ -218,7 +225,7 @@ def probe_activations(acts: Mapping[str, Mapping[int, Tensor]], labels: np.ndarr
                       appraisals: np.ndarray | None = None, appraisal_names: Sequence[str] = (), *,
                       c: float = 1.0, alpha: float = 5.0, seed: int = PROBE_SEED, folds: int = 5,
                       test_size: float = 0.2, controls: int = 5, random_features: bool = False, n_boot: int = 1000,
-                      standardise: bool = True, stratify: bool = True,
+                      standardise: bool = True, stratify: bool = True, max_iter: int = PROBE_MAX_ITER,
                       provenance: Mapping[str, Any] | None = None) -> ProbeResult:
     """Probes on captured activations ``{site: {layer: [n, d]}}`` (see :func:`probe`)."""
     labels = np.asarray(labels)
@@ -237,7 +244,7 @@ def probe_activations(acts: Mapping[str, Mapping[int, Tensor]], labels: np.ndarr
             rf_seed = derive_seed(seed, "probe-random-features", site, layer) if random_features else None
             stats_, coef = _probe_emotion(x, labels, c=c, seed=seed, folds=folds, test_size=test_size, perms=perms,
                                           random_features=rf_seed, n_boot=n_boot, standardise=standardise,
-                                          stratify=stratify)
+                                          stratify=stratify, max_iter=max_iter)
             rows.append({"site": site, "layer": layer, "target": "emotion", "metric": "accuracy", **stats_})
             for k, cls in enumerate(present):
                 e_vecs.setdefault(label_names[int(cls)], {}).setdefault(site, {})[layer] = torch.tensor(coef[k]).float()
@@ -252,7 +259,8 @@ def probe_activations(acts: Mapping[str, Mapping[int, Tensor]], labels: np.ndarr
         table["ci_clipped"] = table["ci_clipped"].fillna(False).astype(bool)
     prov = dict(provenance or {})
     cfg = {"C": c, "alpha": alpha, "seed": seed, "folds": folds, "test_size": test_size, "controls": int(controls),
-           "random_features": bool(random_features), "standardise": bool(standardise), "stratify": bool(stratify)}
+           "random_features": bool(random_features), "standardise": bool(standardise), "stratify": bool(stratify),
+           "max_iter": int(max_iter)}
     emo = {e: Direction(v, e, {**prov, "method": "logistic probe", **cfg}) for e, v in e_vecs.items()}
     app = {a: Direction(v, a, {**prov, "method": "ridge probe", **cfg}) for a, v in a_vecs.items()}
     tr, te = emotion_split(labels, test_size, seed, stratify)
@@ -262,11 +270,13 @@ def probe_activations(acts: Mapping[str, Mapping[int, Tensor]], labels: np.ndarr
 def probe(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, layers: Sequence[int] | None = None,
           appraisals: Sequence[str] | None = None, c: float = 1.0, alpha: float = 5.0, seed: int = PROBE_SEED,
           folds: int = 5, test_size: float = 0.2, controls: int = 5, random_features: bool = False,
-          n_boot: int = 1000, standardise: bool = True, stratify: bool = True) -> ProbeResult:
+          n_boot: int = 1000, standardise: bool = True, stratify: bool = True,
+          max_iter: int = PROBE_MAX_ITER) -> ProbeResult:
     """Last-token probes at every layer of each site (all sites captured in one pass).
 
     Emotion: logistic regression (C=``c``, default 1) on activations standardised on the training part
-    (``standardise=False``: raw activations, Tak et al.'s protocol); the split and the CV folds are
+    (``standardise=False``: raw activations, Tak et al.'s protocol), at most ``max_iter`` lbfgs iterations
+    (default 2000, enough to converge here; Tak et al.'s code keeps scikit-learn's 100); the split and the CV folds are
     stratified by label (``stratify=False``: plain shuffled splits, as Tak et al.'s code). ``value``: accuracy on an 80/20 split
     (seed 42) with its Wilson 95% interval (``value_low, value_high``); ``cv_mean``: accuracy of the pooled
     out-of-fold predictions of k-fold CV with its Wilson 95% interval over those examples (``ci_low,
@@ -301,5 +311,5 @@ def probe(prep: Prepared, *, sites: Sequence[str] = PROBE_SITES, layers: Sequenc
     return probe_activations(acts, prep.true, prep.labels, ya if names else None, names, c=c, alpha=alpha,
                              seed=seed, folds=folds, test_size=test_size, controls=controls,
                              random_features=random_features, n_boot=n_boot, standardise=standardise,
-                             stratify=stratify, provenance={"model": spec.name if hasattr(spec, "name") else str(spec.architecture),
+                             stratify=stratify, max_iter=max_iter, provenance={"model": spec.name if hasattr(spec, "name") else str(spec.architecture),
                                          "n_examples": len(prep)})
