@@ -79,3 +79,17 @@ DEFAULT_EMOTION_SYSTEM = "short"
 """The default of :data:`EMOTION_SYSTEMS` (today's elicitation prompt)."""
 NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
 """The emotion-free system prompt of sublayer influence and of the steering comparison."""
+
+TRIANGULATE_SIZES: dict[str, object] = {
+    "model": "default", "dtype": "float32", "data": "builtin:dialogues", "template": DEFAULT_TEMPLATE, "seed": 0,
+    "activation": "gated", "tokens": "all", "assign": "argmax", "top_rate": 0.01,
+    "train_per_label": 20, "test_per_label": 4, "controls": DEFAULT_CONTROLS, "probe_folds": 3, "probe_controls": 2,
+    "n_boot": 1000,
+}
+"""Defaults of ``emocircuits triangulate`` (small enough for the embedded model on 2 cores; README, Triangulation)."""
+TRIANGULATION_METHODS: tuple[str, ...] = ("lee", "wang", "tak")
+"""The three papers' neuron sets compared by ``triangulate``, in the order tables list them."""
+TRIANGULATION_COMBINED: tuple[str, ...] = ("union", "intersection")
+"""Sets ``triangulate`` also masks: every neuron any method picked, and those all three picked."""
+CHANCE_ALPHA = 0.05
+"""Level below which an overlap's hypergeometric p-value counts as agreement beyond chance."""

@@ -46,6 +46,7 @@ def _register_all() -> None:
         neurons,
         report,
         sweep,
+        triangulate,
     )
 
     models.register(app)
@@ -57,6 +58,7 @@ def _register_all() -> None:
     inference.register(app)
     circuits.register(app)
     demo.register(app)
+    triangulate.register(app)
 
 
 _register_all()
