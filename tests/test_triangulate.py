@@ -129,8 +129,8 @@ def test_wang_scores_equal_the_formula(tiny_llama, tiny_data):
 
 
 def test_tak_scores_add_up_to_the_probe_logit_of_the_mlp_output(tiny_llama, tiny_data):
-    """Σ_n a_n (W_down[n] · w_e) = mlp.out · w_e (the tiny Llama's MLP has no bias): the neuron mapping splits
-    the probe's logit over the neurons exactly."""
+    """Σ_n (a_n − ā_n)(W_down[n] · w_e) = (mlp.out − mean mlp.out) · w_e: the neuron mapping splits the probe's
+    logit (less its intercept) over the neurons exactly."""
     model, _ = tiny_llama
     got, w, y = _captures(model, tiny_data[0])
     gen = torch.Generator().manual_seed(0)
@@ -139,7 +139,8 @@ def test_tak_scores_add_up_to_the_probe_logit_of_the_mlp_output(tiny_llama, tiny
     for layer in w:
         wc = probe_w[layer] - probe_w[layer].mean(0, keepdim=True)
         for e in range(6):
-            logit = (got["mlp.out"][layer][torch.from_numpy(y == e)] @ wc[e]).mean()
+            x = got["mlp.out"][layer]
+            logit = ((x - x.mean(0, keepdim=True))[torch.from_numpy(y == e)] @ wc[e]).mean()
             assert float(scores[e, layer].sum()) == pytest.approx(float(logit), rel=1e-3, abs=1e-4)
 
 

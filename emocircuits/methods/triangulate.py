@@ -11,8 +11,10 @@ For every emotion e three MLP-neuron sets of the same size ``k_e`` (the size of 
 * ``tak``  — Tak et al.: a logistic probe per layer on the last-token MLP output (``mlp.out``, standardised,
   C = 1). Its neurons: ``mlp.out = Σ_n a_n W_down[n]`` (+ a bias), so neuron n adds ``a_n · (W_down[n] · w_e)``
   to the probe's logit for e (``w_e``: e's probe weights in raw activation space, centred over emotions, which
-  leaves the softmax unchanged). The score is that logit contribution averaged over e's train texts; the top
-  ``k_e`` over all layers form the set. The per-layer probe accuracy is Tak's layer profile.
+  leaves the softmax unchanged). The score is that logit contribution with the neuron's mean over all train
+  texts taken out (the probe's intercept absorbs a constant; without this, neurons with large constant values
+  in the early layers won the ranking), averaged over e's train texts; the top ``k_e`` over all layers form
+  the set. The per-layer probe accuracy is Tak's layer profile.
 
 Agreement: for every pair of sets the shared count and Jaccard beside the chance overlap of two random sets
 of those sizes from the same pool of ``N = n_layers · d_mlp`` neurons: hypergeometric, mean ``k·m/N`` and
@@ -176,16 +178,21 @@ def tak_scores(gated: Mapping[int, torch.Tensor], probe_w: Mapping[int, torch.Te
     """Neurons' contributions to the ``mlp.out`` probes' logits: ``[n_emotions, n_layers, d_mlp]``.
 
     ``probe_w[l] [n_emotions, d_model]``: probe weights in raw ``mlp.out`` space; they are centred over
-    emotions first. Score = mean over e's texts of ``a_n · (W_down[n] · w_e(l))``."""
+    emotions first. Score = mean over e's texts of ``(a_n − ā_n) · (W_down[n] · w_e(l))``, ``ā_n`` the mean over
+    all texts: the probe's logit is ``w_e · (x − μ)`` plus an intercept, so a neuron's constant part (which the
+    intercept absorbs) earns it nothing, and the scores over all neurons sum to e's mean logit minus the
+    intercept (exactly, bias or not)."""
     n_e = int(y.max()) + 1
     layers = sorted(gated)
     out = torch.zeros(n_e, len(layers), gated[layers[0]].shape[1])
     for li, layer in enumerate(layers):
         w = probe_w[layer].double()
         w = w - w.mean(0, keepdim=True)
+        a = gated[layer].double()
+        a = a - a.mean(0, keepdim=True)
         for e in range(n_e):
             rows = torch.from_numpy(y == e)
-            out[e, li] = neuron_contributions(gated[layer][rows], w_down[layer], w[e]).mean(0)
+            out[e, li] = neuron_contributions(a[rows], w_down[layer], w[e]).mean(0)
     return out
 
 
