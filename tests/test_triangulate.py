@@ -32,6 +32,19 @@ def test_chance_overlap_matches_the_hypergeometric_by_hand():
         T.chance_overlap(10, 11, 4, 1)
 
 
+def test_layer_matched_chance_by_hand():
+    # d_mlp = 5; layer 0: sets of 2 and 2, X0 ~ H(5, 2, 2): P(0) = 3/10, P(1) = 6/10, P(2) = 1/10;
+    # layer 1: sets of 1 and 1, X1 ~ H(5, 1, 1): P(1) = 1/5. Mean 4/5 + 1/5 = 1.
+    assert T.layer_matched_chance(5, [2, 1], [2, 1], 0) == (pytest.approx(1.0), 1.0)
+    assert T.layer_matched_chance(5, [2, 1], [2, 1], 2)[1] == pytest.approx(0.1 + 0.6 * 0.2)
+    assert T.layer_matched_chance(5, [2, 1], [2, 1], 3)[1] == pytest.approx(0.1 * 0.2)
+    assert T.layer_matched_chance(5, [2, 1], [2, 1], 4)[1] == pytest.approx(0.0)
+    # one layer: the plain hypergeometric
+    assert T.layer_matched_chance(10, [3], [4], 2)[1] == pytest.approx(T.chance_overlap(10, 3, 4, 2)[1])
+    # sets in different layers never meet
+    assert T.layer_matched_chance(5, [2, 0], [0, 2], 1) == (0.0, 0.0)
+
+
 def test_agreement_counts_jaccard_and_chance():
     a = NeuronSet.from_pairs([(0, 0), (0, 1), (1, 2)])
     b = NeuronSet.from_pairs([(0, 1), (1, 2), (1, 3), (2, 0)])
@@ -45,6 +58,10 @@ def test_agreement_counts_jaccard_and_chance():
     row = t[(t.a == "lee") & (t.b == "tak")].iloc[0]
     assert row.n_shared == 0 and row.p_value == 1.0
     assert list(zip(t.a, t.b, strict=True)) == [("lee", "wang"), ("lee", "tak"), ("wang", "tak")]
+    t = T.agreement({"anger": {"lee": a, "wang": b, "tak": c}}, n_pool=30, d_mlp=10)
+    row = t[(t.a == "lee") & (t.b == "wang")].iloc[0]
+    # per layer: layer 0 sets of 2 and 1, layer 1 of 1 and 2, layer 2 of 0 and 1: mean 2/10 + 2/10
+    assert row.expected_layer == pytest.approx(0.4) and row.expected == pytest.approx(3 * 4 / 30)
 
 
 def test_combined_sets_and_layer_profiles():

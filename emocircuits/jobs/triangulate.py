@@ -20,7 +20,8 @@ from emocircuits.runs.rundir import RunDir
 FILES = {
     "sets": "emotion -> method (lee, wang, tak, union, intersection) -> [[layer, index], ...]",
     "agreement": "emotion, a, b, n_a, n_b, n_shared, jaccard, expected (hypergeometric mean k*m/pool), ratio, "
-                 "p_value (P(X >= n_shared)), beyond_chance (p < 0.05), pool",
+                 "p_value (P(X >= n_shared)), beyond_chance (p < 0.05), pool, expected_layer and p_layer (the same with each "
+                 "set's per-layer counts kept: only the neurons within a layer random)",
     "layer_profiles": "emotion, method, layer, count, share (of the set in that layer)",
     "profile_correlations": "emotion, a, b (a method or probe_accuracy), spearman, p_value, n_layers",
     "probes": "Tak's emotion probes on the last-token mlp.out per layer (the inference probe schema)",

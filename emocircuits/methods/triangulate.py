@@ -18,7 +18,9 @@ For every emotion e three MLP-neuron sets of the same size ``k_e`` (the size of 
 
 Agreement: for every pair of sets the shared count and Jaccard beside the chance overlap of two random sets
 of those sizes from the same pool of ``N = n_layers · d_mlp`` neurons: hypergeometric, mean ``k·m/N`` and
-upper tail ``P(X ≥ observed)`` (:func:`chance_overlap`). Layer profiles: each set's share per layer; Spearman
+upper tail ``P(X ≥ observed)`` (:func:`chance_overlap`), and the same with each set's per-layer counts
+granted (:func:`layer_matched_chance`: the methods all favour the late layers, so overlap beyond the uniform
+chance may be only that shared preference). Layer profiles: each set's share per layer; Spearman
 correlation between profiles (and with the probe accuracy per layer).
 
 Causal effect (:func:`mask_effects`): each method's set, their union and their intersection, zeroed at every
@@ -79,12 +81,32 @@ def chance_overlap(n_pool: int, k: int, m: int, observed: int) -> tuple[float, f
     return expected, p
 
 
-def agreement(sets: Mapping[str, Mapping[str, NeuronSet]], n_pool: int) -> pd.DataFrame:
+def layer_matched_chance(d_mlp: int, k_layers: Sequence[int], m_layers: Sequence[int], observed: int
+                         ) -> tuple[float, float]:
+    """Chance overlap when each set keeps its per-layer counts (``k_layers``, ``m_layers``: neurons per layer) and
+    only the neurons within a layer are random: ``X = Σ_l X_l``, ``X_l ~ Hypergeom(d_mlp, k_l, m_l)`` independent.
+    Returns ``(expected = Σ_l k_l m_l / d_mlp, P(X ≥ observed))`` (the pmfs convolved exactly). Two sets that
+    both favour the same layers share more than :func:`chance_overlap` expects; this is the chance that
+    remains once the layer preference is granted."""
+    from scipy.stats import hypergeom
+
+    pmf = np.ones(1)
+    for k, m in zip(k_layers, m_layers, strict=True):
+        if k and m:
+            pmf = np.convolve(pmf, hypergeom.pmf(np.arange(min(k, m) + 1), d_mlp, k, m))
+    expected = float(sum(k * m for k, m in zip(k_layers, m_layers, strict=True)) / d_mlp)
+    p = 1.0 if observed <= 0 else float(min(1.0, pmf[observed:].sum()))
+    return expected, p
+
+
+def agreement(sets: Mapping[str, Mapping[str, NeuronSet]], n_pool: int, d_mlp: int | None = None) -> pd.DataFrame:
     """Pairwise agreement of the methods' sets ``sets[emotion][method]``.
 
     Columns ``emotion, a, b, n_a, n_b, n_shared, jaccard, expected`` (chance mean), ``ratio`` (shared /
-    expected), ``p_value`` (hypergeometric upper tail), ``beyond_chance`` (p < ``CHANCE_ALPHA``), ``pool``."""
+    expected), ``p_value`` (hypergeometric upper tail), ``beyond_chance`` (p < ``CHANCE_ALPHA``), ``pool``;
+    with ``d_mlp`` also ``expected_layer, p_layer`` (:func:`layer_matched_chance`)."""
     rows = []
+    n_layers = n_pool // d_mlp if d_mlp else 0
     for emotion, by_method in sets.items():
         names = [m for m in METHODS if m in by_method]
         for i, a in enumerate(names):
@@ -97,6 +119,9 @@ def agreement(sets: Mapping[str, Mapping[str, NeuronSet]], n_pool: int) -> pd.Da
                              "jaccard": shared / union if union else 0.0, "expected": expected,
                              "ratio": shared / expected if expected > 0 else math.nan, "p_value": p,
                              "beyond_chance": bool(p < CHANCE_ALPHA), "pool": n_pool})
+                if d_mlp:
+                    e_l, p_l = layer_matched_chance(d_mlp, sa.counts(n_layers), sb.counts(n_layers), shared)
+                    rows[-1].update({"expected_layer": e_l, "p_layer": p_l})
     return pd.DataFrame(rows)
 
 
@@ -293,7 +318,7 @@ def triangulate(model: Any, train: Sequence[Any], *, test: Sequence[Any] | None 
               "probe_controls": probe_controls, "probe_seed": probe_seed, "controls": controls, "seed": seed,
               "n_boot": n_boot, "n_train": len(train), "n_test": len(test) if test is not None else 0,
               "pool": n_pool, "lee_config": dict(lee.config)}
-    result = Triangulation(sets, agreement(sets, n_pool), profiles, correlations, table, None, config)
+    result = Triangulation(sets, agreement(sets, n_pool, spec.d_mlp), profiles, correlations, table, None, config)
     if test is not None:
         result.effects = mask_effects(model, test, sets, labels=labs, controls=controls, seed=seed, n_boot=n_boot,
                                       template=template, max_tokens=max_tokens, progress=progress)

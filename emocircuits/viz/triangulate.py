@@ -102,11 +102,17 @@ def agreement_table(agreement: pd.DataFrame) -> str:
     """An HTML table of ``agreement.parquet``: shared neurons, Jaccard, the chance mean and the p-value."""
     a = _need(agreement, ["emotion", "a", "b", "n_a", "n_b", "n_shared", "jaccard", "expected", "p_value"],
               "agreement_table")
+    layered = "p_layer" in a.columns
+
+    def extra(r: Any) -> str:
+        return f"<td>{r.expected_layer:.2f}</td><td>{r.p_layer:.2g}</td>" if layered else ""
+
     rows = "".join(f"<tr><td>{r.emotion}</td><td>{r.a}–{r.b}</td><td>{int(r.n_a)} / {int(r.n_b)}</td>"
                    f"<td>{int(r.n_shared)}</td><td>{r.jaccard:.3f}</td><td>{r.expected:.2f}</td>"
-                   f"<td>{r.p_value:.2g}</td></tr>" for r in a.itertuples())
+                   f"<td>{r.p_value:.2g}</td>{extra(r)}</tr>" for r in a.itertuples())
+    head = "<th>layer-matched mean</th><th>layer-matched p</th>" if layered else ""
     return ("<table class='ec-table'><thead><tr><th>emotion</th><th>pair</th><th>sizes</th><th>shared</th>"
-            "<th>Jaccard</th><th>chance mean</th><th>P(X ≥ shared)</th></tr></thead>"
+            f"<th>Jaccard</th><th>chance mean</th><th>P(X ≥ shared)</th>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>")
 
 
@@ -127,8 +133,16 @@ def reading(agreement: pd.DataFrame, effects: pd.DataFrame | None = None) -> str
         parts.append(f"No pair of methods shares more neurons than chance for any emotion (every hypergeometric "
                      f"p ≥ {CHANCE_ALPHA}).")
     else:
-        items = [f"{r.emotion} {r.a}–{r.b} ({int(r.n_shared)} shared vs {r.expected:.2f} by chance, p = {r.p_value:.2g})"
-                 for r in agree.itertuples()]
+        def layer_note(r: Any) -> str:
+            if "p_layer" not in a.columns or pd.isna(getattr(r, "p_layer", None)):
+                return ""
+            if r.p_layer < CHANCE_ALPHA:
+                return f"; also beyond the layer-matched chance {r.expected_layer:.2f}, p = {r.p_layer:.2g}"
+            return (f"; not beyond the layer-matched chance {r.expected_layer:.2f} (p = {r.p_layer:.2g}), so the "
+                    "shared layer preference may explain it")
+
+        items = [f"{r.emotion} {r.a}–{r.b} ({int(r.n_shared)} shared vs {r.expected:.2f} by chance, "
+                 f"p = {r.p_value:.2g}{layer_note(r)})" for r in agree.itertuples()]
         parts.append(f"The methods agree beyond chance (hypergeometric p < {CHANCE_ALPHA}) for {len(agree)} of "
                      f"{len(a)} (emotion, pair) cases: " + "; ".join(items) + ".")
         not_agree = a[a.p_value >= CHANCE_ALPHA]
