@@ -289,3 +289,17 @@ def test_triangulate_on_the_embedded_model_small(smol):
     e = next(e for e, by in res.sets.items() if len(by["lee"]))
     eff = T.mask_effects(model, test, {e: res.sets[e]}, labels=train.labels, controls=5, n_boot=100, progress=False)
     assert (eff.k_controls == 5).all() and not math.isnan(eff[eff.method == "lee"].acc_masked.iloc[0])
+
+
+def test_cli_runs_and_prints_the_summary(tmp_path):
+    from typer.testing import CliRunner
+
+    from emocircuits.cli.app import app
+
+    out = tmp_path / "tri"
+    r = CliRunner().invoke(app, ["triangulate", "--model", "tiny-llama", "--data", "builtin:events",
+                                 "--train-per-label", "3", "--test-per-label", "1", "--top-rate", "0.05",
+                                 "--n-boot", "50", "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "shared: lee-wang" in r.output and (out / "triangulation_effects.parquet").exists()
+    assert json.loads((out / "manifest.json").read_text())["config"]["test_per_label"] == 1
