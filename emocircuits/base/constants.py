@@ -83,7 +83,7 @@ NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
 TRIANGULATE_SIZES: dict[str, object] = {
     "model": "default", "dtype": "float32", "data": "builtin:dialogues", "template": DEFAULT_TEMPLATE, "seed": 0,
     "activation": "gated", "tokens": "all", "assign": "argmax", "top_rate": 0.01,
-    "train_per_label": 20, "test_per_label": 4, "controls": DEFAULT_CONTROLS, "probe_folds": 3, "probe_controls": 2,
+    "train_per_label": 20, "test_per_label": 2, "controls": DEFAULT_CONTROLS, "probe_folds": 3, "probe_controls": 2,
     "n_boot": 1000,
 }
 """Defaults of ``emocircuits triangulate`` (small enough for the embedded model on 2 cores; README, Triangulation)."""
