@@ -303,3 +303,14 @@ def test_cli_runs_and_prints_the_summary(tmp_path):
     assert r.exit_code == 0, r.output
     assert "shared: lee-wang" in r.output and (out / "triangulation_effects.parquet").exists()
     assert json.loads((out / "manifest.json").read_text())["config"]["test_per_label"] == 1
+
+
+def test_reading_claims_nothing_from_a_handful_of_texts():
+    from emocircuits.viz.triangulate import reading
+
+    eff = _effects({"lee": (0.0, 0.0, 0.0), "wang": (-1.0, -1.0, -1.0), "tak": (0.0, 0.0, 0.0)}).assign(n=2)
+    text = reading(_agreement(0.5), eff)
+    assert "neither claimed nor ranked" in text
+    assert "lowers its own label more" not in text and "wang -1.000" not in text
+    text = reading(_agreement(0.5), eff.assign(n=40))
+    assert "wang -1.000" in text and "masking wang's neurons lowers its own label more than masking lee's" in text

@@ -93,3 +93,6 @@ TRIANGULATION_COMBINED: tuple[str, ...] = ("union", "intersection")
 """Sets ``triangulate`` also masks: every neuron any method picked, and those all three picked."""
 CHANCE_ALPHA = 0.05
 """Level below which an overlap's hypergeometric p-value counts as agreement beyond chance."""
+MIN_CLAIM_N = 10
+"""Fewest texts behind a masking effect for a generated reading to claim it or rank by it: a percentile bootstrap
+over fewer examples gives intervals of zero width (e.g. [−1, −1] from two texts both flipped)."""

@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from emocircuits.base.constants import CHANCE_ALPHA, TRIANGULATION_COMBINED, TRIANGULATION_METHODS
+from emocircuits.base.constants import CHANCE_ALPHA, MIN_CLAIM_N, TRIANGULATION_COMBINED, TRIANGULATION_METHODS
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.viz.colors import CONTROL_COLOR, order_labels
 
@@ -150,15 +150,26 @@ def reading(agreement: pd.DataFrame, effects: pd.DataFrame | None = None) -> str
             parts.append(f"The other {len(not_agree)} do not agree beyond chance.")
     if effects is not None and len(effects):
         e = _need(effects, ["emotion", "method", "target", "diff", "ci_low", "ci_high"], "reading")
-        own = e[(e.target == "own") & e["diff"].notna()]
-        hurt = own[own.ci_high < 0]
-        if hurt.empty:
-            parts.append("No set lowers its own emotion's accuracy beyond its random controls (every 95% CI of "
-                         "masked − control reaches 0 or above).")
-        else:
-            parts.append("Sets that lower their own emotion's accuracy beyond their random controls: "
-                         + "; ".join(f"{r.emotion} {r.method} {r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
-                                     for r in hurt.itertuples()) + ".")
+        measured = e[e["diff"].notna()]
+        small = measured[measured["n"] < MIN_CLAIM_N] if "n" in measured else measured.iloc[:0]
+        if len(small):
+            parts.append(f"Masking effects on fewer than {MIN_CLAIM_N} texts ({len(small)} of {len(measured)} rows, "
+                         f"n = {int(small['n'].min())}–{int(small['n'].max())}) are shown but neither claimed nor "
+                         "ranked: a bootstrap over so few texts gives intervals of zero width.")
+        measured = measured.drop(small.index)
+        own = measured[measured.target == "own"]
+        for target, what in (("own", "its own emotion's accuracy"), ("others", "the other labels' accuracy")):
+            rows = measured[measured.target == target]
+            if rows.empty:
+                continue
+            hurt = rows[rows.ci_high < 0]
+            if hurt.empty:
+                parts.append(f"No set lowers {what} beyond its random controls (every 95% CI of masked − control "
+                             "reaches 0 or above).")
+            else:
+                parts.append(f"Sets that lower {what} beyond their random controls: "
+                             + "; ".join(f"{r.emotion} {r.method} {r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+                                         for r in hurt.itertuples()) + ".")
         ranked, tied = [], []
         for emotion, g in own.groupby("emotion", sort=False):
             g = g[g.method.isin(TRIANGULATION_METHODS)].set_index("method")
