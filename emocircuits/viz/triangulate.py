@@ -13,7 +13,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from emocircuits.base.constants import CHANCE_ALPHA, MIN_CLAIM_N, TRIANGULATION_COMBINED, TRIANGULATION_METHODS
+from emocircuits.base.constants import (
+    CHANCE_ALPHA,
+    MIN_CLAIM_N,
+    TRIANGULATION_COMBINED,
+    TRIANGULATION_METHODS,
+)
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.viz.colors import CONTROL_COLOR, order_labels
 
