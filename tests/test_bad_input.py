@@ -231,6 +231,7 @@ CLASSIFY = "classify --model tiny-llama --data jsonl:{six} --quiet --out {out}"
 FIND = "neurons find --model tiny-llama --data jsonl:{six} --quiet --out {out}"
 PROBE = "inference probe --model tiny-llama --data jsonl:{six} --quiet --out {out}"
 JUDGE = "judge --judge lexicon --data jsonl:{six} --quiet --out {out}"
+TRI = "triangulate --model tiny-llama --quiet --out {out}"
 
 CLI_ROWS: list[Row] = [
     # 1. a neurons.json naming a layer or index outside the model: refused, never silently dropped
@@ -295,6 +296,18 @@ CLI_ROWS: list[Row] = [
     R("find-bad-activation", FIND + " --activation post", "--activation", no_model=True),
     R("classify-bad-scoring", CLASSIFY + " --scoring argmax", "Unknown scoring", no_model=True),
     R("find-bad-dtype", FIND + " --dtype float8", "--dtype", no_model=True),
+    # triangulate: every number, the data's split, the Lee run and --out are checked before a model loads
+    R("tri-controls-zero", TRI + " --controls 0", "--controls must be 1 or more", no_model=True),
+    R("tri-train-per-label-zero", TRI + " --train-per-label 0", "--train-per-label 0 is not allowed", no_model=True),
+    R("tri-test-per-label-zero", TRI + " --test-per-label 0", "--test-per-label 0 is not allowed", no_model=True),
+    R("tri-probe-folds-one", TRI + " --probe-folds 1", "--probe-folds 1 is not allowed", no_model=True),
+    R("tri-top-rate-big", TRI + " --top-rate 1.5", "(0, 1]", no_model=True),
+    R("tri-too-few-train-texts", TRI + " --data builtin:events --train-per-label 1", "raise --train-per-label",
+      no_model=True),
+    R("tri-data-without-split", TRI + " --data jsonl:{six}", "has no 'split' field", no_model=True),
+    R("tri-missing-neurons", TRI + " --neurons {root}/missing.json", "does not exist", no_model=True),
+    R("tri-out-junk", TRI, "holds no emocircuits run", out="unchanged", setup=junk, no_model=True),
+    R("tri-out-other-run", TRI, "'neurons find' run", out="unchanged", setup=other_run, no_model=True),
     # the wrong file, label, index and model name on each command
     R("classify-missing-file", "classify --model tiny-llama --data jsonl:{root}/nope.jsonl --quiet --out {out}",
       "does not exist", no_model=True),
@@ -599,9 +612,10 @@ def _data_argv(command: str, data: str) -> str:
     return f"{command} --data {data}{model} {NEEDS.get(command, '')} --quiet --out {{out}}".replace("  ", " ")
 
 
-CLASS_9 = [row for command in DATA_COMMANDS for row in (
-    R(f"c9-{command.replace(' ', '-')}-split-None", _data_argv(command, "jsonl:{six}") + " --split None",
-      "use one of train, test, all", no_model=True),
+CLASS_9 = [R(f"c9-{command.replace(' ', '-')}-split-None", _data_argv(command, "jsonl:{six}") + " --split None",
+             "use one of train, test, all", no_model=True)
+           for command, flags in DATA_COMMANDS.items() if "--split" in flags] + [
+    row for command in DATA_COMMANDS for row in (
     R(f"c9-{command.replace(' ', '-')}-empty-data-path", _data_argv(command, "jsonl:"), "names no file after 'jsonl:'",
       no_model=True),
     R(f"c9-{command.replace(' ', '-')}-data-folder", _data_argv(command, "jsonl:{root}"), "is a folder, not a file",

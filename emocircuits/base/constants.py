@@ -116,3 +116,19 @@ NUMBER_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
 """The range of each numeric config key that means a count, seed or share, by key name: ``(low, high, low
 included)`` (high always included; None: no upper bound). A sweep TOML's keys are checked against it wherever they
 appear (``0`` of ``limit_per_label``, ``top_k``, ``max_prompts``: all)."""
+TRIANGULATE_SIZES: dict[str, object] = {
+    "model": "default", "dtype": "float32", "data": "builtin:dialogues", "template": DEFAULT_TEMPLATE, "seed": 0,
+    "activation": "gated", "tokens": "all", "assign": "argmax", "top_rate": 0.01,
+    "train_per_label": 20, "test_per_label": 2, "controls": DEFAULT_CONTROLS, "probe_folds": 3, "probe_controls": 2,
+    "n_boot": 1000,
+}
+"""Defaults of ``emocircuits triangulate`` (small enough for the embedded model on 2 cores; README, Triangulation)."""
+TRIANGULATION_METHODS: tuple[str, ...] = ("lee", "wang", "tak")
+"""The three papers' neuron sets compared by ``triangulate``, in the order tables list them."""
+TRIANGULATION_COMBINED: tuple[str, ...] = ("union", "intersection")
+"""Sets ``triangulate`` also masks: every neuron any method picked, and those all three picked."""
+CHANCE_ALPHA = 0.05
+"""Level below which an overlap's hypergeometric p-value counts as agreement beyond chance."""
+MIN_CLAIM_N = 10
+"""Fewest texts behind a masking effect for a generated reading to claim it or rank by it: a percentile bootstrap
+over fewer examples gives intervals of zero width (e.g. [−1, −1] from two texts both flipped)."""

@@ -67,6 +67,7 @@ def _register_all() -> None:
         neurons,
         report,
         sweep,
+        triangulate,
     )
 
     models.register(app)
@@ -78,6 +79,7 @@ def _register_all() -> None:
     inference.register(app)
     circuits.register(app)
     demo.register(app)
+    triangulate.register(app)
 
 
 _register_all()

@@ -237,6 +237,13 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     Opt(("--controls",), "K random controls per measured effect (same size and layers; the CI resamples them "
         "and p ranks the effect among them).", 5, per_command=True, check=multiplier(0)),
     Opt(("--n-boot",), "Bootstrap resamples for the CIs.", 1000, per_command=True, check=at_least(1)),
+    Opt(("--train-per-label",), "Train texts per emotion (seeded, stratified) to find neurons on (and, in "
+        "triangulate, directions and probes).", None, per_command=True, check=at_least(1)),
+    Opt(("--test-per-label",), "Held-out test texts per emotion (seeded, stratified) to mask on.", None,
+        per_command=True, check=at_least(1)),
+    Opt(("--probe-controls",), "Label-permutation controls per emotion probe.", None, per_command=True,
+        check=at_least(1)),
+    Opt(("--probe-folds",), "k of the emotion probes' k-fold CV.", None, per_command=True, check=at_least(2)),
     Opt(("--random-features/--no-random-features",), "Also probe Gaussian features of the same dimension (a "
         "control beside the label permutations).", False),
     Opt(("--n-random",), "Random controls (directions or circuits of the same size) per condition.", None,
@@ -289,7 +296,7 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
         "(no assemble run needed).", None),
     Opt(("--allow-other-model",), "Use an earlier run's neurons, directions or circuits on a model other than the "
         "one they were made on (refused by default; shapes must still fit).", False),
-    Opt(("--neurons",), "neurons.json written by `neurons find` (or its run directory).", ...),
+    Opt(("--neurons",), "neurons.json written by `neurons find` (or its run directory).", ..., per_command=True),
     Opt(("--groups",), "Groups of prompts used: accepted (every emotion's reply accepted) | all.", "accepted",
         per_command=True),
     Opt(("--max-prompts",), "At most N prompts per emotion (unset: all).", None, check=at_least(1)),

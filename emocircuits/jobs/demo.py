@@ -200,6 +200,8 @@ def _neurons(cfg: dict[str, Any], out: Path, pair: Any, quiet: bool, step: Calla
         lines.append(f"  {r.masked_emotion:<9} {int(r.n_neurons):>3} neurons  {r.acc_normal:.2f} → {r.acc_masked:.2f} "
                      f"(control {r.acc_control:.2f})  {_pp(r.diff)} {_ci(r.ci_low, r.ci_high, pp=True)}  "
                      f"{'excludes 0' if ex else 'includes 0' + (': no effect beyond the controls' if cfg['controls'] else '')}")
+    for e, why in (mask_cfg.get("left_out") or {}).items():
+        lines.append(f"  {e:<9} left out: {why}")
     for line in lines:
         say(line)
     test = load_data(cfg["neurons_data"], split="test", limit_per_label=cfg["test_per_label"], seed=cfg["seed"])

@@ -9,7 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emocircuits.jobs import circuit_build, circuits, classify, demo, inference, judge, neurons, steer
+from emocircuits.jobs import (
+    circuit_build,
+    circuits,
+    classify,
+    demo,
+    inference,
+    judge,
+    neurons,
+    steer,
+    triangulate,
+)
 
 JobFn = Callable[[dict[str, Any], Path], Any]
 
@@ -25,6 +35,7 @@ JOBS: dict[str, JobFn] = {
     "circuits assemble": lambda cfg, out: circuit_build.run_assemble(dict(cfg), Path(out), quiet=True),
     "circuits steer": lambda cfg, out: steer.run_steer(dict(cfg), Path(out), quiet=True),
     "demo": lambda cfg, out: demo.run_tour(dict(cfg), Path(out), quiet=True, echo=None),
+    "triangulate": lambda cfg, out: triangulate.run_triangulate(dict(cfg), Path(out), quiet=True),
     **{f"inference {cmd}": (lambda cfg, out, _c=cmd: inference.run_inference(_c, dict(cfg), Path(out), quiet=True))
        for cmd in inference.COMMANDS},
 }

@@ -22,6 +22,8 @@ accuracy.parquet …         circuits: judged accuracy, direction cosines, valen
                            neuron scores, dose-response, sublayer influence, the circuit view, the steering
                            comparison and example replies (:data:`FIGURE_RULES`)
 probes.parquet …           inference: probes, knockout, patching, attribution, promotion, appraisal Sankey
+agreement.parquet …        triangulate: the generated reading with the agreement table, layer profiles,
+                           masking effects of each method's set (:mod:`emocircuits.viz.triangulate`)
 tour.json                  the demo (``emocircuits.jobs.demo``): one section per paper, each with its reading,
                            headline numbers and the figures of the run directories it lists
 =========================  ==========================================================
@@ -47,6 +49,7 @@ import emocircuits.viz.circuit_view as CV
 import emocircuits.viz.circuits as C
 import emocircuits.viz.figures as F
 import emocircuits.viz.inference as I
+import emocircuits.viz.triangulate as TR
 from emocircuits.base.errors import EmocircuitsError
 from emocircuits.base.io import atomic_path
 from emocircuits.runs.circuit_files import read_circuits
@@ -613,5 +616,33 @@ def write_report(run_dirs: Sequence[str | Path] | str | Path, out: str | Path, *
     return report
 
 
-FIGURE_RULES: tuple[FigureRule, ...] = (*_neuron_rules(), *_circuit_rules(), *_inference_rules())
+def _triangulation_reading(f: _Files) -> str:
+    effects = f.table("triangulation_effects.parquet") if f.has("triangulation_effects.parquet") else None
+    return (f"<p class='ec-reading'>{_e(TR.reading(f.table('agreement.parquet'), effects))}</p>"
+            + TR.agreement_table(f.table("agreement.parquet")))
+
+
+def _triangulate_rules() -> list[FigureRule]:
+    return [
+        FigureRule(("agreement.parquet",), "Triangulation: where the three methods agree", _triangulation_reading,
+                   "Generated from the numbers. Shared neurons of each pair of methods (sets of the same size per "
+                   "emotion) beside the overlap two random sets of those sizes would have (hypergeometric mean over "
+                   "all n_layers·d_mlp neurons) and P(X ≥ shared).", when=("triangulate",)),
+        FigureRule(("layer_profiles.parquet",), "Layer profiles of the three methods",
+                   lambda f: TR.layer_profiles(f.table("layer_profiles.parquet"),
+                                               f.table("probes.parquet") if f.has("probes.parquet") else None),
+                   "Share of each method's set per layer, one panel per emotion; dotted: Tak's probe accuracy per "
+                   "layer (mlp.out, cross-validated). Spearman correlations: profile_correlations.parquet.",
+                   when=("triangulate",)),
+        FigureRule(("triangulation_effects.parquet",), "Masking each method's neurons",
+                   lambda f: TR.masking_effects(f.table("triangulation_effects.parquet")),
+                   "Accuracy with the set zeroed minus the mean of K random sets with the same per-layer counts "
+                   "(disjoint from it), on the held-out texts of the emotion (left) and of the other labels (right); "
+                   "bars: bootstrap 95% CI (examples and control sets resampled). Overlapping bars do not rank "
+                   "methods.", when=("triangulate",)),
+    ]
+
+
+FIGURE_RULES: tuple[FigureRule, ...] = (*_neuron_rules(), *_circuit_rules(), *_inference_rules(),
+                                        *_triangulate_rules())
 """Figures of the circuits and inference runs, by the files they need (neuron figures are drawn above)."""
