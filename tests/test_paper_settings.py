@@ -92,6 +92,21 @@ def test_tak2025_prompt_is_plain_fewshot_and_maps_joy():
     assert get_template("lee2025").system == get_template("chat_lee").system
 
 
+def test_sev_reads_the_authors_skeleton_files_as_they_are(tmp_path):
+    events = {"positive": "It went well.", "neutral": "It went.", "negative": "It went badly."}
+    theirs, ours = tmp_path / "theirs.jsonl", tmp_path / "ours.jsonl"
+    theirs.write_text(json.dumps({"theme": "Work/Job", "scenario": "I sent the report", "event": events,
+                                  "skeleton_id": "work_00"}) + "\n")
+    ours.write_text(json.dumps({"theme": "Work/Job", "scenario": "I sent the report", "events": events,
+                                "id": "work_00"}) + "\n")
+    a, b = load_data(f"sev:{theirs}"), load_data(f"sev:{ours}")
+    assert [(e.id, e.text, e.label, e.meta) for e in a] == [(e.id, e.text, e.label, e.meta) for e in b]
+    assert [e.id for e in a] == ["work_00:positive", "work_00:neutral", "work_00:negative"]
+    theirs.write_text(json.dumps({"scenario": "x", "event": "not an object"}) + "\n")
+    with pytest.raises(EmocircuitsError, match="missing field"):
+        load_data(f"sev:{theirs}")
+
+
 # ------------------------------------------------------------------------------------------- probes
 def test_csv_and_nested_jsonl_give_the_same_probe_table_with_tak2025(tmp_path):
     a, b = tmp_path / "csv", tmp_path / "jsonl"

@@ -73,8 +73,8 @@ PRESETS: dict[str, tuple[Setting, ...]] = {
                 "MLP-site vector of layer L is hidden_states[L+1], the last one after the final norm", (_DIRS,)),
         Setting("head_score", "mlp_in", f"{_W}04_*/2_compute_head_contrib.py HiddenStateCollector: the projection "
                 "of the MLP input (after post_attention_layernorm) when a head is zeroed before o_proj", (_COMP,)),
-        Setting("use", "accepted", f"{_W}04_*/1 load_accepted_meta and 04_*/2 load_accepted_samples: every "
-                "accepted reply of the emotion", (_COMP,)),
+        Setting("use", "accepted", f"{_W}04_*/1 load_accepted_meta, 04_*/2 load_accepted_samples and 06_*/3 "
+                "expand_accepted_samples: every accepted reply of the emotion", (_COMP, _INFL)),
         Setting("max_samples", 1000, f"{_W}04_*/2_compute_head_contrib.py --max_samples 1000 (the first accepted, "
                 "file order)", (_COMP,)),
         Setting("per_valence", None, f"{_W}04_*/1_compute_neuron_contrib.py --max_per_valence None (all)", (_COMP,)),

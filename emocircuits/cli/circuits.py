@@ -110,8 +110,7 @@ def components_cmd(
                                    "drop of the un-normalised resid.mid projection)."),
     ablation: bool = typer.Option(False, "--ablation", help="Score heads by real per-head ablation (one pass per "
                                   "head) and record the largest difference to the one-pass scores."),
-    use: str = typer.Option("used", "--use", help="Prompts read per emotion: used (the groups the directions "
-                            "used) | accepted (accepted replies) | all; each falls back to the next when empty."),
+    use: str = option("--use", "used"),
     max_samples: int | None = typer.Option(None, "--max-samples", help="At most N prompts per emotion (the first, "
                                            "after --per-valence; unset: all).", callback=at_least(1)("--max-samples")),
     per_valence: int | None = typer.Option(None, "--per-valence", help="At most N prompts per emotion and valence, "
@@ -216,6 +215,7 @@ def influence_cmd(
     layers: str | None = option("--layers", None),
     system: str | None = option("--system", None),
     max_prompts: int | None = option("--max-prompts"),
+    use: str = option("--use", "all"),
     method: str = typer.Option("fast", "--engine", help="fast (last token only, KV cache) | full (re-runs whole prompts; the reference)."),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
@@ -227,7 +227,7 @@ def influence_cmd(
     config = {"from": str(source), "model": model, "alphas": alphas, "emotions": list(emotions or []),
               "readout": readout, "sigma_from": sigma_from, "ref_fraction": ref_fraction, "max_prompts": max_prompts,
               "method": method, "ref_layers": ref_layers, "ref_anchor": ref_anchor, "sigma_prompts": sigma_prompts,
-              "layers": layers, "system": system}
+              "layers": layers, "system": system, "use": use}
     config = apply_preset(ctx, preset, config, "circuits influence")
     res = run_influence(config, out, quiet)
     for e, d in res.table.groupby("emotion", sort=False):

@@ -30,6 +30,7 @@ from emocircuits.methods.circuits.influence import (
     paper_ref_layers,
     sublayer_influence,
 )
+from emocircuits.methods.circuits.local_components import PROMPT_USES
 from emocircuits.runs.rundir import RunDir, finished_run, read_table
 
 
@@ -87,7 +88,9 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     # keys added after the first runs; their defaults are what those runs did
     config = {**config, "ref_layers": config.get("ref_layers"), "ref_anchor": config.get("ref_anchor"),
               "sigma_prompts": config.get("sigma_prompts", "neutral"), "layers": config.get("layers"),
-              "system": config.get("system") or NEUTRAL_SYSTEM}
+              "system": config.get("system") or NEUTRAL_SYSTEM, "use": config.get("use", "all")}
+    if config["use"] not in PROMPT_USES:
+        raise EmocircuitsError(f"--use {config['use']!r} is not valid; use one of {', '.join(PROMPT_USES)}.")
     if config["ref_layers"] not in (None, "paper"):
         check_layer_range(config["ref_layers"], "ref_layers")
     if config["layers"] is not None:
@@ -119,7 +122,7 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
                                  system=config["system"],
                                  readout=config.get("readout", "final.norm"),
                                  sigma_from=config.get("sigma_from", "output"), method=config.get("method", "fast"),
-                                 max_prompts=config.get("max_prompts"), progress=not quiet)
+                                 max_prompts=config.get("max_prompts"), use=config["use"], progress=not quiet)
         run.write_table("raw", res.raw, "emotion, layer, sublayer, alpha, sigma, dose, base, delta, value "
                         "(delta = mean change of the final projection on v_ref; value = delta / dose)")
         run.write_table("influence", res.table, "emotion, layer, sublayer, sigma, raw (mean value over alphas), "
