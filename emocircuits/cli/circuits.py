@@ -4,6 +4,8 @@ thin fronts over the jobs of ``emocircuits.jobs.circuits``, ``.circuit_build`` a
 Each step reads the run directory of the step before (``--from``) and writes its own; every command
 builds a plain config dict and calls the job's ``run_<step>``, which ``emocircuits rerun`` also uses
 (:data:`emocircuits.jobs.registry.JOBS`). ``validate`` is a ``component_validation`` sweep.
+Every command takes ``--preset wang2025`` (the authors' settings, :mod:`emocircuits.base.presets`); a flag
+given explicitly wins, with a note.
 """
 
 from __future__ import annotations
