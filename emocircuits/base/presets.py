@@ -65,7 +65,9 @@ PRESETS: dict[str, tuple[Setting, ...]] = {
                 "(also 02_*/1, 04_*/1-2): 'Always reply in {emotion}.' newline 'Keep the reply to at most two "
                 "sentences.'", (_ELICIT,)),
         Setting("max_new_tokens", 100, f"{_W}01_*/1_emotion_elicited_generation.py and 03_*/1_steer_with_emotion_"
-                "direction.py: --max_new_tokens 100, greedy", (_ELICIT, _CSTEER, _STEER, _VALID)),
+                "direction.py: --max_new_tokens 100, greedy", (_ELICIT, _CSTEER, _STEER)),
+        Setting("max_new_tokens", 100, "the public code has no validation script: its judged replies take the "
+                "length of the authors' generations (01_*/1, 03_*/1: 100 new tokens)", (_VALID,)),
         Setting("dtype", "float32", f"{_W}01_*/1, 02_*/1, 04_*/1-2: --dtype float32", (_ELICIT,)),
         Setting("groups", "accepted", f"{_W}02_*/2_compute_emotion_directions.py load_groups: only (skeleton, "
                 "valence) groups whose six replies are all accepted", (_DIRS,)),
