@@ -111,6 +111,39 @@ def test_influence_layers_window_and_sigma_prompts(runs, tiny_llama):
         C.sublayer_influence(model, prompts, dirs, layers=[7])
 
 
+def test_influence_use_accepted_averages_each_emotions_own_prompts(runs, tiny_llama):
+    """use=accepted: each emotion's influence is the mean over the emotion-free prompts of the (skeleton, valence)
+    whose reply in that emotion was accepted (the authors' per-emotion samples), σ over the used groups' rows."""
+    model, spec = tiny_llama
+    prompts = pd.read_parquet(runs["di"] / "prompts.parquet")
+    man = json.loads((runs["di"] / "manifest.json").read_text())
+    dirs = {e: Direction.load(runs["di"] / man["directions"][e]) for e in ("anger", "fear")}
+    prompts["accepted"] = False  # anger accepted on the first two (skeleton, valence), fear on the last one
+    pairs = list(dict.fromkeys(zip(prompts.skeleton, prompts.valence, strict=True)))
+    for e, chosen in (("anger", pairs[:2]), ("fear", pairs[-1:])):
+        hit = [(sk, v) in chosen and em == e for sk, v, em in zip(prompts.skeleton, prompts.valence, prompts.emotion,
+                                                                     strict=True)]
+        prompts.loc[hit, "accepted"] = True
+    prompts["used"] = prompts.skeleton == pairs[0][0]
+    kw = dict(alphas=(0.5,), layers=[1], ref_layers=[1, 2], sigma_prompts="elicit")
+    res = C.sublayer_influence(model, prompts, dirs, use="accepted", **kw)
+    assert res.config["n_prompts_per_emotion"] == {"anger": 2, "fear": 1} and res.config["use"] == "accepted"
+    neutral = C.neutral_items(prompts)
+    sigma_ids = C.prompt_ids(model, prompts[prompts.used].reset_index(drop=True))
+    for e, chosen in (("anger", pairs[:2]), ("fear", pairs[-1:])):
+        keep = [(sk, v) in chosen for sk, v in zip(neutral.skeleton, neutral.valence, strict=True)]
+        ref = C.sublayer_influence(model, None, {e: dirs[e]}, token_ids=C.chat_ids(model, neutral[keep]),
+                                   sigma_token_ids=sigma_ids, **kw)
+        got = res.raw[res.raw.emotion == e].reset_index(drop=True)
+        np.testing.assert_allclose(got.delta, ref.raw.delta, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.sigma, ref.raw.sigma, rtol=1e-6)
+    every = C.sublayer_influence(model, prompts, dirs, **kw)
+    assert every.config["n_prompts_per_emotion"] == {"anger": len(pairs), "fear": len(pairs)}
+    assert not np.allclose(every.raw.delta, res.raw.delta)
+    with pytest.raises(EmocircuitsError, match="use 'some' is not valid"):
+        C.sublayer_influence(model, prompts, dirs, use="some", **kw)
+
+
 # ----------------------------------------------------------------------------- the last layer after the final norm
 
 

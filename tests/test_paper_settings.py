@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.base.presets import PRESETS, resolve
+from emocircuits.base.presets import PRESETS, resolve, settings_for, shown
 from emocircuits.cli.app import app
 from emocircuits.core.prompts import get_template
 from emocircuits.data import load_data, rated_only
@@ -31,10 +31,19 @@ def _run(argv: list[str]):
     return r
 
 
-def readme_presets() -> dict[str, dict[str, str]]:
+def readme_rows() -> list[tuple[str, str, str, str]]:
+    """The README's preset table: (preset, setting, value, commands) per row."""
+    pattern = r"^\| (\w+) \| (\w+) \| `([^`]*)` \| ([^|]*) \| (.*) \|$"
+    return [(m[1], m[2], m[3], m[4]) for m in re.finditer(pattern, (ROOT / "README.md").read_text(), re.M)]
+
+
+def readme_presets(command: str) -> dict[str, dict[str, str]]:
+    """``{preset: {setting: value}}`` of the README's rows that apply to ``command``."""
     out: dict[str, dict[str, str]] = {}
-    for m in re.finditer(r"^\| (\w+) \| (\w+) \| `([^`]*)` \| (.*) \|$", (ROOT / "README.md").read_text(), re.M):
-        out.setdefault(m[1], {})[m[2]] = m[3]
+    for preset, key, value, commands in readme_rows():
+        if commands == "all" or command in commands.split(", "):
+            assert key not in out.get(preset, {}), (preset, key, command)
+            out.setdefault(preset, {})[key] = value
     return out
 
 
@@ -85,6 +94,21 @@ def test_tak2025_prompt_is_plain_fewshot_and_maps_joy():
     assert get_template("lee2025").system == get_template("chat_lee").system
 
 
+def test_sev_reads_the_authors_skeleton_files_as_they_are(tmp_path):
+    events = {"positive": "It went well.", "neutral": "It went.", "negative": "It went badly."}
+    theirs, ours = tmp_path / "theirs.jsonl", tmp_path / "ours.jsonl"
+    theirs.write_text(json.dumps({"theme": "Work/Job", "scenario": "I sent the report", "event": events,
+                                  "skeleton_id": "work_00"}) + "\n")
+    ours.write_text(json.dumps({"theme": "Work/Job", "scenario": "I sent the report", "events": events,
+                                "id": "work_00"}) + "\n")
+    a, b = load_data(f"sev:{theirs}"), load_data(f"sev:{ours}")
+    assert [(e.id, e.text, e.label, e.meta) for e in a] == [(e.id, e.text, e.label, e.meta) for e in b]
+    assert [e.id for e in a] == ["work_00:positive", "work_00:neutral", "work_00:negative"]
+    theirs.write_text(json.dumps({"scenario": "x", "event": "not an object"}) + "\n")
+    with pytest.raises(EmocircuitsError, match="missing field"):
+        load_data(f"sev:{theirs}")
+
+
 # ------------------------------------------------------------------------------------------- probes
 def test_csv_and_nested_jsonl_give_the_same_probe_table_with_tak2025(tmp_path):
     a, b = tmp_path / "csv", tmp_path / "jsonl"
@@ -99,10 +123,7 @@ def test_csv_and_nested_jsonl_give_the_same_probe_table_with_tak2025(tmp_path):
     # the manifest holds the preset as the README's table says (all_examples: overridden on purpose)
     cfg = json.loads((a / "manifest.json").read_text())["config"]
     assert cfg["preset"] == "tak2025"
-    for key, value in readme_presets()["tak2025"].items():
-        if PRESETS["tak2025"][key].commands and "inference probe" not in PRESETS["tak2025"][key].commands:
-            assert key not in cfg["preset_settings"], key  # a patching setting, not the probe's
-            continue
+    for key, value in readme_presets("inference probe")["tak2025"].items():
         expect = "True" if key == "all_examples" else value
         assert str(cfg[key]) == expect and str(cfg["preset_settings"][key]) == expect, key
     # replayable: kept ids and the split ids
@@ -135,8 +156,8 @@ def test_probe_estimators_are_keywords_and_change_the_fit():
 
 # ------------------------------------------------------------------------------------------- presets
 def test_readme_table_is_the_presets():
-    table = readme_presets()
-    assert {p: {k: str(s.value) for k, s in v.items()} for p, v in PRESETS.items()} == table
+    assert readme_rows() == [(p, s.key, shown(s.value), ", ".join(s.commands) if s.commands else "all")
+                             for p, settings in PRESETS.items() for s in settings]
 
 
 def test_lee2025_preset_manifest_matches_the_readme(tmp_path):
@@ -148,7 +169,7 @@ def test_lee2025_preset_manifest_matches_the_readme(tmp_path):
     assert "preset lee2025:" in r.output
     cfg = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
     assert cfg["preset"] == "lee2025"
-    assert {k: str(cfg[k]) for k in readme_presets()["lee2025"]} == readme_presets()["lee2025"]
+    assert {k: str(cfg[k]) for k in readme_presets("neurons find")["lee2025"]} == readme_presets("neurons find")["lee2025"]
 
 
 def test_tak2025_patching_span_and_pairs_only_for_patch():
@@ -163,7 +184,73 @@ def test_tak2025_patching_span_and_pairs_only_for_patch():
 
 def test_wang2025_preset_resolves_and_refuses_commands_it_does_not_set():
     cfg, notes = resolve("wang2025", {"groups": "all"}, set(), "circuits directions")
-    assert cfg["groups"] == readme_presets()["wang2025"]["groups"] and notes[0].startswith("preset wang2025")
+    assert cfg["groups"] == readme_presets("circuits directions")["wang2025"]["groups"] and notes[0].startswith("preset wang2025")
+    with pytest.raises(EmocircuitsError, match="sets nothing that inference probe has"):
+        resolve("wang2025", {"template": "x"}, set(), "inference probe")
+
+
+def _manifest_config(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())["config"]
+
+
+def _wang_recorded(cfg: dict, command: str, overridden: dict) -> None:
+    """The run's config holds every wang2025 setting the README lists for ``command``, except ``overridden``."""
+    assert cfg["preset"] == "wang2025"
+    want = {**readme_presets(command)["wang2025"], **{k: str(v) for k, v in overridden.items()}}
+    assert {k: shown(cfg[k]) for k in want} == want, command
+    assert {k: shown(v) for k, v in cfg["preset_settings"].items()} == want, command
+
+
+def test_wang2025_preset_on_every_circuits_command(tmp_path):
+    el, di, co, inf_, asm = (tmp_path / n for n in ("el", "di", "co", "inf", "asm"))
+    r = _run(["circuits", "elicit", "--model", "tiny-llama", "--limit", "2", "--max-new-tokens", "2", "--preset",
+              "wang2025", "--quiet", "--out", str(el)])
+    assert "preset wang2025: system=two_lines, max_new_tokens=2, dtype=float32" in r.output
+    assert "--max-new-tokens 2 given, overriding the preset's 100" in r.output
+    _wang_recorded(_manifest_config(el), "circuits elicit", {"max_new_tokens": 2})
+    _run(["circuits", "directions", "--from", str(el), "--groups", "all", "--n-boot", "2", "--shuffles", "0",
+          "--preset", "wang2025", "--quiet", "--out", str(di)])
+    _wang_recorded(_manifest_config(di), "circuits directions", {"groups": "all"})
+    _run(["circuits", "components", "--from", str(di), "--top-k", "2", "--preset", "wang2025", "--quiet",
+          "--out", str(co)])
+    _wang_recorded(_manifest_config(co), "circuits components", {})
+    r = _run(["circuits", "influence", "--from", str(di), "--emotion", "anger", "--max-prompts", "2", "--preset",
+              "wang2025", "--quiet", "--out", str(inf_)])
+    _wang_recorded(_manifest_config(inf_), "circuits influence", {})
+    summary = json.loads((inf_ / "manifest.json").read_text())["summary"]
+    window = summary["ref_layers"]  # the paper's 21-25 of 28 on tiny-llama's layers; anchored at its first
+    assert summary["ref_anchor"] == ["resid.mid", window[0]] and summary["sigma_prompts"] == "elicit"
+    _run(["circuits", "assemble", "--influence", str(inf_), "--components", str(co), "--preset", "wang2025",
+          "--quiet", "--out", str(asm)])
+    _wang_recorded(_manifest_config(asm), "circuits assemble", {})
+    st = tmp_path / "st"
+    _run(["circuits", "steer", "--directions", str(di), "--split", "all", "--limit", "1", "--emotion", "anger",
+          "--methods", "residual,none", "--max-new-tokens", "12", "--preset", "wang2025", "--quiet", "--out", str(st)])
+    cfg = _manifest_config(st)
+    _wang_recorded(cfg, "circuits steer", {"max_new_tokens": 12})
+    assert cfg["system"].startswith("\n    Keep") and cfg["repetition_penalty"] == 1.05
+    r = _run(["steer", "Tell me about your day.", "--emotion", "anger", "--method", "residual", "--directions",
+              str(di), "--max-new-tokens", "12", "--preset", "wang2025"])
+    assert "preset wang2025:" in r.output and "min_new_tokens=10" in r.output
+    va = tmp_path / "va"
+    r = _run(["circuits", "validate", "--from", str(co), "--kinds", "neurons", "--scales", "0,1", "--controls", "1",
+              "--top-k", "2", "--emotion", "anger", "--max-prompts", "1", "--preset", "wang2025", "--quiet",
+              "--out", str(va)])
+    assert "preset wang2025: max_new_tokens=100" in r.output
+    manifest = json.loads((va / "manifest.json").read_text())
+    assert "wang2025" in json.dumps(manifest)
+
+
+def test_wang2025_system_is_per_command_and_the_anchor_rule():
+    from emocircuits.jobs.circuit_build import paper_anchor
+
+    systems = {c: settings_for("wang2025", c)["system"].value for c in ("circuits elicit", "circuits influence",
+                                                                        "circuits steer", "steer")}
+    assert systems["circuits elicit"] == "two_lines" and systems["circuits influence"] != systems["steer"]
+    assert systems["circuits steer"] == systems["steer"] == "\n    Keep the reply to at most two sentences.\n    "
+    assert shown(systems["steer"]) == "\\n    Keep the reply to at most two sentences.\\n    "
+    assert paper_anchor(28, [21, 22, 23, 24, 25], 1 / 6) == ("resid.mid", 21)
+    assert paper_anchor(30, None, 1 / 6) == ("resid.mid", 25)  # the default window, the last ceil(30/6) layers
     with pytest.raises(EmocircuitsError, match="sets nothing that inference probe has"):
         resolve("wang2025", {"template": "x"}, set(), "inference probe")
 

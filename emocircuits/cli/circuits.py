@@ -4,6 +4,8 @@ thin fronts over the jobs of ``emocircuits.jobs.circuits``, ``.circuit_build`` a
 Each step reads the run directory of the step before (``--from``) and writes its own; every command
 builds a plain config dict and calls the job's ``run_<step>``, which ``emocircuits rerun`` also uses
 (:data:`emocircuits.jobs.registry.JOBS`). ``validate`` is a ``component_validation`` sweep.
+Every command takes ``--preset wang2025`` (the authors' settings, :mod:`emocircuits.base.presets`); a flag
+given explicitly wins, with a note.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import typer
 
 from emocircuits.base.constants import EKMAN6
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.cli.options import at_least, number_list, option, share, split_list
+from emocircuits.cli.options import apply_preset, at_least, number_list, option, share, split_list
 
 circuits_app = typer.Typer(help="Emotion circuits (Wang et al. 2025): elicit, directions, components, validate, "
                            "influence, assemble, steer.",
@@ -29,6 +31,7 @@ FROM_MODEL_HELP = "Model spec (default: the model of the --from run)."
 
 @circuits_app.command("elicit")
 def elicit_cmd(
+    ctx: typer.Context,
     model: str = option("--model"),
     data: str = option("--data", "builtin:sev"),
     split: str = option("--split", "all"),
@@ -46,6 +49,7 @@ def elicit_cmd(
     drop_unknown: bool = option("--drop-unknown"),
     text_field: str | None = option("--text-field"),
     label_field: str | None = option("--label-field"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Prompt each skeleton x valence to reply in each emotion, judge the replies, score accuracy."""
     from emocircuits.jobs.circuits import run_elicit
@@ -59,6 +63,7 @@ def elicit_cmd(
             config[key] = value
     if labels is not None and not config["labels"]:
         raise EmocircuitsError(f"--labels {labels!r} names no label; pass comma-separated labels, e.g. positive,negative.")
+    config = apply_preset(ctx, preset, config, "circuits elicit")
     el = run_elicit(config, out, quiet)
     acc = el.accuracy[el.accuracy.valence == "all"]
     for judge, d in acc.groupby("judge", sort=False):
@@ -70,6 +75,7 @@ def elicit_cmd(
 
 @circuits_app.command("directions")
 def directions_cmd(
+    ctx: typer.Context,
     source: Path = option("--from"),
     model: str | None = option("--model", None),
     allow_other_model: bool = option("--allow-other-model"),
@@ -83,12 +89,14 @@ def directions_cmd(
     seed: int = option("--seed"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Emotion directions at resid.mid / resid.post of every layer, with cosine tables and a shuffled control."""
     from emocircuits.jobs.circuits import run_directions
 
     config = {"from": str(source), "model": model, "allow_other_model": allow_other_model, "groups": groups, "n_boot": n_boot, "shuffles": shuffles,
               "seed": seed, "last_after_final_norm": last_after_final_norm}
+    config = apply_preset(ctx, preset, config, "circuits directions")
     dr = run_directions(config, out, quiet)
     ctl = dr.control.dropna(subset=["real"])
     beat = f"; cross-valence cosine beats the shuffled control at {int(ctl.beats.sum())}/{len(ctl)} site-layers" \
@@ -99,6 +107,7 @@ def directions_cmd(
 
 @circuits_app.command("components")
 def components_cmd(
+    ctx: typer.Context,
     source: Path = option("--from"),
     model: str | None = option("--model", None),
     allow_other_model: bool = option("--allow-other-model"),
@@ -109,8 +118,7 @@ def components_cmd(
                                    "drop of the un-normalised resid.mid projection)."),
     ablation: bool = typer.Option(False, "--ablation", help="Score heads by real per-head ablation (one pass per "
                                   "head) and record the largest difference to the one-pass scores."),
-    use: str = typer.Option("used", "--use", help="Prompts read per emotion: used (the groups the directions "
-                            "used) | accepted (accepted replies) | all; each falls back to the next when empty."),
+    use: str = option("--use", "used"),
     max_samples: int | None = typer.Option(None, "--max-samples", help="At most N prompts per emotion (the first, "
                                            "after --per-valence; unset: all).", callback=at_least(1)("--max-samples")),
     per_valence: int | None = typer.Option(None, "--per-valence", help="At most N prompts per emotion and valence, "
@@ -120,6 +128,7 @@ def components_cmd(
     seed: int = option("--seed"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Score every MLP neuron (analytic) and query head (the drop of its emotion projection when removed) per
     emotion; keep the top-k."""
@@ -128,9 +137,10 @@ def components_cmd(
     config = {"from": str(source), "model": model, "allow_other_model": allow_other_model, "top_k": top_k, "top_k_heads": top_k_heads,
               "head_score": head_score, "ablation": ablation, "use": use, "max_samples": max_samples,
               "per_valence": per_valence, "layers": layers, "seed": seed}
+    config = apply_preset(ctx, preset, config, "circuits components")
     co = run_components(config, out, quiet)
-    if ablation:
-        typer.echo(f"heads scored by per-head ablation ({head_score}); largest difference to the one-pass scores "
+    if config["ablation"]:
+        typer.echo(f"heads scored by per-head ablation ({config['head_score']}); largest difference to the one-pass scores "
                    f"{co.config['head_ablation_max_diff']:.2g}")
     for e, hs in co.head_sets.items():
         typer.echo(f"{e}: top heads {[f'L{a}H{b}' for a, b in list(hs.heads)[:5]]}, "
@@ -140,6 +150,7 @@ def components_cmd(
 
 @circuits_app.command("validate")
 def validate_cmd(
+    ctx: typer.Context,
     source: Path = option("--from"),
     model: str | None = option("--model", None),
     allow_other_model: bool = option("--allow-other-model"),
@@ -158,6 +169,7 @@ def validate_cmd(
     executor: str | None = option("--executor"),
     workers: int | None = option("--workers"),
     quiet: bool = option("--quiet"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Scale the top-k components by each factor vs k random ones (a `component_validation` sweep)."""
     from emocircuits.jobs.circuits import parse_scales
@@ -167,11 +179,17 @@ def validate_cmd(
     if len(judges or []) > 1:
         raise EmocircuitsError(f"circuits validate judges with one judge; --judge was given {len(judges)} times.")
     judge = (judges or [""])[0]
+    chosen = apply_preset(ctx, preset, {"max_new_tokens": max_new_tokens, "seed": seed, "top_k": top_k,
+                                        "controls": controls, "judge_prompts": judge_prompts}, "circuits validate")
     cfg = validation_config(components=str(source), model=model, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
-                            scales=parse_scales(scales), emotions=list(emotions or []) or None, top_k=top_k,
-                            controls=controls, max_prompts=max_prompts or 0, seed=seed, judge=judge,
-                            judge_prompts=judge_prompts, max_new_tokens=max_new_tokens,
+                            scales=parse_scales(scales), emotions=list(emotions or []) or None, top_k=chosen["top_k"],
+                            controls=chosen["controls"], max_prompts=max_prompts or 0, seed=chosen["seed"],
+                            judge=judge, judge_prompts=chosen["judge_prompts"],
+                            max_new_tokens=chosen["max_new_tokens"],
                             allow_other_model=allow_other_model)
+    if preset is not None:  # a sweep's [sweep] table has no preset key: the description records it
+        cfg["sweep"]["description"] += (f"; preset {preset}: "
+                                        + ", ".join(f"{k}={v}" for k, v in chosen["preset_settings"].items()))
     result = run_sweep(cfg, out, resume=resume, executor=executor, workers=workers, progress=not quiet)
     for r in result.table[result.table["status"] == "ok"].itertuples():
         judged = (f"  judged top {r.judged_top:.2f} random {r.judged_random:.2f}" if judge else "")
@@ -185,6 +203,7 @@ def validate_cmd(
 
 @circuits_app.command("influence")
 def influence_cmd(
+    ctx: typer.Context,
     source: Path = option("--from"),
     model: str | None = option("--model", None),
     allow_other_model: bool = option("--allow-other-model"),
@@ -199,16 +218,19 @@ def influence_cmd(
                                           "(the authors' stable segment 21-25 of 28, scaled); default: the last "
                                           "ceil(--ref-fraction · n) layers."),
     ref_anchor: str | None = typer.Option(None, "--ref-anchor", help="SITE:LAYER the v_ref directions are "
-                                          "sign-aligned to (default: the last layer's resid.post)."),
+                                          "sign-aligned to, or paper (resid.mid at the window's first layer, "
+                                          "as the authors); default: the last layer's resid.post."),
     sigma_prompts: str = typer.Option("neutral", "--sigma-prompts", help="σ measured over the emotion-free "
                                       "influence prompts (neutral) or the elicitation prompts of the directions "
                                       "run (elicit; the paper, with --sigma-from resid)."),
     layers: str | None = option("--layers", None),
     system: str | None = option("--system", None),
     max_prompts: int | None = option("--max-prompts"),
+    use: str = option("--use", "all"),
     method: str = typer.Option("fast", "--engine", help="fast (last token only, KV cache) | full (re-runs whole prompts; the reference)."),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Sublayer influence: inject α·σ·v̂ into one attention or MLP output and measure the final projection."""
     from emocircuits.jobs.circuit_build import run_influence
@@ -216,7 +238,8 @@ def influence_cmd(
     config = {"from": str(source), "model": model, "allow_other_model": allow_other_model, "alphas": alphas, "emotions": list(emotions or []),
               "readout": readout, "sigma_from": sigma_from, "ref_fraction": ref_fraction, "max_prompts": max_prompts,
               "method": method, "ref_layers": ref_layers, "ref_anchor": ref_anchor, "sigma_prompts": sigma_prompts,
-              "layers": layers, "system": system}
+              "layers": layers, "system": system, "use": use}
+    config = apply_preset(ctx, preset, config, "circuits influence")
     res = run_influence(config, out, quiet)
     for e, d in res.table.groupby("emotion", sort=False):
         top = d.nlargest(3, "influence")
@@ -227,6 +250,7 @@ def influence_cmd(
 
 @circuits_app.command("assemble")
 def assemble_cmd(
+    ctx: typer.Context,
     influence: Path = typer.Option(..., "--influence", help="Run directory of `emocircuits circuits influence`."),
     components: Path = typer.Option(..., "--components", help="Run directory of `emocircuits circuits components`."),
     model: str | None = option("--model", None),
@@ -241,6 +265,7 @@ def assemble_cmd(
     groups: str = option("--groups", "all"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Assemble each emotion's circuit: a budget over layers by influence, top components, shift vectors Δμ."""
     from emocircuits.jobs.circuit_build import run_assemble
@@ -249,6 +274,7 @@ def assemble_cmd(
               "allow_other_model": allow_other_model, "k_total": k_total,
               "neuron_share": neuron_share, "min_neurons": min_neurons, "min_heads": min_heads,
               "cap_ratio": cap_ratio, "groups": groups}
+    config = apply_preset(ctx, preset, config, "circuits assemble")
     asm = run_assemble(config, out, quiet)
     for e, c in asm.circuits.items():
         typer.echo(f"{e:<10} {len(c.neurons)} neurons, {len(c.heads)} heads over {len(c.layers())} layers")
@@ -257,6 +283,7 @@ def assemble_cmd(
 
 @circuits_app.command("steer")
 def steer_compare_cmd(
+    ctx: typer.Context,
     source: Path | None = option("--from", None),
     directions: Path | None = option("--directions"),
     model: str | None = option("--model", None),
@@ -284,6 +311,7 @@ def steer_compare_cmd(
     seed: int = option("--seed"),
     out: Path = option("--out"),
     quiet: bool = option("--quiet"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Circuit vs residual steering vs prompting vs nothing vs random circuits: judged accuracy and text quality.
     --from: a `circuits assemble` run; residual, prompt and none alone need only --directions."""
@@ -296,6 +324,7 @@ def steer_compare_cmd(
               "seed": seed, "site": site, "min_new_tokens": min_new_tokens, "repetition_penalty": repetition_penalty,
               "no_repeat_ngram_size": no_repeat_ngram_size, "system": system, "prompt_system": prompt_system,
               "dose": dose, "calibration_prompts": calibration_prompts, "sentences": sentences}
+    config = apply_preset(ctx, preset, config, "circuits steer")
     res = run_steer(config, out, quiet)
     for line in steer_lines(res):
         typer.echo(line)
@@ -303,6 +332,7 @@ def steer_compare_cmd(
 
 
 def steer_cmd(
+    ctx: typer.Context,
     text: str = typer.Argument(..., help="The user message to reply to."),
     emotion: str = option("--emotion", ...),
     method: str = typer.Option("prompt", "--method", help="circuit | residual | prompt | random."),
@@ -323,15 +353,20 @@ def steer_cmd(
     system: str | None = option("--system", None),
     prompt_system: str | None = option("--prompt-system"),
     seed: int = option("--seed"),
+    preset: str | None = option("--preset"),
 ) -> None:
     """Steered and unsteered replies to one message, side by side."""
     from emocircuits.jobs.steer import steer_from_runs
 
+    c = apply_preset(ctx, preset, {"max_new_tokens": max_new_tokens, "seed": seed, "band": band, "site": site,
+                                   "system": system, "prompt_system": prompt_system, "min_new_tokens": min_new_tokens,
+                                   "repetition_penalty": repetition_penalty,
+                                   "no_repeat_ngram_size": no_repeat_ngram_size, "sentences": sentences}, "steer")
     r = steer_from_runs(text, emotion, method, scale=scale, circuits=circuits, directions=directions, model=model,
-                        max_new_tokens=max_new_tokens, seed=seed, band=band, site=site, system=system,
-                        prompt_system=prompt_system, min_new_tokens=min_new_tokens,
-                        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                        sentences=sentences, calibration_prompts=calibration_prompts,
+                        max_new_tokens=c["max_new_tokens"], seed=c["seed"], band=c["band"], site=c["site"],
+                        system=c["system"], prompt_system=c["prompt_system"], min_new_tokens=c["min_new_tokens"],
+                        repetition_penalty=c["repetition_penalty"], no_repeat_ngram_size=c["no_repeat_ngram_size"],
+                        sentences=c["sentences"], calibration_prompts=calibration_prompts,
                         allow_other_model=allow_other_model)
     if r["strength_choice"] is not None:
         typer.echo(r["strength_choice"].line())

@@ -300,6 +300,9 @@ VOCABULARY: dict[str, Opt] = {o.flags[0]: o for o in (
     Opt(("--groups",), "Groups of prompts used: accepted (every emotion's reply accepted) | all.", "accepted",
         per_command=True),
     Opt(("--max-prompts",), "At most N prompts per emotion (unset: all).", None, check=at_least(1)),
+    Opt(("--use",), "Prompts read per emotion: used (the groups the directions used) | accepted (the emotion's "
+        "accepted replies) | all (default: the command's; components: used, each falling back to the next when "
+        "empty; influence: all).", "all", per_command=True),
     # running
     Opt(("--out",), "Run directory to write (the README lists each command's files).", ..., per_command=True),
     Opt(("--quiet",), "No progress bars; print only the summary.", False),

@@ -8,7 +8,8 @@ Data spec strings (``load_data(spec)`` and every CLI ``--data``):
 ``builtin:appraisal_events`` 900 event descriptions, 21 appraisal ratings that follow the text (``data/appraisal_events.md``)
 ``builtin:events``          900 short first-person event descriptions, mixed registers, mostly implicit (``data/events.md``)
 ``emoprism:PATH``           Lee et al.'s dialogue corpus: JSONL or ``.json.gz`` (topic, dialogue, label)
-``sev:PATH``                SEV skeleton JSONL (scenario + events per valence)
+``sev:PATH``                SEV skeleton JSONL (scenario + events per valence; the authors' files,
+                            with event and skeleton_id, read as they are)
 ``envent:PATH``             crowd-enVENT CSV (cp1252; emotion, generated_text, hidden_emo_text, ratings)
 ``jsonl:PATH``/``csv:PATH`` generic files with ``text`` and ``label`` (other fields -> ``meta``)
 ``tsv:PATH``                the same as ``csv:`` with tab-separated columns
@@ -535,8 +536,11 @@ def _load_sev(
 ) -> list[tuple[Example, str | None]]:
     out = []
     for n, row in enumerate(rows):
-        _require(row, "scenario", "events")
         f = row.fields
+        if "events" not in f and isinstance(f.get("event"), dict):  # the authors' files: event, skeleton_id
+            f = {**f, "events": f["event"], "id": f.get("id") or f.get("skeleton_id")}
+            row = _Row(f, row.where)
+        _require(row, "scenario", "events")
         events = f["events"]
         if not isinstance(events, dict):
             raise EmocircuitsError(f"{row.where}: 'events' must be an object mapping valence to event text.")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from emocircuits.methods.circuits.influence import (
     paper_ref_layers,
     sublayer_influence,
 )
+from emocircuits.methods.circuits.local_components import PROMPT_USES
 from emocircuits.runs.rundir import RunDir, finished_run, read_table
 
 
@@ -38,16 +40,24 @@ def parse_floats(text: str | Sequence[float], name: str = "alphas") -> list[floa
     return parse_numbers(text, name, low=0, above=True, example="0.1,0.3")
 
 
-def parse_anchor(text: str | Sequence[Any] | None) -> tuple[str, int] | None:
-    """``"resid.post:27"`` (or ``[site, layer]``) → ``("resid.post", 27)``; None stays None (the default
-    anchor: the last layer's ``resid.post``). One sentence on bad input."""
-    if text is None:
-        return None
+def parse_anchor(text: str | Sequence[Any] | None) -> tuple[str, int] | str | None:
+    """``"resid.post:27"`` (or ``[site, layer]``) → ``("resid.post", 27)``; ``paper`` and None stay as they are
+    (``paper``: the authors' anchor, :func:`paper_anchor`; None: the last layer's ``resid.post``). One
+    sentence on bad input."""
+    if text is None or text == "paper":
+        return text
     site, _, layer = (str(text).partition(":") if isinstance(text, str) else (str(text[0]), ":", str(text[1])))
     if site not in DIR_SITE.values() or not layer.strip().isdigit():
         raise EmocircuitsError(f"--ref-anchor {text!r} is not valid; use SITE:LAYER with SITE resid.mid or "
-                               "resid.post, e.g. resid.post:27.")
+                               "resid.post, e.g. resid.post:27, or paper.")
     return site, int(layer)
+
+
+def paper_anchor(n_layers: int, ref_layers: Sequence[int] | None, ref_fraction: float) -> tuple[str, int]:
+    """The authors' sign anchor: the first vector their reference loop meets, ``resid.mid`` (their attention
+    site) at the reference window's first layer (``ref_layers``, else the last ``ceil(ref_fraction · n)``)."""
+    window = list(ref_layers) if ref_layers else list(range(n_layers))[-max(1, math.ceil(ref_fraction * n_layers)):]
+    return "resid.mid", int(min(window))
 
 
 def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_pair: Any = None) -> InfluenceResult:
@@ -55,7 +65,8 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     ``model``/``dtype`` (default: that run's), ``alphas``, ``emotions`` (empty = all), ``readout``,
     ``sigma_from``, ``ref_fraction``, ``max_prompts``, ``method``; and (absent in older runs, defaulting to
     what those did) ``ref_layers`` (``A-B`` or ``paper``: the authors' 21–25 of 28 scaled; None: the last
-    ``ceil(ref_fraction · n)`` layers), ``ref_anchor`` (``SITE:LAYER``; None: the last layer's resid.post),
+    ``ceil(ref_fraction · n)`` layers), ``ref_anchor`` (``SITE:LAYER`` or ``paper``: resid.mid at the window's first layer, as the authors; None:
+    the last layer's resid.post),
     ``sigma_prompts`` (neutral | elicit), ``layers`` (the sublayers scanned, a range; None: all) and
     ``system`` (the emotion-free system prompt)."""
 
@@ -74,7 +85,9 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     # keys added after the first runs; their defaults are what those runs did
     config = {**config, "ref_layers": config.get("ref_layers"), "ref_anchor": config.get("ref_anchor"),
               "sigma_prompts": config.get("sigma_prompts", "neutral"), "layers": config.get("layers"),
-              "system": config.get("system") or NEUTRAL_SYSTEM}
+              "system": config.get("system") or NEUTRAL_SYSTEM, "use": config.get("use", "all")}
+    if config["use"] not in PROMPT_USES:
+        raise EmocircuitsError(f"--use {config['use']!r} is not valid; use one of {', '.join(PROMPT_USES)}.")
     if config["ref_layers"] not in (None, "paper"):
         check_layer_range(config["ref_layers"], "ref_layers")
     if config["layers"] is not None:
@@ -97,6 +110,8 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
     ref_layers = (None if config["ref_layers"] is None else paper_ref_layers(spec.n_layers)
                   if config["ref_layers"] == "paper" else layer_range(spec.n_layers, config["ref_layers"]))
     layers = None if config["layers"] is None else layer_range(spec.n_layers, config["layers"])
+    if anchor == "paper":
+        anchor = paper_anchor(spec.n_layers, ref_layers, float(config.get("ref_fraction", 1 / 6)))
     if anchor is not None and not 0 <= anchor[1] < spec.n_layers:
         raise EmocircuitsError(f"--ref-anchor layer {anchor[1]} is not a layer of the model (0-{spec.n_layers - 1}).")
     with RunDir.create(out, command="circuits influence", config=config, model_spec=spec,
@@ -107,7 +122,7 @@ def run_influence(config: dict[str, Any], out: Path, quiet: bool = False, model_
                                  system=config["system"],
                                  readout=config.get("readout", "final.norm"),
                                  sigma_from=config.get("sigma_from", "output"), method=config.get("method", "fast"),
-                                 max_prompts=config.get("max_prompts"), progress=not quiet)
+                                 max_prompts=config.get("max_prompts"), use=config["use"], progress=not quiet)
         run.write_table("raw", res.raw, "emotion, layer, sublayer, alpha, sigma, dose, base, delta, value "
                         "(delta = mean change of the final projection on v_ref; value = delta / dose)")
         run.write_table("influence", res.table, "emotion, layer, sublayer, sigma, raw (mean value over alphas), "

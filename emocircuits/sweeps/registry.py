@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.base.presets import PRESETS, resolve
+from emocircuits.base.presets import PRESETS, resolve, settings_for
 from emocircuits.core.prompts import get_template
 from emocircuits.sweeps.analyses.circuit_steering import CircuitSteering
 from emocircuits.sweeps.analyses.component_validation import ComponentValidation
@@ -86,9 +86,10 @@ def apply_preset(name: str, analysis: Analysis, data_table: Mapping[str, Any], p
     data_out, params_out = dict(data_table), dict(params_table)
     for key, value in settings.items():
         (data_out if key in data_keys else params_out)[key] = value
+    given = settings_for(name, f"sweep {analysis.name}")
     overrides = [f"preset {name}: {'data' if key in data_table else 'analysis'}.{key} = {value!r} in the file, "
-                 f"overriding the preset's {PRESETS[name][key].value!r}"
-                 for key, value in settings.items() if key in explicit and value != PRESETS[name][key].value]
+                 f"overriding the preset's {given[key].value!r}"
+                 for key, value in settings.items() if key in explicit and value != given[key].value]
     return data_out, params_out, settings, [notes[0], *overrides]
 
 

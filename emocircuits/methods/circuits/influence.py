@@ -56,6 +56,7 @@ from emocircuits.core.interventions import AddDirection, AddPerExample, BatchInf
 from emocircuits.core.models import spec_of
 from emocircuits.core.runner import Runner, check_cache
 from emocircuits.methods.circuits.elicit import USER_TEMPLATE, prompt_ids
+from emocircuits.methods.circuits.local_components import PROMPT_USES, prompt_rows
 
 ALPHAS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
 
@@ -109,6 +110,25 @@ def neutral_items(items: pd.DataFrame, system: str = NEUTRAL_SYSTEM) -> pd.DataF
     keep = [c for c in ("skeleton", "valence", "theme", "scenario", "event", "user") if c in out.columns]
     out = out[keep].reset_index(drop=True)
     out["system"] = system
+    return out
+
+
+def emotion_prompt_masks(prompts: pd.DataFrame, neutral: pd.DataFrame, emotions: Sequence[str],
+                         use: str) -> dict[str, np.ndarray] | None:
+    """``{emotion: bool [n_neutral]}``: which emotion-free prompts (rows of ``neutral``) each emotion's
+    influence averages over, chosen by ``use`` from the directions run's ``prompts`` (:func:`prompt_rows`);
+    None when every prompt counts (``use="all"``, or a table without emotions)."""
+    if use == "all" or "emotion" not in prompts or not {"skeleton", "valence"} <= set(neutral.columns):
+        return None
+    keys = list(zip(neutral["skeleton"], neutral["valence"], strict=True))
+    out = {}
+    for e in emotions:
+        rows = prompts.iloc[prompt_rows(prompts, e, use)]
+        chosen = set(zip(rows["skeleton"], rows["valence"], strict=True))
+        out[e] = np.array([k in chosen for k in keys], dtype=bool)
+        if not out[e].any():
+            raise EmocircuitsError(f"No prompt of emotion {e!r} is among the first {len(keys)} influence prompts "
+                                   f"(use={use}); raise --max-prompts or use all.")
     return out
 
 
@@ -342,7 +362,8 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
                        sigma_from: str = "output", sigma_prompts: str = "neutral", method: str = "fast",
                        system: str = NEUTRAL_SYSTEM, token_ids: Sequence[Sequence[int]] | None = None,
                        sigma_token_ids: Sequence[Sequence[int]] | None = None, max_prompts: int | None = None,
-                       max_rows: int = 64, max_tokens: int = 4096, progress: bool = False) -> InfluenceResult:
+                       use: str = "all", max_rows: int = 64, max_tokens: int = 4096,
+                       progress: bool = False) -> InfluenceResult:
     """Each sublayer's unit influence on the final emotion representation (see module docstring).
 
     ``prompts``: SEV items or the replies/prompts table of a directions run (one emotion-free prompt is
@@ -354,8 +375,13 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
     the ``(site, layer)`` vector the window's directions are sign-aligned to (default the last layer's
     ``resid.post``). ``sigma_prompts``: ``neutral`` (σ over the influence prompts) or ``elicit`` (over the
     emotion-instructed prompts of ``prompts``, each row's own ``system``); ``sigma_token_ids`` gives σ's
-    prompts directly.
+    prompts directly. ``use`` (:data:`PROMPT_USES`, for a directions run's prompts table): ``all`` (every
+    (skeleton, valence), the same for each emotion), ``used`` (those of the groups the directions used) or
+    ``accepted`` (per emotion, those whose reply in that emotion was accepted, as the authors); with ``used``
+    or ``accepted`` σ's elicitation prompts are the used groups' rows (the authors' residual dumps).
     """
+    if use not in PROMPT_USES:
+        raise EmocircuitsError(f"use {use!r} is not valid; use one of {', '.join(PROMPT_USES)}.")
 
     if method not in ("fast", "full"):
         raise EmocircuitsError(f"method {method!r} is not valid; use fast or full.")
@@ -375,6 +401,7 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
     missing = [e for e in emotions if e not in directions]
     if missing:
         raise EmocircuitsError(f"No direction for emotion {missing[0]!r}; directions exist for {', '.join(directions)}.")
+    masks = None
     if token_ids is None:
         if prompts is None:
             raise EmocircuitsError("Pass a prompts table (SEV items or replies) or token_ids.")
@@ -382,6 +409,7 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
         if max_prompts is not None:
             neutral = neutral.iloc[:max_prompts]
         token_ids = chat_ids(model, neutral, max_tokens)
+        masks = emotion_prompt_masks(prompts, neutral, emotions, use)
     elif max_prompts is not None:
         token_ids = list(token_ids)[:max_prompts]
     if not token_ids:
@@ -391,7 +419,10 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
         if prompts is None or "system" not in prompts.columns:
             raise EmocircuitsError("sigma_prompts='elicit' needs the prompts table of a directions run (with its "
                                    "'system' column) or sigma_token_ids.")
-        sigma_token_ids = prompt_ids(model, prompts.reset_index(drop=True), max_tokens)
+        rows = prompts
+        if use != "all" and "used" in prompts and prompts["used"].astype(bool).any():
+            rows = prompts[prompts["used"].astype(bool)]
+        sigma_token_ids = prompt_ids(model, rows.reset_index(drop=True), max_tokens)
     sigma = sublayer_sigma(model, token_ids if sigma_token_ids is None else sigma_token_ids, layers=layers,
                            max_tokens=max_tokens)
     scol = "sigma" if sigma_from == "output" else "sigma_resid"
@@ -406,12 +437,12 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
     else:
         base, inj = injection_scores_full(model, token_ids, plan, readout=readout, max_tokens=max_tokens,
                                           progress=progress)
-    delta = (inj - base).double().mean(0)
     rows = []
     for r, x in enumerate(plan):
-        d = float(delta[r])
+        keep = slice(None) if masks is None else torch.as_tensor(masks[x.emotion])
+        d = float((inj[keep, r] - base[keep, r]).double().mean())
         rows.append({"emotion": x.emotion, "layer": x.layer, "sublayer": x.sublayer, "alpha": x.alpha,
-                     "sigma": x.sigma, "dose": x.dose, "base": float(base[:, r].mean()), "delta": d,
+                     "sigma": x.sigma, "dose": x.dose, "base": float(base[keep, r].mean()), "delta": d,
                      "value": d / max(x.dose, 1e-12)})
     raw = pd.DataFrame(rows)
     config = {"alphas": alphas, "emotions": emotions, "layers": layers, "ref_fraction": ref_fraction,
@@ -419,5 +450,7 @@ def sublayer_influence(model: Any, prompts: pd.DataFrame | None, directions: Map
               "ref_anchor": None if ref_anchor is None else [ref_anchor[0], int(ref_anchor[1])],
               "ref_sites": list(ref_sites), "readout": readout, "sigma_from": sigma_from,
               "sigma_prompts": "given" if sigma_given else sigma_prompts,
-              "method": method, "system": system, "n_prompts": len(token_ids)}
+              "method": method, "system": system, "n_prompts": len(token_ids), "use": use,
+              "n_prompts_per_emotion": {e: int(len(token_ids) if masks is None else masks[e].sum())
+                                        for e in emotions}}
     return InfluenceResult(raw, influence_table(raw), sigma, refs, config)
