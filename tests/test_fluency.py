@@ -108,12 +108,13 @@ def test_quality_ratios_by_hand():
         rows.append({"method": method, "emotion": emotion, "skeleton": reply, "valence": "", "user": reply,
                      "reply": reply, "ppl": ppl, "empty": False, "cut_off": False})
     q = S.steer_quality(pd.DataFrame(rows)).set_index(["method", "emotion"])
-    # reference: geometric mean ppl 4, distinct-2 1.0 (four unique bigrams)
+    # reference: geometric mean ppl 4, each reply's distinct-2 1.0
     assert q.loc[("residual", "anger"), "ppl_ratio"] == pytest.approx(2.0)  # sqrt(4*16) = 8
-    assert q.loc[("residual", "anger"), "distinct2_ratio"] == pytest.approx(3 / 4)  # (a b)x2, (b a), (x y)
+    assert q.loc[("residual", "anger"), "distinct2_ratio"] == pytest.approx((2 / 3 + 1) / 2)  # "a b a b": 2 of 3
     assert q.loc[("residual", "all"), "ppl_ratio"] == pytest.approx(2.0)  # (4*16*8*8)^(1/4) = 8
-    assert q.loc[("residual", "all"), "distinct2_ratio"] == pytest.approx((0.75 + 1.0) / 2)
-    assert not q.loc[("residual", "all"), "fluent"] and q.loc[("none", "all"), "fluent"]
+    assert q.loc[("residual", "all"), "distinct2_ratio"] == pytest.approx((2 / 3 + 1 + 1 + 1) / 4)
+    assert F.reply_distinct_n(["a b a b", "x y", "one"]) == pytest.approx((2 / 3 + 1) / 2)  # "one": no bigram
+    assert not q.loc[("residual", "all"), "fluent"] and q.loc[("none", "all"), "fluent"]  # ppl ×2 > 1.5
 
 
 def _direction(spec, emotion, seed=0):

@@ -127,8 +127,10 @@ def test_accuracy_and_quality_tables_by_hand():
     q = S.steer_quality(rep).set_index("emotion")
     assert q.loc["all", "ppl_mean"] == pytest.approx(14 / 3) and q.loc["all", "ppl_median"] == 4.0
     assert q.loc["all", "empty"] == 0.25 and q.loc["all", "cut_off"] == 0.5
-    assert q.loc["fear", "distinct2"] == pytest.approx(2 / 3)  # (scared, now) twice, (very, scared) once
-    assert q.loc["anger", "distinct2"] == 1.0
+    assert q.loc["fear", "distinct2"] == 1.0  # each reply's own bigrams are all distinct
+    assert q.loc["anger", "distinct2"] == 1.0  # "mad mad": one bigram; "" has none and is left out
+    assert S.steer_quality(rep.assign(reply=["a b a b", "", "x y", "p q"])).set_index("emotion").loc[
+        "all", "distinct2"] == pytest.approx((2 / 3 + 1 + 1) / 3)
 
 
 # ----------------------------------------------------------------------------- end to end

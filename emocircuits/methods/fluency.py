@@ -2,8 +2,8 @@
 
 A steered reply is fluent when, against the unsteered replies to the same prompts, its perplexity under the
 unsteered model is at most :data:`~emocircuits.base.constants.FLUENCY_MAX_PPL_RATIO` × theirs (geometric
-means), its distinct-2 at least :data:`~emocircuits.base.constants.FLUENCY_MIN_DISTINCT2_RATIO` × theirs (per
-emotion, over the same prompts, then averaged), and its share of empty replies at most
+means), its distinct-2 at least :data:`~emocircuits.base.constants.FLUENCY_MIN_DISTINCT2_RATIO` × theirs (each
+reply's own distinct-2, averaged: :func:`reply_distinct_n`), and its share of empty replies at most
 :data:`~emocircuits.base.constants.FLUENCY_MAX_EMPTY_RISE` above theirs. ``auto`` strength tries a grid
 weakest first on a calibration split and keeps the strongest setting before the first that breaks the rule.
 """
@@ -39,6 +39,17 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
         w = _WORD.findall(str(t).lower())
         grams += [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
     return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def reply_distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Mean over ``texts`` of each text's own distinct-n (texts with no n-gram left out; NaN if none has one).
+
+    The fluency rule's distinct-2: it catches the loops over-steered replies fall into ("1.1.1.1…") and, unlike
+    distinct-n pooled over replies, does not fall with the number of replies or when replies share the target
+    emotion's words (the effect being measured)."""
+    vals = [distinct_n([t], n) for t in texts]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
 
 
 def reply_perplexity(model: Any, prompt_ids: Sequence[Sequence[int]], reply_ids: Sequence[Sequence[int]], *,
@@ -98,8 +109,8 @@ class FluencyRule:
 
 @dataclass
 class Fluency:
-    """Fluency of one set of replies: ``ppl`` (geometric mean), ``distinct2`` (mean over groups), ``empty``
-    and ``cut_off`` shares, ``n`` replies."""
+    """Fluency of one set of replies: ``ppl`` (geometric mean), ``distinct2`` (each reply's own, averaged),
+    ``empty`` and ``cut_off`` shares, ``n`` replies."""
 
     ppl: float
     distinct2: float
@@ -112,17 +123,14 @@ def measure(model: Any, neutral_ids: Sequence[Sequence[int]], gens: Sequence[Gen
             max_tokens: int = 4096) -> Fluency:
     """Fluency of ``gens`` (one :class:`Generation` per group, e.g. per emotion, each over the same prompts
     whose neutral-prompt token ids are ``neutral_ids``): perplexity under the model as it is now."""
-    ppl, d2, empty, cut, n = [], [], [], [], 0
+    ppl, texts, empty, cut = [], [], [], []
     for g in gens:
         ppl.append(reply_perplexity(model, neutral_ids, g.token_ids, max_tokens=max_tokens))
-        d2.append(distinct_n(g.texts, 2))
+        texts += list(g.texts)
         empty += [not t.strip() for t in g.texts]
         cut += [f not in FINISHED for f in g.finish]
-        n += len(g)
-    d2a = np.asarray(d2, dtype=np.float64)
-    return Fluency(geometric_mean(np.concatenate(ppl)) if ppl else math.nan,
-                   float(np.nanmean(d2a)) if np.isfinite(d2a).any() else math.nan,
-                   float(np.mean(empty)) if empty else math.nan, float(np.mean(cut)) if cut else math.nan, n)
+    return Fluency(geometric_mean(np.concatenate(ppl)) if ppl else math.nan, reply_distinct_n(texts, 2),
+                   float(np.mean(empty)) if empty else math.nan, float(np.mean(cut)) if cut else math.nan, len(texts))
 
 
 CURVE_COLUMNS = ["strength", "ppl", "ppl_ratio", "distinct2", "distinct2_ratio", "empty", "cut_off", "n", "fluent"]

@@ -89,10 +89,8 @@ from emocircuits.methods.circuits.steer import (  # noqa: F401
     STEER_SITES,
     STEER_SYSTEM,
     SteerResult,
-    distinct_n,
     method_intervention,
     random_circuit,
-    reply_perplexity,
     residual_band,
     residual_intervention,
     steer_accuracy,
@@ -108,3 +106,4 @@ from emocircuits.methods.circuits.validate import (  # noqa: F401
     validate_cell,
     validate_components,
 )
+from emocircuits.methods.fluency import distinct_n, reply_distinct_n, reply_perplexity  # noqa: F401

@@ -21,7 +21,7 @@ replies (``fluent`` in the quality table, and a note). ``doses`` adds a dose-res
 method at multiples of its strength, so that methods can be compared at matched fluency.
 
 Quality: perplexity of each reply under the unsteered model given the neutral prompt (geometric mean, and its
-ratio to the unsteered replies'), distinct-2 (unique word bigrams / bigrams per emotion, averaged, and its
+ratio to the unsteered replies'), distinct-2 (each reply's unique word bigrams / bigrams, averaged, and its
 ratio), share of empty replies and of cut-off replies (``max_new_tokens`` reached before the reply ended).
 Replies end after ``sentences`` sentences (default 2, as the system prompt asks) or at the end of turn.
 """
@@ -58,8 +58,8 @@ from emocircuits.methods.fluency import (
     FluencyRule,
     StrengthChoice,
     calibrate_strength,
-    distinct_n,
     geometric_mean,
+    reply_distinct_n,
     reply_perplexity,
 )
 from emocircuits.methods.neurons.find import random_control
@@ -220,18 +220,17 @@ def steer_accuracy(replies: pd.DataFrame, judge_names: Sequence[str], *, n_boot:
 def _reference(replies: pd.DataFrame) -> tuple[float, float, float]:
     """Geometric-mean perplexity, distinct-2 and empty share of the unsteered replies (one per prompt)."""
     d = replies.drop_duplicates(["skeleton", "valence", "user"])
-    return geometric_mean(d["ppl"].to_numpy()), distinct_n(d["reply"].tolist(), 2), float(d["empty"].mean())
+    return geometric_mean(d["ppl"].to_numpy()), reply_distinct_n(d["reply"].tolist(), 2), float(d["empty"].mean())
 
 
 def _quality_row(d: pd.DataFrame, ref: tuple[float, float, float], rule: FluencyRule, dedupe: bool) -> dict[str, Any]:
-    """Fluency of one method's replies ``d`` against the unsteered ``ref``; distinct-2 per emotion, averaged."""
+    """Fluency of one method's replies ``d`` against the unsteered ``ref`` (distinct-2: each reply's own, averaged)."""
     if dedupe:
         d = d.drop_duplicates(["skeleton", "valence", "user"])
     ppl = d["ppl"].to_numpy(dtype=np.float64)
     finite = ppl[np.isfinite(ppl)]
     geo = geometric_mean(ppl)
-    per_emotion = [distinct_n(g["reply"].tolist(), 2) for _, g in d.groupby("emotion", sort=False)]
-    d2 = float(np.nanmean(per_emotion)) if np.isfinite(per_emotion).any() else math.nan
+    d2 = reply_distinct_n(d["reply"].tolist(), 2)
     ppl_ratio = geo / ref[0] if ref[0] > 0 else math.nan
     d2_ratio = d2 / ref[1] if ref[1] > 0 else math.nan
     empty = float(d["empty"].mean()) if len(d) else math.nan
