@@ -19,8 +19,8 @@ from emocircuits.base.constants import (
     TRIANGULATION_COMBINED,
     TRIANGULATION_METHODS,
 )
-from emocircuits.base.errors import EmocircuitsError
 from emocircuits.viz.colors import CONTROL_COLOR, order_labels
+from emocircuits.viz.figures import _need
 
 __all__ = ["agreement_table", "layer_profiles", "masking_effects", "reading"]
 
@@ -28,17 +28,6 @@ METHOD_COLORS = {"lee": "#1f77b4", "wang": "#d62728", "tak": "#2ca02c", "union":
                  "intersection": "#8c564b"}
 METHOD_NAMES = {"lee": "Lee (entropy)", "wang": "Wang (direction contribution)", "tak": "Tak (probe via W_out)",
                 "union": "union", "intersection": "intersection"}
-
-
-def _need(df: Any, cols: list[str], what: str) -> pd.DataFrame:
-    if not isinstance(df, pd.DataFrame):
-        raise EmocircuitsError(f"{what} needs a pandas DataFrame; got {type(df).__name__}.")
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise EmocircuitsError(f"{what} needs columns {missing}; pass the table a triangulate run wrote.")
-    if df.empty:
-        raise EmocircuitsError(f"{what} got an empty table; run triangulate on some examples first.")
-    return df
 
 
 def layer_profiles(profiles: pd.DataFrame, probes: pd.DataFrame | None = None, *, cols: int = 3) -> go.Figure:
