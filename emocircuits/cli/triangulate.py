@@ -4,24 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from emocircuits.base.constants import TRIANGULATE_SIZES as S
 from emocircuits.cli.options import option
-
-
-def summary_table(res: Any) -> str:
-    """One line per emotion: set size, shared neurons of each pair against chance (p), and each method's
-    own-label masking effect against its controls with the 95% CI."""
-    lines = []
-    for r in res.summary().to_dict("records"):
-        pairs = "; ".join(f"{k.replace('_', '-')} {r[k]}" for k in ("lee_wang", "lee_tak", "wang_tak") if k in r)
-        drops = ", ".join(f"{m} {r[f'drop_{m}']}" for m in ("lee", "wang", "tak", "union", "intersection")
-                          if r.get(f"drop_{m}"))
-        lines.append(f"{r['emotion']:<10} k={r['k']:<4} shared: {pairs}\n{'':<10} own-label masked - control: {drops}")
-    return "\n".join(lines)
 
 
 def triangulate_cmd(
@@ -45,7 +32,7 @@ def triangulate_cmd(
     (hypergeometric), layer profiles and their rank correlation, and each set's masking effect (and the
     union's and intersection's) against size- and layer-matched random controls on the test split.
     --neurons reads Lee's sets from a `neurons find` run instead of finding them."""
-    from emocircuits.jobs.triangulate import run_triangulate
+    from emocircuits.jobs.triangulate import run_triangulate, summary_table
 
     config = {"model": model, "data": data, "dtype": dtype, "template": template, "train_per_label": train_per_label,
               "test_per_label": test_per_label, "top_rate": top_rate,

@@ -116,3 +116,15 @@ def write_outputs(run: Any, res: T.Triangulation) -> None:
         "probe_best_layer": int(res.probes.loc[res.probes["cv_mean"].idxmax(), "layer"]) if len(res.probes) else None,
     }
     run.update(summary=summary)
+
+
+def summary_table(res: Any) -> str:
+    """One line per emotion: set size, shared neurons of each pair against chance (p), and each method's
+    own-label masking effect against its controls with the 95% CI."""
+    lines = []
+    for r in res.summary().to_dict("records"):
+        pairs = "; ".join(f"{k.replace('_', '-')} {r[k]}" for k in ("lee_wang", "lee_tak", "wang_tak") if k in r)
+        drops = ", ".join(f"{m} {r[f'drop_{m}']}" for m in ("lee", "wang", "tak", "union", "intersection")
+                          if r.get(f"drop_{m}"))
+        lines.append(f"{r['emotion']:<10} k={r['k']:<4} shared: {pairs}\n{'':<10} own-label masked - control: {drops}")
+    return "\n".join(lines)
