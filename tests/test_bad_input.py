@@ -651,6 +651,19 @@ HAND_SWEEP = [
       no_model=True),
     R("h1-steer-scale-overflows", "steer hi --emotion anger --method residual --directions {di} --scale 1e308 "
       "--max-new-tokens 2", "became infinite or NaN", out="any"),
+    # 1. steering strengths: auto or a finite number >= 0; dose multipliers; the sentence stop (issue 25)
+    R("h1-steer-alpha-word", "circuits steer --directions {di} --methods residual --alpha loud --quiet --out {out}",
+      "--alpha loud is not allowed; use auto", no_model=True),
+    R("h1-steer-dose-negative", "circuits steer --directions {di} --methods residual --dose -1 --quiet --out {out}",
+      "--dose -1 is not allowed", no_model=True),
+    R("h1-steer-sentences-negative", "circuits steer --directions {di} --methods residual --sentences -1 --quiet "
+      "--out {out}", "--sentences -1 is not allowed", no_model=True),
+    R("h1-steer-scale-nan", "steer hi --emotion anger --method residual --directions {di} --scale nan",
+      "--scale nan is not allowed; use auto", out="any", no_model=True),
+    R("h1-appraisal-beta-word", "inference appraisal --model tiny-llama --beta strong --quiet --out {out}",
+      "--beta strong is not allowed; use auto", no_model=True),
+    R("h1-promote-betas-word", "inference promote --model tiny-llama --betas 1,strong --quiet --out {out}",
+      "--betas 1,strong is not allowed", no_model=True),
     R("h1-elicit-emotion-twice", "circuits elicit --model tiny-llama --emotion anger --emotion anger --quiet "
       "--out {out}", "--emotion anger is given twice", no_model=True),
     # 9. refusals that name an option the user typed, not a config key or an option that does not exist

@@ -203,3 +203,14 @@ def test_inference_promote_and_appraisal_auto_beta(tiny_llama, tmp_path):
     summary = run_inference("appraisal", cfg_a, tmp_path / "ap", quiet=True, model_pair=tiny_llama)
     steer = pd.read_parquet(tmp_path / "ap" / "appraisal_steering.parquet")
     assert steer.beta.iloc[0] == summary["strength_choice"]["chosen"]
+
+
+def test_sentence_stop_batched_equals_one_at_a_time(tiny_llama):
+    """The sentence stop ends each row on its own: a batch gives every prompt the reply it gets alone."""
+    model, _ = tiny_llama
+    kw = dict(max_new_tokens=40, do_sample=True, temperature=2.0, seed=3, sentences=1)
+    batched = generate(model, PROMPTS, **kw)
+    for i, p in enumerate(PROMPTS):
+        one = generate(model, [p], **kw)
+        assert one.token_ids[0] == batched.token_ids[i] and one.finish[0] == batched.finish[i]
+    assert "sentence" in batched.finish and "length" in batched.finish  # both ways of ending are covered
