@@ -22,6 +22,7 @@ from emocircuits.jobs.circuits import run_components, run_directions, run_elicit
 from emocircuits.jobs.steer import run_steer
 from emocircuits.methods import circuits as B
 from emocircuits.methods import circuits as C
+from emocircuits.methods import fluency as F
 from emocircuits.methods.circuits import steer as S
 from emocircuits.runs.circuit_files import read_circuits
 
@@ -59,9 +60,9 @@ def test_residual_band_scales_the_paper():
 
 
 def test_distinct_n():
-    assert S.distinct_n(["a b a b", "A b"]) == pytest.approx(2 / 4)  # (a,b) x3, (b,a) x1
-    assert S.distinct_n(["one two three"]) == 1.0
-    assert math.isnan(S.distinct_n(["", "word"]))
+    assert F.distinct_n(["a b a b", "A b"]) == pytest.approx(2 / 4)  # (a,b) x3, (b,a) x1
+    assert F.distinct_n(["one two three"]) == 1.0
+    assert math.isnan(F.distinct_n(["", "word"]))
 
 
 def test_random_circuit_counts_norms_and_seed(tiny_llama):
@@ -100,7 +101,7 @@ def test_reply_perplexity_by_hand(tiny_llama):
     model, _ = tiny_llama
     prompts = [[1, 20, 30, 40], [1, 50], [1, 20, 30, 40, 41, 42, 43, 44, 45]]
     replies = [[60, 70], [], [80, 81, 82]]
-    ppl = S.reply_perplexity(model, prompts, replies)  # rows of different lengths share a batch
+    ppl = F.reply_perplexity(model, prompts, replies)  # rows of different lengths share a batch
 
     def by_hand(p, r):
         with torch.inference_mode():
@@ -166,7 +167,7 @@ def test_steer_compare_tiny(tiny_llama, items):
     # perplexity is under the unsteered model given the neutral prompt
     ids = encode_prompts(Runner(model), msgs)
     circ = r[(r.method == "circuit") & (r.emotion == "fear")]
-    np.testing.assert_allclose(circ.ppl.to_numpy(), S.reply_perplexity(model, ids, steered.token_ids), rtol=1e-6)
+    np.testing.assert_allclose(circ.ppl.to_numpy(), F.reply_perplexity(model, ids, steered.token_ids), rtol=1e-6)
     assert (r.cut_off == (r.finish == "length")).all()
     # accuracy = mean of the judge's verdicts
     acc = res.accuracy.set_index(["judge", "method", "emotion", "valence"])
