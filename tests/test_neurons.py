@@ -189,6 +189,34 @@ def test_checkpointed_masked_passes_equal_full_passes(arch):
             assert not torch.allclose(fast.scores(neurons), fast.clean_scores)  # the mask does something
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_masked_passes_learn_their_exact_start_and_skip_the_blocks_below(arch):
+    """A pass that starts below its mask's lowest layer keeps the clean residual there; the next mask with
+    that lowest layer starts there, the blocks below it never run, and the scores equal a full pass."""
+    from emocircuits.core.interventions import current_batch, observe
+    from emocircuits.core.models import tiny_model
+
+    bridge, spec = tiny_model(arch, n_layers=4)
+    data = _texts()
+    fast = MaskingEngine(bridge, data, labels=LABELS, template="chat_short", checkpoints=1, progress=False)
+    slow = MaskingEngine(bridge, data, labels=LABELS, template="chat_short", checkpoints=0, progress=False)
+    assert fast.checkpoint_layers == [2]
+    first, second = NeuronSet({3: (1, 5)}), NeuronSet({3: (2, 6, 9)})
+    assert fast.start_layer(first) == 2
+    torch.testing.assert_close(fast.scores(first), slow.scores(first), atol=1e-5, rtol=1e-5)
+    assert fast.start_layer(second) == 3  # learned from the first pass
+    ran: list[int] = []
+    with observe(bridge, "neuron.gated", [0, 1, 2, 3], lambda layer, _v: ran.append(layer) if not current_batch().shared
+                 else None):
+        got = fast.scores(second)
+    assert ran == [3] * len(fast.batches)  # the MLPs of blocks 0-2 never run
+    torch.testing.assert_close(got, slow.scores(second), atol=1e-5, rtol=1e-5)
+    fast.checkpoint_memory = 0  # no room: nothing more is kept, the results stay the same
+    third = NeuronSet({1: (4,)})
+    torch.testing.assert_close(fast.scores(third), slow.scores(third), atol=1e-5, rtol=1e-5)
+    assert fast.start_layer(third) == 0
+
+
 # ---------------------------------------------------------------------------- span, ties, controls (issue #14)
 
 

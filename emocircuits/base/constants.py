@@ -56,6 +56,8 @@ DEFAULT_CONTROLS = 5
 """Random control sets per masked set (size- and layer-matched)."""
 LARGE_WORK = 100
 """A work multiplier (--controls, --n-random, --n-pairs) from which a command prints its planned work first."""
+CHECKPOINT_MEMORY = 2 * 1024**3
+"""Bytes the masking engine may spend on extra residual checkpoints (each masked pass's exact start layer)."""
 FLOOR_ACC = 0.2
 """Below this clean accuracy on a label, masking cannot show a drop there (the table marks it ``floor``)."""
 STABILITY_RESAMPLES = 20

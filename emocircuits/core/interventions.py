@@ -708,6 +708,50 @@ def run_until(model: Any, model_input: torch.Tensor, site: str, layer: int | Non
             pass
 
 
+_BLOCK_OUTPUT_IS_TUPLE: dict[type, bool] = {}
+"""Per decoder-layer class: whether its forward returns a tuple (learned from one real call)."""
+
+
+@contextlib.contextmanager
+def blocks_skipped(model: Any, start: int) -> Iterator[None]:
+    """Blocks ``0 .. start-1`` hand their input on unchanged for the forward passes inside the block.
+
+    For a forward with ``start_at_layer=start``: the bridge still calls every block below ``start``
+    (block ``start`` then swaps the caller's residual in), so without this a pass from layer ``start``
+    costs as much as a full one. Sites below ``start`` are not computed in such a pass; their hooks
+    see the value handed on. The first call on a layer class runs its block 0 for real once, to learn
+    whether the layer returns a tensor or a tuple.
+    """
+    blocks = list(getattr(model, "blocks", []))[:max(0, int(start))]
+    layers = [b.original_component for b in blocks if getattr(b, "original_component", None) is not None]
+    if not layers:
+        yield
+        return
+    kind = type(layers[0])
+    learn = kind not in _BLOCK_OUTPUT_IS_TUPLE
+
+    def learner(layer: Any) -> Callable[..., Any]:
+        real = layer.forward
+
+        def fn(*args: Any, **kwargs: Any) -> Any:
+            out = real(*args, **kwargs)
+            _BLOCK_OUTPUT_IS_TUPLE[kind] = isinstance(out, tuple)
+            return out
+        return fn
+
+    def passthrough(*args: Any, **kwargs: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) if _BLOCK_OUTPUT_IS_TUPLE.get(kind) else hidden
+
+    try:
+        for i, layer in enumerate(layers):
+            layer.forward = learner(layer) if (learn and i == 0) else passthrough
+        yield
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+
+
 def _shift_map(shift: Mapping[int, Any]) -> dict[int, torch.Tensor]:
     return {int(k): torch.as_tensor(v).detach() for k, v in sorted(shift.items(), key=lambda kv: int(kv[0]))}
 

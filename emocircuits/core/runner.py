@@ -33,7 +33,15 @@ import torch
 from torch import Tensor
 
 from emocircuits.base.errors import EmocircuitsError, spell
-from emocircuits.core.interventions import BatchInfo, PrefixUnsafe, batch_context, capture, observe, run_until
+from emocircuits.core.interventions import (
+    BatchInfo,
+    PrefixUnsafe,
+    batch_context,
+    blocks_skipped,
+    capture,
+    observe,
+    run_until,
+)
 from emocircuits.core.models import spec_of
 from emocircuits.core.sites import hook_name, weight
 
@@ -283,11 +291,16 @@ class Runner:
         Returns the output of the ``stop`` site ``[b, n, ...]`` (``FINAL``: the final-norm hidden states;
         None: the full model's logits). ``info``: the batch context interventions see (absolute positions,
         lengths, rows); without one the caller must have set it. ``kwargs`` go to the model
-        (``past_key_values``, ``attention_mask``, ``position_ids``...). For passes over whole prompts use
+        (``past_key_values``, ``attention_mask``, ``position_ids``, ``start_at_layer``: the blocks below it are
+        skipped, not run). For passes over whole prompts use
         :meth:`run`; this is for callers that manage a key/value cache themselves (generation, last-token
         re-runs).
         """
-        with batch_context(info) if info is not None else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if info is not None:
+                stack.enter_context(batch_context(info))
+            if kwargs.get("start_at_layer"):
+                stack.enter_context(blocks_skipped(self.model, kwargs["start_at_layer"]))
             if stop is None:
                 return self.model(x, **kwargs)
             got: dict[str, Tensor] = {}

@@ -33,6 +33,7 @@ label the readout rarely gets right cannot show a drop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ import pandas as pd
 import torch
 
 from emocircuits.base.constants import (
+    CHECKPOINT_MEMORY,
     DEFAULT_CONTROLS,
     DEFAULT_TEMPLATE,
     FLOOR_ACC,
@@ -82,14 +84,18 @@ class MaskingEngine:
     residual entering a few *checkpoint* layers (``checkpoints`` evenly spaced layers, the tokens after
     the shared prefix only, ``[b, p - prefix, d_model]`` per batch). A mask whose lowest layer is L
     cannot change anything below L, so its pass starts from the highest checkpoint ≤ L instead of the
-    embedding — a masked pass over the top third of the layers costs about a third of a full one.
-    ``checkpoints=0`` turns this off (memory: ``checkpoints × tokens × d_model`` floats).
+    embedding, and the blocks below it are not run — a masked pass over the top third of the layers costs
+    about a third of a full one. A pass that starts below L also keeps the clean residual entering L
+    (unchanged there, since nothing below L is masked), so the random controls of the same layout and
+    every later mask with lowest layer L start exactly at L; these extra checkpoints live within
+    ``checkpoint_memory`` bytes (least recently used dropped first). ``checkpoints=0`` turns all of this off
+    (memory: ``checkpoints × tokens × d_model`` floats, plus the extras).
     """
 
     def __init__(self, model: Any, dataset: Sequence[Any], *, labels: Sequence[str] | None = None,
                  template: str = DEFAULT_TEMPLATE, scoring: str = "first_token", max_tokens: int = 4096,
-                 checkpoints: int = 6, share_prefix: bool = True, prepend_bos: bool | None = None,
-                 progress: bool = True) -> None:
+                 checkpoints: int = 6, checkpoint_memory: int = CHECKPOINT_MEMORY, share_prefix: bool = True,
+                 prepend_bos: bool | None = None, progress: bool = True) -> None:
 
         self.model, self.progress = model, progress
         self.spec = spec_of(model)
@@ -104,6 +110,8 @@ class MaskingEngine:
         stride = max(1, -(-n // (checkpoints + 1))) if checkpoints > 0 and scoring == "first_token" else n
         self.checkpoint_layers = [layer for layer in range(stride, n, stride)][:checkpoints]
         self._resid: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.checkpoint_layers}
+        self._extra: list[int] = []  # layers of the extra checkpoints, least recently used first
+        self.checkpoint_memory = int(checkpoint_memory) if self.checkpoint_layers else 0
         self.clean_scores = self._clean_pass()
         self.clean = self.clean_scores.argmax(-1).numpy()
 
@@ -123,16 +131,45 @@ class MaskingEngine:
     def start_layer(self, neurons: NeuronSet) -> int:
         """The checkpoint a masked pass of ``neurons`` starts from (0 = the embedding)."""
         lowest = min(neurons.layers) if len(neurons) else self.spec.n_layers
-        return max((c for c in self.checkpoint_layers if c <= lowest), default=0)
+        return max((c for c in self._resid if c <= lowest), default=0)
+
+    def _checkpoint_bytes(self) -> int:
+        first = next(iter(self._resid.values()), [])
+        return sum(t.numel() * t.element_size() for t in first)
+
+    def _make_room(self) -> bool:
+        """Drop least recently used extra checkpoints until one more fits ``checkpoint_memory``."""
+        size = self._checkpoint_bytes()
+        if not size or size > self.checkpoint_memory:
+            return False
+        while self._extra and (len(self._extra) + 1) * size > self.checkpoint_memory:
+            del self._resid[self._extra.pop(0)]
+        return True
 
     def scores(self, neurons: NeuronSet | None = None) -> torch.Tensor:
         """Label scores ``[n_examples, n_labels]`` with ``neurons`` zeroed at every position (None = clean)."""
         if neurons is None or not len(neurons):
             return self.clean_scores.clone()
         neurons.validate(self.spec.n_layers, self.spec.d_mlp)
-        start = self.start_layer(neurons)
-        with ZeroNeurons(neurons).apply(self.model):
+        start, lowest = self.start_layer(neurons), min(neurons.layers)
+        if start in self._extra:
+            self._extra.remove(start)
+            self._extra.append(start)
+        kept: list[torch.Tensor] = []
+
+        def keep(_layer: int, value: torch.Tensor) -> None:
+            if not current_batch().shared:
+                kept.append(value.detach().clone())
+
+        learn = lowest > start and self.checkpoint_layers and self._make_room()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(ZeroNeurons(neurons).apply(self.model))
+            if learn:
+                stack.enter_context(observe(self.model, "resid.pre", [lowest], keep))
             s = self.readout.scores(self.batches, start_layer=start, resid=self._resid[start] if start else None)
+        if learn and len(kept) == len(self.batches):
+            self._resid[lowest] = kept
+            self._extra.append(lowest)
         return self._in_input_order(s)
 
     def predict(self, neurons: NeuronSet | None = None) -> np.ndarray:
