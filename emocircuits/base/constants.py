@@ -58,6 +58,8 @@ LARGE_WORK = 100
 """A work multiplier (--controls, --n-random, --n-pairs) from which a command prints its planned work first."""
 CHECKPOINT_MEMORY = 2 * 1024**3
 """Bytes the masking engine may spend on extra residual checkpoints (each masked pass's exact start layer)."""
+KV_MEMORY = 2 * 1024**3
+"""Bytes a runner may spend on stored clean keys/values (knockout, patching: only the changed tokens rerun)."""
 FLOOR_ACC = 0.2
 """Below this clean accuracy on a label, masking cannot show a drop there (the table marks it ``floor``)."""
 STABILITY_RESAMPLES = 20

@@ -180,6 +180,28 @@ def position_mask(positions: Positions, batch: int, n_pos: int, device: torch.de
     return mask
 
 
+def first_changed(positions: Positions, rows: Sequence[int] | None, info: BatchInfo) -> torch.Tensor:
+    """``[b]`` the first absolute position of each row that a write at ``positions`` (restricted to ``rows``)
+    can change in a pass described by ``info``; a row it never touches gets its length. Everything before
+    it is the clean computation, so the runner may reuse clean keys/values there."""
+    seq, prompt = info.seq_len.long(), info.prompt_len.long()
+    if positions in ("all", "prompt"):
+        first = torch.zeros_like(seq)
+    elif positions == "last":
+        first = prompt - 1 if info.generating else seq - 1
+    elif positions == "prompt_last":
+        first = prompt - 1
+    elif positions == "generated":
+        first = prompt.clone()
+    else:
+        first = torch.stack([torch.full_like(seq, p) if p >= 0 else seq + p for p in positions]).min(0).values
+    first = first.clamp(min=0)
+    if rows is not None:
+        keep = torch.isin(info.rows, torch.as_tensor(list(rows), dtype=torch.long))
+        first = torch.where(keep, first, seq)
+    return first
+
+
 def _check_positions(positions: Any) -> Positions:
     if positions in POSITION_NAMES:
         return positions
@@ -209,11 +231,19 @@ class Intervention:
     def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
         raise NotImplementedError
 
+    def first_position(self, info: BatchInfo) -> torch.Tensor | None:
+        """``[b]`` the first position of each row this intervention may change (:func:`first_changed`), or
+        None when that is not known (the runner then computes every position)."""
+        positions = getattr(self, "positions", None)
+        if positions is None:
+            return None
+        return first_changed(positions, getattr(self, "rows", None), info)
+
     @contextlib.contextmanager
     def apply(self, model: Any) -> Iterator[Intervention]:
         """Attach the hooks for the duration of the block; they are removed even on exceptions."""
         pairs = self.hooks(model)  # validates before anything is attached
-        with attached(model, [(name, _wrap(fn)) for name, fn in pairs]):
+        with attached(model, [(name, _wrap(fn)) for name, fn in pairs], first=self.first_position):
             yield self
 
     def __eq__(self, other: object) -> bool:
@@ -307,6 +337,12 @@ class Compose(Intervention):
 
     def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
         return [pair for item in self.items for pair in item.hooks(model)]
+
+    def first_position(self, info: BatchInfo) -> torch.Tensor | None:
+        firsts = [item.first_position(info) for item in self.items]
+        if any(f is None for f in firsts):
+            return None
+        return torch.stack(firsts).min(0).values if firsts else info.seq_len.clone()
 
     def __repr__(self) -> str:
         return " + ".join(repr(i) for i in self.items) or "Compose()"
@@ -615,11 +651,21 @@ class Noise(Intervention):
         return fn
 
 
+FirstPosition = Callable[[BatchInfo], "torch.Tensor | None"]
+
+
 @contextlib.contextmanager
-def attached(model: Any, pairs: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+def attached(model: Any, pairs: Sequence[tuple[str, HookFn]], *, first: FirstPosition | None = None) -> Iterator[None]:
     """The one place hooks are attached: ``(hook name, fn)`` pairs for the duration of the block, removed in
-    reverse order on exit, exceptions included."""
+    reverse order on exit, exceptions included.
+
+    ``first(info) -> [b]``: the first position of each row the hooks change or read (see
+    :func:`first_changed`); None = unknown, which keeps the runner from reusing clean keys/values.
+    """
     handles = []
+    entry = (len(pairs), first)
+    footprints = model.__dict__.setdefault("_emocircuits_footprints", [])
+    footprints.append(entry)
     try:
         for name, fn in pairs:
             point = model.hook_dict[name]
@@ -630,11 +676,30 @@ def attached(model: Any, pairs: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
             handle.hook.remove()
             if handle in point.fwd_hooks:
                 point.fwd_hooks.remove(handle)
+        footprints.remove(entry)
+
+
+def first_position_attached(model: Any, info: BatchInfo) -> torch.Tensor | None:
+    """``[b]`` the first position of each row that the hooks attached now may change or read (a row's
+    length when nothing touches it), or None when any hook's footprint is unknown, including hooks attached
+    by hand rather than through :func:`attached`."""
+    footprints = model.__dict__.get("_emocircuits_footprints", [])
+    if sum(n for n, _ in footprints) != active_hook_count(model):
+        return None
+    first = info.seq_len.long().clone()
+    for n, fn in footprints:
+        if not n:
+            continue
+        got = fn(info) if fn is not None else None
+        if got is None:
+            return None
+        first = torch.minimum(first, got.long())
+    return first
 
 
 @contextlib.contextmanager
-def observe(model: Any, site: str, layers: Sequence[int],
-            callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+def observe(model: Any, site: str, layers: Sequence[int], callback: Callable[[int, torch.Tensor], None], *,
+            first: FirstPosition | None = None) -> Iterator[None]:
     """Call ``callback(layer, value)`` with the site's reading on every forward pass; stores nothing.
 
     ``value`` is ``[batch, pos, ...]`` after the site's reading transform (e.g. act(gate) for
@@ -647,7 +712,7 @@ def observe(model: Any, site: str, layers: Sequence[int],
             callback(layer, read(x))
         return fn
 
-    with attached(model, [(hook_name(model, site, layer), reader(layer)) for layer in layers]):
+    with attached(model, [(hook_name(model, site, layer), reader(layer)) for layer in layers], first=first):
         yield
 
 
@@ -675,7 +740,7 @@ def capture(model: Any, site: str, layers: Sequence[int], positions: Positions =
             value = torch.cat([prefix[layer].expand(value.shape[0], *prefix[layer].shape[1:]), value], dim=1)
         out[layer].append(value.detach().clone())
 
-    with observe(model, site, layers, keep):
+    with observe(model, site, layers, keep, first=(lambda info: info.seq_len.long() - 1) if positions == "last" else None):
         yield out
 
 
@@ -911,6 +976,9 @@ class GradTap(Intervention):
 
     def hooks(self, model: Any) -> list[tuple[str, Any]]:
         return [(hook_name(model, self.site, layer), self._fn(layer)) for layer in self.layers]
+
+    def first_position(self, info: BatchInfo) -> torch.Tensor | None:
+        return None  # keeps every position's activation
 
     def _fn(self, layer: int) -> Any:
         def fn(x: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,16 @@ direction at every position) is applied once; a write that differs between rows 
 ``rows=`` restriction, per-row noise or patching there) makes the runner run that pass without
 sharing — the numbers never depend on whether the prefix was shared.
 
-**Positions** given to interventions are absolute positions of each row's own sequence; padding and
-the shared prefix are invisible to them (``tests/test_batch_invariance.py``).
+**Clean keys/values.** A runner asked to :meth:`~Runner.keep_clean` stores, from every pass run with no
+hooks attached, each prompt's keys/values (within a memory budget). A later pass over stored prompts,
+under interventions that leave each row's tokens before position ``q`` untouched (knockout or patching at
+the last token: ``q`` = the last token), reuses the stored keys/values there and runs only each row's
+tokens from ``q`` on. The footprint comes from the interventions themselves
+(:func:`~emocircuits.core.interventions.first_position_attached`); a hook whose footprint is unknown, or
+one attached by hand, makes the pass compute every position.
+
+**Positions** given to interventions are absolute positions of each row's own sequence; padding, the
+shared prefix and reused keys/values are invisible to them (``tests/test_batch_invariance.py``).
 """
 
 from __future__ import annotations
@@ -32,13 +40,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from emocircuits.base.constants import KV_MEMORY
 from emocircuits.base.errors import EmocircuitsError, spell
 from emocircuits.core.interventions import (
     BatchInfo,
     PrefixUnsafe,
+    active_hook_count,
     batch_context,
     blocks_skipped,
     capture,
+    first_position_attached,
     observe,
     run_until,
 )
@@ -86,21 +97,23 @@ class Batch:
 
 @dataclass
 class Step:
-    """One batch's forward inside a pass: its columns start at absolute position ``offset``.
+    """One batch's forward inside a pass: its columns start at absolute position ``offset`` (an int, or
+    ``[b]`` per row when the pass reused clean keys/values before each row's first changed token).
 
-    ``hidden [b, p - offset, d_model]``: the final normalised residual when the pass stops at
-    ``final.norm`` (else None).
+    ``hidden [b, n, d_model]``: the final normalised residual when the pass stops at ``final.norm``
+    (else None).
     """
 
     batch: Batch
-    offset: int
+    offset: int | Tensor
     hidden: Tensor | None = None
 
     def at(self, positions: Tensor) -> Tensor:
         """Final hidden states ``[b, k, d_model]`` at absolute ``positions [b, k]``."""
         if self.hidden is None:
             raise EmocircuitsError("This pass did not run to final.norm; pass stop=FINAL to read hidden states.")
-        idx = (positions.to(self.hidden.device) - self.offset).clamp(min=0)
+        offset = self.offset[:, None].to(self.hidden.device) if isinstance(self.offset, Tensor) else self.offset
+        idx = (positions.to(self.hidden.device) - offset).clamp(min=0)
         return torch.gather(self.hidden, 1, idx[..., None].expand(-1, -1, self.hidden.shape[-1]))
 
     def last(self) -> Tensor:
@@ -143,6 +156,55 @@ def check_cache(cache: Any, n_tokens: int) -> None:
         )
 
 
+class CleanKV:
+    """Each stored prompt's clean keys/values: ``{prompt key: (ids, [(k [h, p, d], v [h, p, d]) per layer])}``,
+    within ``budget`` bytes (prompts past it are not stored)."""
+
+    def __init__(self, budget: int = KV_MEMORY) -> None:
+        self.budget = int(budget)
+        self.used = 0
+        self.rows: dict[int, tuple[tuple[int, ...], list[tuple[Tensor, Tensor]]]] = {}
+
+    def keep(self, batch: Batch, cache: Any) -> None:
+        """Store every row of ``batch`` from the cache of its clean forward (all layers, all positions)."""
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        for j, key in enumerate(batch.keys.tolist()):
+            n = int(batch.lengths[j])
+            ids = tuple(batch.input_ids[j, :n].tolist())
+            if key in self.rows:
+                continue
+            kv = [(k[j, :, :n].clone(), v[j, :, :n].clone()) for k, v in layers]
+            size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
+            if self.used + size > self.budget:
+                return
+            self.rows[key] = (ids, kv)
+            self.used += size
+
+    def has(self, batch: Batch) -> bool:
+        return all(int(k) in self.rows and len(self.rows[int(k)][0]) == int(n)
+                   for k, n in zip(batch.keys.tolist(), batch.lengths.tolist(), strict=True))
+
+    def cache(self, batch: Batch, first: Tensor) -> tuple[Any, Tensor]:
+        """A key/value cache ``[b, h, q_max, d]`` per layer holding each row's first ``first[j]`` positions
+        (zeros after them), and the 0/1 mask ``[b, q_max]`` of those positions."""
+        from transformers import DynamicCache
+
+        rows = [self.rows[int(k)][1] for k in batch.keys.tolist()]
+        q_max = int(first.max())
+        mask = (torch.arange(q_max)[None, :] < first[:, None]).long()
+        layers = []
+        for li in range(len(rows[0])):
+            k0 = rows[0][li][0]
+            k = k0.new_zeros(len(rows), k0.shape[0], q_max, k0.shape[-1])
+            v = torch.zeros_like(k)
+            for j, kv in enumerate(rows):
+                q = int(first[j])
+                k[j, :, :q] = kv[li][0][:, :q]
+                v[j, :, :q] = kv[li][1][:, :q]
+            layers.append((k, v))
+        return DynamicCache(layers), mask
+
+
 class Runner:
     """Batches prompts for one model and runs them under whatever interventions are applied.
 
@@ -169,6 +231,15 @@ class Runner:
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
         self.last_offset = 0  # the shared prefix length the latest pass used (0 = none)
+        self.clean: CleanKV | None = None  # clean keys/values per prompt (see keep_clean)
+        self.last_reused = 0  # positions the latest pass took from clean keys/values instead of computing
+
+    def keep_clean(self, budget: int = KV_MEMORY) -> Runner:
+        """From now on store each prompt's clean keys/values from passes run with no hooks attached (at most
+        ``budget`` bytes), and reuse them in later passes before the first position the interventions change."""
+        if self.clean is None or self.clean.budget != budget:
+            self.clean = CleanKV(budget)
+        return self
 
     # ------------------------------------------------------------------ prompts
     def encode(self, prompts: Sequence[str], *, special: bool = False) -> list[list[int]]:
@@ -327,6 +398,14 @@ class Runner:
             return
         if stop is not None and stop != FINAL:
             hook_name(self.model, *stop)  # validate before running
+        self.last_reused = 0
+        if stop == FINAL and resid is None and not self.grad:
+            firsts = self.reusable(batches)
+            if firsts is not None:
+                yield from self._run_tails(batches, firsts, progress)
+                return
+        store = (self.clean is not None and not self.grad and stop in (FINAL, None) and not start_at_layer
+                 and not active_hook_count(self.model))
         dev = self.device()
         offset = self.shared_prefix(batches)
         cache = None
@@ -344,6 +423,10 @@ class Runner:
                     c = copy.deepcopy(cache)
                     c.batch_repeat_interleave(len(batch))
                     kwargs.update(past_key_values=c, use_cache=True)
+                elif store:
+                    from transformers import DynamicCache
+
+                    kwargs.update(past_key_values=DynamicCache(), use_cache=True)
                 x = batch.input_ids[:, offset:].to(dev)
                 if resid is not None and start_at_layer:
                     r = resid[i]
@@ -355,9 +438,56 @@ class Runner:
                     x = r.to(dev)
                     kwargs["start_at_layer"] = start_at_layer
                 hidden = self.forward(x, stop, info=self.batch_info(batch, offset), **kwargs)
+                if store and self.clean is not None:
+                    self.clean.keep(batch, kwargs["past_key_values"])
                 bar.update(len(batch))
                 yield Step(batch, offset, hidden if stop == FINAL else None)
             bar.close()
+
+    def reusable(self, batches: Sequence[Batch]) -> list[Tensor] | None:
+        """Per batch, ``[b]`` the first position each row must compute under the hooks attached now, when
+        stored clean keys/values can stand for everything before it and that saves at least half the
+        positions; else None."""
+        if self.clean is None or not all(self.clean.has(b) for b in batches):
+            return None
+        firsts = []
+        for b in batches:
+            first = first_position_attached(self.model, self.batch_info(b, 0))
+            if first is None:
+                return None
+            firsts.append(torch.minimum(first.long(), b.last_index).clamp(min=0))
+        total = sum(int(b.lengths.sum()) for b in batches)
+        computed = sum(int((b.lengths - f).sum()) for b, f in zip(batches, firsts, strict=True))
+        return firsts if 2 * computed <= total else None
+
+    def _run_tails(self, batches: Sequence[Batch], firsts: Sequence[Tensor], progress: str | None) -> Iterator[Step]:
+        """Run each row's tokens from ``first`` on over its stored clean keys/values (stop: the final norm)."""
+        from tqdm.auto import tqdm
+
+        assert self.clean is not None
+        dev = self.device()
+        bar = tqdm(total=sum(len(b) for b in batches), desc=progress, unit="ex", disable=progress is None)
+        with self.grad_mode():
+            for batch, first in zip(batches, firsts, strict=True):
+                n = batch.lengths - first  # tokens to compute per row, >= 1
+                width = int(n.max())
+                cols = torch.arange(width)[None, :]
+                pos = first[:, None] + cols  # [b, width] absolute positions
+                take = pos.clamp(max=batch.input_ids.shape[1] - 1)
+                x = torch.where(cols < n[:, None], torch.gather(batch.input_ids, 1, take), self.pad_id)
+                kwargs: dict[str, Any] = {"position_ids": pos.to(dev)}
+                if int(first.max()) > 0:
+                    cache, seen = self.clean.cache(batch, first)
+                    kwargs.update(past_key_values=cache, use_cache=True,
+                                  attention_mask=torch.cat([seen, (cols < n[:, None]).long()], 1).to(dev))
+                prompts = batch.lengths if batch.prompt_lengths is None else batch.prompt_lengths
+                info = BatchInfo(pos, prompts, batch.lengths, torch.tensor(batch.rows, dtype=torch.long),
+                                 batch.keys, generating=batch.prompt_lengths is not None)
+                hidden = self.forward(x.to(dev), FINAL, info=info, **kwargs)
+                self.last_reused += int(first.sum())
+                bar.update(len(batch))
+                yield Step(batch, first, hidden)
+        bar.close()
 
     # ------------------------------------------------------------------ conveniences
     def logits(self, hidden: Tensor) -> Tensor:

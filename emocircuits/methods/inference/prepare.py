@@ -114,6 +114,7 @@ def prepare(model: Any, examples: Sequence[Example], *, labels: Sequence[str] | 
     if calibrate == "prior":
         ro.fit_prior(prior_examples)
     ids = ro.encode(examples)
+    ro.runner.keep_clean()  # knockout and patching at the last token then rerun only that token
     scores = ro.calibrated(ro.scores_of(ids))
     pred = scores.argmax(-1).numpy()
     true = np.array([labs.index(ex.label) for ex in examples])

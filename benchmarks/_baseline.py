@@ -1,0 +1,49 @@
+"""Run a worker snippet on this tree and on an earlier revision of the package, each in a fresh process.
+
+The earlier revision's ``emocircuits`` folder is unpacked with ``git archive`` into a temporary folder and put
+first on ``PYTHONPATH``; both sides use this environment's libraries and the same inputs. Workers print one
+JSON line last; ``run_side`` returns it with the process's wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+BASELINE = "5f46ae0"
+"""The revision the Speed III targets are measured against."""
+
+
+def unpack(revision: str, into: Path) -> Path:
+    """``git archive`` the revision's package into ``into``; returns the folder to put on PYTHONPATH."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "emocircuits"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def run_side(snippet: str, args: list[str], pythonpath: Path, threads: int) -> dict:
+    """Run ``snippet`` with ``args`` in a fresh interpreter whose package comes from ``pythonpath``."""
+    env = dict(os.environ, PYTHONPATH=str(pythonpath), OMP_NUM_THREADS=str(threads),
+               TOKENIZERS_PARALLELISM="false")
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(snippet)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, f.name, *args], capture_output=True, text=True, env=env,
+                          cwd=tempfile.gettempdir())
+    wall = time.perf_counter() - t0
+    os.unlink(f.name)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker failed ({proc.returncode}) with {pythonpath}:\n{proc.stderr[-4000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_wall_s"] = round(wall, 2)
+    return out
