@@ -30,11 +30,13 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check emocircuits tests benchmarks scripts
 
+# Each benchmark prints one JSON object, saved as benchmarks/results/<name>.json; the README table is rebuilt
+# from those files. BENCHES=... picks a subset (e.g. make bench BENCHES="bench_windows bench_rq3").
+BENCHES ?= bench_classify_latency bench_heads bench_influence bench_neurons bench_readout bench_sweep bench_windows bench_rq3 bench_generate
+
 bench: install
-	$(PY) benchmarks/bench_neurons.py
-	$(PY) benchmarks/bench_readout.py
-	$(PY) benchmarks/bench_sweep.py
-	$(PY) benchmarks/bench_generate.py
+	set -e; for b in $(BENCHES); do $(PY) benchmarks/$$b.py | $(PY) scripts/bench_table.py --save $$b; done
+	$(PY) scripts/bench_table.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,8 +1,8 @@
 """Run a worker snippet on this tree and on an earlier revision of the package, each in a fresh process.
 
 The earlier revision's ``emocircuits`` folder is unpacked with ``git archive`` into a temporary folder and put
-first on ``PYTHONPATH``; both sides use this environment's libraries and the same inputs. Workers print one
-JSON line last; ``run_side`` returns it with the process's wall time.
+first on ``PYTHONPATH``; both sides use this environment's libraries and the same inputs (this tree's
+``data/``). Workers print one JSON line last; ``run_side`` returns it with the process's wall time.
 """
 
 from __future__ import annotations
@@ -31,12 +31,20 @@ def unpack(revision: str, into: Path) -> Path:
     return into
 
 
+ONLY_PYTHONPATH = (
+    "import sys\n"
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in repr(f)]\n"
+)
+"""A worker's first lines: drop the editable install's import finder, which would otherwise fill in the
+sub-packages an older revision lacks (``emocircuits.core``...) from this tree and run a mix of the two."""
+
+
 def run_side(snippet: str, args: list[str], pythonpath: Path, threads: int) -> dict:
-    """Run ``snippet`` with ``args`` in a fresh interpreter whose package comes from ``pythonpath``."""
+    """Run ``snippet`` with ``args`` in a fresh interpreter whose package comes from ``pythonpath`` only."""
     env = dict(os.environ, PYTHONPATH=str(pythonpath), OMP_NUM_THREADS=str(threads),
-               TOKENIZERS_PARALLELISM="false")
+               EMOCIRCUITS_DATA_DIR=str(ROOT / "data"), TOKENIZERS_PARALLELISM="false")
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(snippet)
+        f.write(ONLY_PYTHONPATH + snippet)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, f.name, *args], capture_output=True, text=True, env=env,
                           cwd=tempfile.gettempdir())

@@ -157,3 +157,55 @@ def test_the_store_keeps_to_its_budget(tiny_llama):
     assert 1 <= len(runner.clean.rows) < len(TEXTS) and runner.clean.used <= one
     prep.predict(ScaleSite("attn.out", (0,), 0.0, positions="last"))
     assert runner.last_reused == 0  # not every prompt is stored: the full pass
+
+
+def test_generation_prefills_only_the_changed_tail_inside_clean_kv(tiny_any):
+    from emocircuits.core.generation import generate
+    from emocircuits.core.runner import clean_kv
+
+    bridge, spec = tiny_any
+    prompts = [[{"role": "user", "content": t}] for t in TEXTS[:4]]
+    kw = {"max_new_tokens": 6, "system": "Answer in one short sentence."}
+    from emocircuits.core.sites import weight
+
+    steer = {spec.n_layers - 1: weight(bridge, "unembed")[:, 7].detach().clone()}  # pushes token 7
+    ivs = [AddDirection(steer, "resid.post", scale=50.0, positions="last", unit=True),
+           AddDirection(steer, "resid.post", scale=50.0, positions="generated", unit=True)]
+    want = []
+    for iv in ivs:
+        with iv.apply(bridge):
+            want.append(generate(bridge, prompts, **kw).token_ids)
+    plain = generate(bridge, prompts, **kw).token_ids
+    with clean_kv(bridge) as store:
+        assert generate(bridge, prompts, **kw).token_ids == plain  # fills the store
+        assert len(store.rows) == len(prompts) and store.served == 0
+        for iv, expected in zip(ivs, want, strict=True):
+            before = store.served
+            with iv.apply(bridge):
+                got = generate(bridge, prompts, **kw).token_ids
+            assert store.served > before
+            assert got == expected
+        assert want[0] != plain  # the steering acts
+        before = store.served
+        with ZeroNeurons({0: (1, 2)}).apply(bridge):  # every position: the full prefill
+            generate(bridge, prompts, **kw)
+        assert store.served == before
+    assert "_emocircuits_clean_kv" not in bridge.__dict__
+
+
+def test_only_a_pass_that_reads_the_last_token_alone_reruns_a_tail(tiny_llama):
+    """Perplexity and continuation scoring read many positions: their passes compute every one, and a tail
+    pass refuses to hand out a position it did not compute."""
+    from emocircuits.base.errors import EmocircuitsError
+
+    bridge, _ = tiny_llama
+    prep = _prepared(bridge, "chat_short")
+    runner = prep.readout.runner
+    batches = runner.batches(prep.token_ids)
+    steps = list(runner.run(batches))
+    assert runner.last_reused == 0 and all(isinstance(s.offset, int) for s in steps)
+    tail = list(runner.run(batches, last_only=True))
+    assert runner.last_reused > 0
+    torch.testing.assert_close(tail[0].last(), steps[0].last(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(EmocircuitsError, match="reran only"):
+        tail[0].at(torch.zeros(len(tail[0].batch), 1, dtype=torch.long))

@@ -1,7 +1,10 @@
 """Batched generation with interventions, over the forward runner.
 
 Prompts run right-padded in token-budget batches with a key/value cache; the prompt's shared prefix
-runs once per call. Every applied intervention acts on every step. What positions mean while decoding:
+runs once per call. Inside :func:`~emocircuits.core.runner.clean_kv`, an unsteered generation keeps each
+prompt's clean keys/values and a steered one over the same prompts prefills only from the first position its
+interventions change (``last``, ``generated``: the prompt's last token). Every applied intervention acts on
+every step. What positions mean while decoding:
 
 ==============  ===================================================================
 ``all``         every token: the prompt's and each new one
@@ -33,7 +36,7 @@ import torch
 from torch import Tensor
 
 from emocircuits.base.errors import EmocircuitsError
-from emocircuits.core.interventions import BatchInfo, PrefixUnsafe
+from emocircuits.core.interventions import BatchInfo, PrefixUnsafe, active_hook_count
 from emocircuits.core.runner import FINAL, Batch, Runner, check_cache
 
 Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
@@ -156,15 +159,19 @@ def generate(
     new = [[] for _ in ids]
     finish = ["length"] * len(ids)
     with torch.inference_mode():
-        offset = runner.shared_prefix(batches)
-        prefix = None
-        if offset:
-            try:
-                prefix = runner.prefix_cache(batches, offset, FINAL, generating=True)
-            except PrefixUnsafe:
-                offset = 0
-        for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-            _decode_batch(runner, batch, offset, prefix, new, finish, settings)
+        firsts = runner.reusable(batches, generating=True)
+        store = runner.clean is not None and not active_hook_count(model)
+        offset, prefix = 0, None
+        if firsts is None:
+            offset = runner.shared_prefix(batches)
+            if offset:
+                try:
+                    prefix = runner.prefix_cache(batches, offset, FINAL, generating=True)
+                except PrefixUnsafe:
+                    offset = 0
+        for i, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not progress)):
+            _decode_batch(runner, batch, offset, prefix, new, finish, settings,
+                          first=firsts[i] if firsts is not None else None, store=store)
     texts = []
     for toks in new:
         text = runner.tokenizer.decode(toks, skip_special_tokens=True)
@@ -176,28 +183,40 @@ def generate(
 
 
 def _decode_batch(runner: Runner, batch: Batch, offset: int, prefix: Any, new: list[list[int]], finish: list[str],
-                  s: dict[str, Any]) -> None:
-    """Prefill one batch and decode until every row stops; writes into ``new`` and ``finish``."""
+                  s: dict[str, Any], *, first: Tensor | None = None, store: bool = False) -> None:
+    """Prefill one batch and decode until every row stops; writes into ``new`` and ``finish``.
+
+    ``first [b]``: prefill only each row's tokens from there on, over the runner's stored clean keys/values;
+    ``store``: keep this (clean) prefill's keys/values in the runner's store."""
     from transformers import DynamicCache
 
     model, dev = runner.model, runner.device()
     b, p = batch.input_ids.shape
     rows = torch.tensor(batch.rows, dtype=torch.long)
     stop_ids = _stop_ids(model)
-    if prefix is not None:
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(b)
-    else:
-        cache = DynamicCache()
     lengths = batch.lengths
-    info = BatchInfo(torch.arange(offset, p)[None, :], lengths, lengths, rows, batch.keys, generating=True)
-    h = runner.forward(batch.input_ids[:, offset:].to(dev), FINAL, info=info, past_key_values=cache, use_cache=True)
-    check_cache(cache, p)
-    logits = runner.logits(h[torch.arange(b), lengths - 1 - offset])  # [b, vocab]
+    if first is not None:
+        x, info, kwargs = runner.tail_inputs(batch, first, generating=True)
+        cache, attn = kwargs["past_key_values"], kwargs["attention_mask"].cpu()
+        h = runner.forward(x.to(dev), FINAL, info=info, **kwargs)
+        logits = runner.logits(h[torch.arange(b), lengths - 1 - first])  # [b, vocab]
+    else:
+        if prefix is not None:
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(b)
+        else:
+            cache = DynamicCache()
+        info = BatchInfo(torch.arange(offset, p)[None, :], lengths, lengths, rows, batch.keys, generating=True)
+        h = runner.forward(batch.input_ids[:, offset:].to(dev), FINAL, info=info, past_key_values=cache,
+                           use_cache=True)
+        check_cache(cache, p)
+        if store and runner.clean is not None:
+            runner.clean.keep(batch, cache)
+        logits = runner.logits(h[torch.arange(b), lengths - 1 - offset])  # [b, vocab]
+        attn = batch.pad_mask.long()
     gens = [torch.Generator().manual_seed((s["seed"] * 1_000_003 + int(k)) & 0x7FFF_FFFF_FFFF_FFFF) for k in batch.keys]
     seqs = [batch.input_ids[j, : int(lengths[j])].tolist() for j in range(b)]
     done = [False] * b
-    attn = batch.pad_mask.long()
     for t in range(s["max_new_tokens"]):
         nxt = []
         for j in range(b):

@@ -465,9 +465,10 @@ def _writable() -> dict[str, Any]:
 class AddDirection(Intervention):
     """Add ``scale * direction`` to a site (default ``resid.post``) at ``layers`` and ``positions``.
 
-    ``direction`` is ``[width]`` or ``{layer: [width]}``. With ``rms_scaled`` the added vector is also
-    multiplied by the RMS of the activation it is added to (per row and position), as in the
-    emotion-circuits residual steering baseline (``α·RMS(h)·v``). ``unit`` normalises the direction first.
+    ``direction`` is ``[width]`` or ``{layer: [width]}`` (then ``layers`` defaults to its keys). With
+    ``rms_scaled`` the added vector is also multiplied by the RMS of the activation it is added to (per row
+    and position), as in the emotion-circuits residual steering baseline (``α·RMS(h)·v``). ``unit``
+    normalises the direction first.
     """
 
     direction: torch.Tensor | Mapping[int, torch.Tensor] = field(default_factory=lambda: torch.zeros(0))
@@ -480,7 +481,8 @@ class AddDirection(Intervention):
     rows: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        layers = self.layers or (sorted(int(k) for k in self.direction) if isinstance(self.direction, Mapping) else ())
+        object.__setattr__(self, "layers", tuple(int(x) for x in layers))
         object.__setattr__(self, "positions", _check_positions(self.positions))
 
     def _vector(self, layer: int) -> torch.Tensor:

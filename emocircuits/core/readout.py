@@ -146,7 +146,7 @@ class LabelReadout:
             raise EmocircuitsError("Starting from a captured residual needs first_token scoring; use scoring='first_token'.")
         first = torch.tensor(self.first_ids)
         parts = []
-        for step in self.runner.run(batches, start_at_layer=start_layer, resid=resid, progress=progress):
+        for step in self.runner.run(batches, start_at_layer=start_layer, resid=resid, progress=progress, last_only=True):
             parts.append(self._logp(step.last()).cpu()[:, first])
         out = torch.cat(parts)  # [n, n_labels]
         if self.scoring == "full_label":

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -113,7 +114,11 @@ class Step:
         if self.hidden is None:
             raise EmocircuitsError("This pass did not run to final.norm; pass stop=FINAL to read hidden states.")
         offset = self.offset[:, None].to(self.hidden.device) if isinstance(self.offset, Tensor) else self.offset
-        idx = (positions.to(self.hidden.device) - offset).clamp(min=0)
+        idx = positions.to(self.hidden.device) - offset
+        if isinstance(self.offset, Tensor) and bool((idx < 0).any()):
+            raise EmocircuitsError("This pass reran only each row's tokens from its first changed one; read "
+                                   "positions from there on, or run the pass with last_only=False.")
+        idx = idx.clamp(min=0)
         return torch.gather(self.hidden, 1, idx[..., None].expand(-1, -1, self.hidden.shape[-1]))
 
     def last(self) -> Tensor:
@@ -163,6 +168,7 @@ class CleanKV:
     def __init__(self, budget: int = KV_MEMORY) -> None:
         self.budget = int(budget)
         self.used = 0
+        self.served = 0  # positions handed out to passes instead of being computed, over the store's life
         self.rows: dict[int, tuple[tuple[int, ...], list[tuple[Tensor, Tensor]]]] = {}
 
     def keep(self, batch: Batch, cache: Any) -> None:
@@ -191,6 +197,7 @@ class CleanKV:
 
         rows = [self.rows[int(k)][1] for k in batch.keys.tolist()]
         q_max = int(first.max())
+        self.served += int(first.sum())
         mask = (torch.arange(q_max)[None, :] < first[:, None]).long()
         layers = []
         for li in range(len(rows[0])):
@@ -203,6 +210,25 @@ class CleanKV:
                 v[j, :, :q] = kv[li][1][:, :q]
             layers.append((k, v))
         return DynamicCache(layers), mask
+
+
+SHARED_STORE = "_emocircuits_clean_kv"
+
+
+@contextlib.contextmanager
+def clean_kv(model: Any, budget: int = KV_MEMORY) -> Iterator[CleanKV]:
+    """Inside the block, every runner on ``model`` (readouts, generation) shares one store of clean keys/values:
+    passes and prefills run with no hooks attached fill it, and later passes and prefills over the same prompts
+    reuse it before the first position their interventions change (e.g. steering at the last prompt token
+    and the new tokens). Keys/values belong to the weights: change no weight inside the block."""
+    before = model.__dict__.get(SHARED_STORE)
+    store = before if before is not None else CleanKV(budget)
+    model.__dict__[SHARED_STORE] = store
+    try:
+        yield store
+    finally:
+        if before is None:
+            model.__dict__.pop(SHARED_STORE, None)
 
 
 class Runner:
@@ -231,7 +257,7 @@ class Runner:
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
         self.last_offset = 0  # the shared prefix length the latest pass used (0 = none)
-        self.clean: CleanKV | None = None  # clean keys/values per prompt (see keep_clean)
+        self.clean: CleanKV | None = model.__dict__.get(SHARED_STORE)  # clean keys/values (keep_clean, clean_kv)
         self.last_reused = 0  # positions the latest pass took from clean keys/values instead of computing
 
     def keep_clean(self, budget: int = KV_MEMORY) -> Runner:
@@ -382,12 +408,15 @@ class Runner:
         return got["h"]
 
     def run(self, batches: Sequence[Batch], *, stop: Stop | None = FINAL, start_at_layer: int = 0,
-            resid: Sequence[Tensor] | None = None, progress: str | None = None) -> Iterator[Step]:
+            resid: Sequence[Tensor] | None = None, progress: str | None = None,
+            last_only: bool = False) -> Iterator[Step]:
         """One pass over ``batches`` under the hooks attached now (keep them fixed during the pass).
 
         ``stop``: a ``(site, layer)`` to stop after (``FINAL`` = the final norm, whose output each
-        :class:`Step` carries; None = the full model, logits discarded). With ``resid`` (one
-        ``[b, p - offset, d_model]`` per batch, the residual entering ``start_at_layer`` as read by an
+        :class:`Step` carries; None = the full model, logits discarded). ``last_only``: the caller reads
+        nothing but each row's last position (:meth:`Step.last`, a ``last`` capture), so a runner with
+        stored clean keys/values may rerun only each row's changed tail, and a clean pass stores them. With
+        ``resid`` (one ``[b, p - offset, d_model]`` per batch, the residual entering ``start_at_layer`` as read by an
         earlier pass with the same prefix offset) each batch starts at that layer. ``progress``: a
         description to show a progress bar over the pass's examples.
         """
@@ -399,13 +428,13 @@ class Runner:
         if stop is not None and stop != FINAL:
             hook_name(self.model, *stop)  # validate before running
         self.last_reused = 0
-        if stop == FINAL and resid is None and not self.grad:
+        if last_only and stop == FINAL and resid is None and not self.grad:
             firsts = self.reusable(batches)
             if firsts is not None:
                 yield from self._run_tails(batches, firsts, progress)
                 return
-        store = (self.clean is not None and not self.grad and stop in (FINAL, None) and not start_at_layer
-                 and not active_hook_count(self.model))
+        store = (last_only and self.clean is not None and not self.grad and stop in (FINAL, None)
+                 and not start_at_layer and not active_hook_count(self.model))
         dev = self.device()
         offset = self.shared_prefix(batches)
         cache = None
@@ -444,15 +473,19 @@ class Runner:
                 yield Step(batch, offset, hidden if stop == FINAL else None)
             bar.close()
 
-    def reusable(self, batches: Sequence[Batch]) -> list[Tensor] | None:
+    def reusable(self, batches: Sequence[Batch], *, generating: bool = False) -> list[Tensor] | None:
         """Per batch, ``[b]`` the first position each row must compute under the hooks attached now, when
         stored clean keys/values can stand for everything before it and that saves at least half the
-        positions; else None."""
-        if self.clean is None or not all(self.clean.has(b) for b in batches):
+        positions; else None. ``generating``: the prefill of a generation (positions mean what they mean
+        while decoding)."""
+        if self.clean is None or self.grad or not all(self.clean.has(b) for b in batches):
             return None
         firsts = []
         for b in batches:
-            first = first_position_attached(self.model, self.batch_info(b, 0))
+            info = self.batch_info(b, 0)
+            if generating:
+                info = dataclasses.replace(info, generating=True)
+            first = first_position_attached(self.model, info)
             if first is None:
                 return None
             firsts.append(torch.minimum(first.long(), b.last_index).clamp(min=0))
@@ -469,25 +502,38 @@ class Runner:
         bar = tqdm(total=sum(len(b) for b in batches), desc=progress, unit="ex", disable=progress is None)
         with self.grad_mode():
             for batch, first in zip(batches, firsts, strict=True):
-                n = batch.lengths - first  # tokens to compute per row, >= 1
-                width = int(n.max())
-                cols = torch.arange(width)[None, :]
-                pos = first[:, None] + cols  # [b, width] absolute positions
-                take = pos.clamp(max=batch.input_ids.shape[1] - 1)
-                x = torch.where(cols < n[:, None], torch.gather(batch.input_ids, 1, take), self.pad_id)
-                kwargs: dict[str, Any] = {"position_ids": pos.to(dev)}
-                if int(first.max()) > 0:
-                    cache, seen = self.clean.cache(batch, first)
-                    kwargs.update(past_key_values=cache, use_cache=True,
-                                  attention_mask=torch.cat([seen, (cols < n[:, None]).long()], 1).to(dev))
-                prompts = batch.lengths if batch.prompt_lengths is None else batch.prompt_lengths
-                info = BatchInfo(pos, prompts, batch.lengths, torch.tensor(batch.rows, dtype=torch.long),
-                                 batch.keys, generating=batch.prompt_lengths is not None)
+                x, info, kwargs = self.tail_inputs(batch, first)
                 hidden = self.forward(x.to(dev), FINAL, info=info, **kwargs)
-                self.last_reused += int(first.sum())
                 bar.update(len(batch))
                 yield Step(batch, first, hidden)
         bar.close()
+
+    def tail_inputs(self, batch: Batch, first: Tensor, *, generating: bool = False
+                    ) -> tuple[Tensor, BatchInfo, dict[str, Any]]:
+        """The forward of each row's tokens from ``first [b]`` on over its stored clean keys/values:
+        token ids ``[b, width]`` (right-padded), the batch info, and the model kwargs (cache, the 0/1
+        attention mask ``[b, q_max + width]``, absolute ``position_ids``)."""
+        assert self.clean is not None
+        dev = self.device()
+        n = batch.lengths - first  # tokens to compute per row, >= 1
+        cols = torch.arange(int(n.max()))[None, :]
+        pos = first[:, None] + cols  # [b, width] absolute positions
+        take = pos.clamp(max=batch.input_ids.shape[1] - 1)
+        x = torch.where(cols < n[:, None], torch.gather(batch.input_ids, 1, take), self.pad_id)
+        new = (cols < n[:, None]).long()
+        kwargs: dict[str, Any] = {"position_ids": pos.to(dev), "use_cache": generating}
+        if int(first.max()) > 0:
+            cache, seen = self.clean.cache(batch, first)
+            kwargs.update(past_key_values=cache, use_cache=True, attention_mask=torch.cat([seen, new], 1).to(dev))
+        elif generating:
+            from transformers import DynamicCache
+
+            kwargs.update(past_key_values=DynamicCache(), attention_mask=new.to(dev))
+        prompts = batch.lengths if batch.prompt_lengths is None else batch.prompt_lengths
+        info = BatchInfo(pos, prompts, batch.lengths, torch.tensor(batch.rows, dtype=torch.long), batch.keys,
+                         generating=generating or batch.prompt_lengths is not None)
+        self.last_reused += int(first.sum())
+        return x, info, kwargs
 
     # ------------------------------------------------------------------ conveniences
     def logits(self, hidden: Tensor) -> Tensor:
@@ -505,7 +551,7 @@ class Runner:
     def last_logits(self, token_ids: Sequence[Sequence[int]]) -> Tensor:
         """Log-softmax logits at each prompt's last token ``[n, d_vocab]``, in input order."""
         out: Tensor | None = None
-        for step in self.run(self.batches(token_ids)):
+        for step in self.run(self.batches(token_ids), last_only=True):
             lp = torch.log_softmax(self.logits(step.last()), dim=-1).detach().cpu()
             if out is None:
                 out = torch.empty(len(token_ids), lp.shape[-1])

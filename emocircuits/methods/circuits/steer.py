@@ -49,7 +49,7 @@ from emocircuits.core.components import Circuit, Direction
 from emocircuits.core.generation import encode_prompts, generate
 from emocircuits.core.interventions import AddDirection
 from emocircuits.core.models import spec_of
-from emocircuits.core.runner import Runner
+from emocircuits.core.runner import Runner, clean_kv
 from emocircuits.judges.panel import judge_panel
 from emocircuits.methods.circuits.elicit import SYSTEM_TEMPLATE, pooled_accuracy, system_template
 from emocircuits.methods.circuits.influence import NEUTRAL_SYSTEM, neutral_items
@@ -338,120 +338,121 @@ def steer_compare(model: Any, prompts: pd.DataFrame, *, emotions: Sequence[str] 
     (a template name or a text with ``{emotion}``); ``site``: where residual steering reads its direction and
     adds it (:data:`STEER_SITES`).
     """
-    from tqdm.auto import tqdm
+    with clean_kv(model):  # unsteered replies keep the prompts' keys/values; last-token steering reuses them
+        from tqdm.auto import tqdm
 
-    methods = list(methods)
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise EmocircuitsError(f"Unknown steering method {bad[0]!r}; use one of {', '.join(METHODS)}.")
-    if "random" in methods and n_random < 1:
-        raise EmocircuitsError(f"n_random must be at least 1 (got {n_random}).")
-    fixed = {"scale": check_strength(scale, "scale"), "alpha": check_strength(alpha, "alpha")}
-    doses = sorted({float(x) for x in doses} - {1.0})
-    if not all(math.isfinite(x) and x >= 0 for x in doses):
-        raise EmocircuitsError(f"Doses must be finite multipliers >= 0 (got {list(doses)}).")
-    prompt_system = system_template(prompt_system)
-    _check_site(site)
-    rule = rule or FluencyRule()
-    spec = spec_of(model)
-    items = neutral_items(prompts, system)
-    if max_prompts is not None:
-        items = items.iloc[:max_prompts].reset_index(drop=True)
-    if emotions is None:
-        emotions = list(circuits or directions or {})
-        if not emotions:
-            raise EmocircuitsError("Pass emotions (or circuits/directions to take them from).")
-    emotions = list(emotions)
-    for m in methods:
-        need = {"circuit": circuits, "random": circuits, "residual": directions}.get(m, {e: None for e in emotions})
-        missing = [e for e in emotions if need is None or e not in need]
-        if missing:
-            what = "circuit" if m in ("circuit", "random") else "direction"
-            raise EmocircuitsError(f"Method {m!r} needs a {what} for {missing[0]!r}; pass {what}s for every emotion.")
-    band = list(band) if band is not None else residual_band(spec.n_layers)
-    gen_kw = {"max_new_tokens": max_new_tokens, "max_tokens": max_tokens, "sentences": sentences,
-              **dict(generate_kw or {})}
-    strengths: dict[str, StrengthChoice] = {}
-    used: dict[str, float] = {}
-    for name, meths in (("scale", ("circuit", "random")), ("alpha", ("residual",))):
-        present = [m for m in methods if m in meths]
-        if not present:
-            continue
-        if fixed[name] is not None:
-            used[name] = fixed[name]
-            continue
-        users_cal = calibration_users(calibration if calibration is not None else prompts, calibration_prompts,
-                                      seed, system)
-        choice = choose_strength(model, "circuit" if present[0] == "random" else present[0], emotions, users_cal,
-                                 circuits=circuits, directions=directions, band=band, site=site, system=system,
-                                 generate_kw={k: v for k, v in gen_kw.items() if k != "max_tokens"}, rule=rule,
-                                 max_tokens=max_tokens)
-        strengths[name] = choice
-        used[name] = choice.chosen
-    users = items["user"].tolist()
-    jobs: list[tuple[str, int, str | None, float]] = []
-    for dose in [1.0, *doses]:
+        methods = list(methods)
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise EmocircuitsError(f"Unknown steering method {bad[0]!r}; use one of {', '.join(METHODS)}.")
+        if "random" in methods and n_random < 1:
+            raise EmocircuitsError(f"n_random must be at least 1 (got {n_random}).")
+        fixed = {"scale": check_strength(scale, "scale"), "alpha": check_strength(alpha, "alpha")}
+        doses = sorted({float(x) for x in doses} - {1.0})
+        if not all(math.isfinite(x) and x >= 0 for x in doses):
+            raise EmocircuitsError(f"Doses must be finite multipliers >= 0 (got {list(doses)}).")
+        prompt_system = system_template(prompt_system)
+        _check_site(site)
+        rule = rule or FluencyRule()
+        spec = spec_of(model)
+        items = neutral_items(prompts, system)
+        if max_prompts is not None:
+            items = items.iloc[:max_prompts].reset_index(drop=True)
+        if emotions is None:
+            emotions = list(circuits or directions or {})
+            if not emotions:
+                raise EmocircuitsError("Pass emotions (or circuits/directions to take them from).")
+        emotions = list(emotions)
         for m in methods:
-            if dose != 1.0 and m not in STRENGTH_OF:
+            need = {"circuit": circuits, "random": circuits, "residual": directions}.get(m, {e: None for e in emotions})
+            missing = [e for e in emotions if need is None or e not in need]
+            if missing:
+                what = "circuit" if m in ("circuit", "random") else "direction"
+                raise EmocircuitsError(f"Method {m!r} needs a {what} for {missing[0]!r}; pass {what}s for every emotion.")
+        band = list(band) if band is not None else residual_band(spec.n_layers)
+        gen_kw = {"max_new_tokens": max_new_tokens, "max_tokens": max_tokens, "sentences": sentences,
+                  **dict(generate_kw or {})}
+        strengths: dict[str, StrengthChoice] = {}
+        used: dict[str, float] = {}
+        for name, meths in (("scale", ("circuit", "random")), ("alpha", ("residual",))):
+            present = [m for m in methods if m in meths]
+            if not present:
                 continue
-            if m == "none":
-                jobs.append((m, -1, None, dose))
-            elif m == "random":
-                jobs += [(m, r, e, dose) for e in emotions for r in range(n_random)]
+            if fixed[name] is not None:
+                used[name] = fixed[name]
+                continue
+            users_cal = calibration_users(calibration if calibration is not None else prompts, calibration_prompts,
+                                          seed, system)
+            choice = choose_strength(model, "circuit" if present[0] == "random" else present[0], emotions, users_cal,
+                                     circuits=circuits, directions=directions, band=band, site=site, system=system,
+                                     generate_kw={k: v for k, v in gen_kw.items() if k != "max_tokens"}, rule=rule,
+                                     max_tokens=max_tokens)
+            strengths[name] = choice
+            used[name] = choice.chosen
+        users = items["user"].tolist()
+        jobs: list[tuple[str, int, str | None, float]] = []
+        for dose in [1.0, *doses]:
+            for m in methods:
+                if dose != 1.0 and m not in STRENGTH_OF:
+                    continue
+                if m == "none":
+                    jobs.append((m, -1, None, dose))
+                elif m == "random":
+                    jobs += [(m, r, e, dose) for e in emotions for r in range(n_random)]
+                else:
+                    jobs += [(m, -1, e, dose) for e in emotions]
+        frames = []
+        neutral_ids = encode_prompts(Runner(model, max_tokens=max_tokens), _messages(users, system))
+        reference = None
+        for m, variant, e, dose in tqdm(jobs, desc="steer", disable=not progress):
+            sys_prompt = prompt_system.format(emotion=e) if m == "prompt" else system
+            strength = used[STRENGTH_OF[m]] * dose if m in STRENGTH_OF else math.nan
+            if m == "random":
+                comp = random_circuit(circuits[e], spec, derive_seed(seed, "random-circuit", e, variant))
+                iv = method_intervention(m, e, circuit=comp, scale=strength)
+            elif m in ("circuit", "residual"):
+                iv = method_intervention(m, e, circuit=(circuits or {}).get(e), direction=(directions or {}).get(e),
+                                         scale=strength, band=band, site=site)
             else:
-                jobs += [(m, -1, e, dose) for e in emotions]
-    frames = []
-    neutral_ids = encode_prompts(Runner(model, max_tokens=max_tokens), _messages(users, system))
-    reference = None
-    for m, variant, e, dose in tqdm(jobs, desc="steer", disable=not progress):
-        sys_prompt = prompt_system.format(emotion=e) if m == "prompt" else system
-        strength = used[STRENGTH_OF[m]] * dose if m in STRENGTH_OF else math.nan
-        if m == "random":
-            comp = random_circuit(circuits[e], spec, derive_seed(seed, "random-circuit", e, variant))
-            iv = method_intervention(m, e, circuit=comp, scale=strength)
-        elif m in ("circuit", "residual"):
-            iv = method_intervention(m, e, circuit=(circuits or {}).get(e), direction=(directions or {}).get(e),
-                                     scale=strength, band=band, site=site)
-        else:
-            iv = None
-        f = _reply_frame(model, items, users, sys_prompt, iv, gen_kw, neutral_ids, max_tokens)
-        f.insert(0, "strength", strength)
-        f.insert(0, "dose", dose if m in STRENGTH_OF else math.nan)
-        if m == "none":
-            reference = f
-        for target in ([e] if e is not None else emotions):
-            g = f.copy()
-            g.insert(0, "emotion", target)
-            g.insert(0, "variant", variant)
-            g.insert(0, "method", m)
-            frames.append(g)
-    if reference is None:  # the unsteered replies every fluency ratio compares with
-        reference = _reply_frame(model, items, users, system, None, gen_kw, neutral_ids, max_tokens)
-    replies = pd.concat(frames, ignore_index=True)
-    judge_objs = judge_panel(judges, model=model, emotions=emotions)
-    texts = replies["reply"].astype(str).tolist()
-    targets = replies["emotion"].astype(str).tolist()
-    for j in judge_objs:
-        pred = j.judge(texts, targets).reset_index(drop=True)["predicted"].astype(str).to_numpy()
-        replies[f"pred_{j.name}"] = pred
-        replies[f"correct_{j.name}"] = pred == np.asarray(targets)
-    names = [j.name for j in judge_objs]
-    main = replies[(replies["dose"] == 1.0) | replies["dose"].isna()]  # dose 1 and the methods without one
-    quality = steer_quality(main, reference.assign(emotion="all"), rule)
-    notes = [f"{m} at {STRENGTH_OF[m]} {used[STRENGTH_OF[m]]:g} breaks the fluency rule ({rule.describe()}): "
-             f"perplexity ×{r.ppl_ratio:.2f}, distinct-2 ×{r.distinct2_ratio:.2f}; its replies are marked fluent=False"
-             for r in quality[quality.emotion == "all"].itertuples() for m in [r.method]
-             if m in STRENGTH_OF and not r.fluent]
-    dose_table = steer_dose(replies, names, reference.assign(emotion="all"), rule, n_boot=n_boot, seed=seed)
-    config = {"methods": methods, "emotions": emotions, "scale": used.get("scale", fixed["scale"]),
-              "alpha": used.get("alpha", fixed["alpha"]), "auto": sorted(strengths), "band": band,
-              "n_random": n_random, "judges": names, "max_new_tokens": max_new_tokens, "sentences": sentences,
-              "system": system, "prompt_system": prompt_system, "site": site, "generate": dict(generate_kw or {}),
-              "seed": seed, "n_prompts": len(items), "doses": [1.0, *doses], "fluency_rule": rule.as_dict(),
-              "calibration": "given" if calibration is not None else "the evaluation prompts",
-              "strength_choice": {k: v.summary() for k, v in strengths.items()}}
-    return SteerResult(replies, steer_accuracy(main, names, n_boot=n_boot, seed=seed), quality, config,
-                       dose_table, strengths, notes)
+                iv = None
+            f = _reply_frame(model, items, users, sys_prompt, iv, gen_kw, neutral_ids, max_tokens)
+            f.insert(0, "strength", strength)
+            f.insert(0, "dose", dose if m in STRENGTH_OF else math.nan)
+            if m == "none":
+                reference = f
+            for target in ([e] if e is not None else emotions):
+                g = f.copy()
+                g.insert(0, "emotion", target)
+                g.insert(0, "variant", variant)
+                g.insert(0, "method", m)
+                frames.append(g)
+        if reference is None:  # the unsteered replies every fluency ratio compares with
+            reference = _reply_frame(model, items, users, system, None, gen_kw, neutral_ids, max_tokens)
+        replies = pd.concat(frames, ignore_index=True)
+        judge_objs = judge_panel(judges, model=model, emotions=emotions)
+        texts = replies["reply"].astype(str).tolist()
+        targets = replies["emotion"].astype(str).tolist()
+        for j in judge_objs:
+            pred = j.judge(texts, targets).reset_index(drop=True)["predicted"].astype(str).to_numpy()
+            replies[f"pred_{j.name}"] = pred
+            replies[f"correct_{j.name}"] = pred == np.asarray(targets)
+        names = [j.name for j in judge_objs]
+        main = replies[(replies["dose"] == 1.0) | replies["dose"].isna()]  # dose 1 and the methods without one
+        quality = steer_quality(main, reference.assign(emotion="all"), rule)
+        notes = [f"{m} at {STRENGTH_OF[m]} {used[STRENGTH_OF[m]]:g} breaks the fluency rule ({rule.describe()}): "
+                 f"perplexity ×{r.ppl_ratio:.2f}, distinct-2 ×{r.distinct2_ratio:.2f}; its replies are marked fluent=False"
+                 for r in quality[quality.emotion == "all"].itertuples() for m in [r.method]
+                 if m in STRENGTH_OF and not r.fluent]
+        dose_table = steer_dose(replies, names, reference.assign(emotion="all"), rule, n_boot=n_boot, seed=seed)
+        config = {"methods": methods, "emotions": emotions, "scale": used.get("scale", fixed["scale"]),
+                  "alpha": used.get("alpha", fixed["alpha"]), "auto": sorted(strengths), "band": band,
+                  "n_random": n_random, "judges": names, "max_new_tokens": max_new_tokens, "sentences": sentences,
+                  "system": system, "prompt_system": prompt_system, "site": site, "generate": dict(generate_kw or {}),
+                  "seed": seed, "n_prompts": len(items), "doses": [1.0, *doses], "fluency_rule": rule.as_dict(),
+                  "calibration": "given" if calibration is not None else "the evaluation prompts",
+                  "strength_choice": {k: v.summary() for k, v in strengths.items()}}
+        return SteerResult(replies, steer_accuracy(main, names, n_boot=n_boot, seed=seed), quality, config,
+                           dose_table, strengths, notes)
 
 
 def _reply_frame(model: Any, items: pd.DataFrame, users: Sequence[str], system: str, iv: Any,

@@ -81,20 +81,21 @@ class MaskingEngine:
     """Classify one dataset under many neuron masks, sharing everything shareable.
 
     Tokenisation, batching and the clean (unmasked) pass happen once. The clean pass also keeps the
-    residual entering a few *checkpoint* layers (``checkpoints`` evenly spaced layers, the tokens after
-    the shared prefix only, ``[b, p - prefix, d_model]`` per batch). A mask whose lowest layer is L
-    cannot change anything below L, so its pass starts from the highest checkpoint ≤ L instead of the
-    embedding, and the blocks below it are not run — a masked pass over the top third of the layers costs
-    about a third of a full one. A pass that starts below L also keeps the clean residual entering L
-    (unchanged there, since nothing below L is masked), so the random controls of the same layout and
-    every later mask with lowest layer L start exactly at L; these extra checkpoints live within
-    ``checkpoint_memory`` bytes (least recently used dropped first). ``checkpoints=0`` turns all of this off
-    (memory: ``checkpoints × tokens × d_model`` floats, plus the extras).
+    residual entering *checkpoint* layers (the tokens after the shared prefix only, ``[b, p - prefix,
+    d_model]`` per batch): ``checkpoints`` evenly spaced layers, by default (None) as many as fit in
+    ``checkpoint_memory`` bytes, up to every layer. A mask whose lowest layer is L cannot change anything
+    below L, so its pass starts from the highest checkpoint ≤ L instead of the embedding, and the blocks
+    below it are not run — a masked pass over the top third of the layers costs about a third of a full
+    one. A pass that starts below L also keeps the clean residual entering L (unchanged there, since
+    nothing below L is masked), so the random controls of the same layout and every later mask with lowest
+    layer L start exactly at L; these extra checkpoints stay within ``checkpoint_memory`` (least recently
+    used dropped first). ``checkpoints=0`` turns all of this off. Scores are the same either way, to the
+    bit (``tests/test_neurons.py``).
     """
 
     def __init__(self, model: Any, dataset: Sequence[Any], *, labels: Sequence[str] | None = None,
                  template: str = DEFAULT_TEMPLATE, scoring: str = "first_token", max_tokens: int = 4096,
-                 checkpoints: int = 6, checkpoint_memory: int = CHECKPOINT_MEMORY, share_prefix: bool = True,
+                 checkpoints: int | None = None, checkpoint_memory: int = CHECKPOINT_MEMORY, share_prefix: bool = True,
                  prepend_bos: bool | None = None, progress: bool = True) -> None:
 
         self.model, self.progress = model, progress
@@ -107,6 +108,11 @@ class MaskingEngine:
         self.batches = self.readout.batches(self.readout.encode(self.examples))
         self.order = torch.tensor([r for b in self.batches for r in b.rows], dtype=torch.long)
         n = self.spec.n_layers
+        if checkpoints is None:
+            offset = self.readout.runner.shared_prefix(self.batches)
+            one = sum(len(b) * (b.input_ids.shape[1] - offset) for b in self.batches) * self.spec.d_model
+            one *= next(model.parameters()).element_size()
+            checkpoints = min(n - 1, int(checkpoint_memory) // max(one, 1))
         stride = max(1, -(-n // (checkpoints + 1))) if checkpoints > 0 and scoring == "first_token" else n
         self.checkpoint_layers = [layer for layer in range(stride, n, stride)][:checkpoints]
         self._resid: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.checkpoint_layers}
@@ -138,13 +144,14 @@ class MaskingEngine:
         return sum(t.numel() * t.element_size() for t in first)
 
     def _make_room(self) -> bool:
-        """Drop least recently used extra checkpoints until one more fits ``checkpoint_memory``."""
+        """Drop least recently used extra checkpoints until one more checkpoint fits ``checkpoint_memory``
+        (the clean pass's count too); False when it cannot."""
         size = self._checkpoint_bytes()
         if not size or size > self.checkpoint_memory:
             return False
-        while self._extra and (len(self._extra) + 1) * size > self.checkpoint_memory:
+        while self._extra and (len(self._resid) + 1) * size > self.checkpoint_memory:
             del self._resid[self._extra.pop(0)]
-        return True
+        return (len(self._resid) + 1) * size <= self.checkpoint_memory
 
     def scores(self, neurons: NeuronSet | None = None) -> torch.Tensor:
         """Label scores ``[n_examples, n_labels]`` with ``neurons`` zeroed at every position (None = clean)."""
