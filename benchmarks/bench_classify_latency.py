@@ -33,6 +33,9 @@ from emocircuits.core.models import load_model
 from emocircuits.core.prompts import ensemble_members
 from emocircuits.core.readout import LabelReadout, classify
 
+TARGET = "ratio ≤ 2: a second call costs at most two forwards per template"
+RATIO = "second call ÷ one forward per template"
+
 
 def _time(fn, repeats: int = 1) -> float:
     out = []

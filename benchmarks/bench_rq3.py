@@ -26,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _baseline import BASELINE, ROOT, run_side, unpack  # noqa: E402
 
+TARGET = "≥ 3× on the README's 24 cells (K = 5), identical table"
+
 WORKER = r'''
 import json, sys, time, cProfile, pstats, io
 import emocircuits

@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _baseline import BASELINE, ROOT, run_side, unpack  # noqa: E402
 
+TARGET = "≥ 1.8× each, outputs equal to 1e-5"
+
 WORKER = r'''
 import json, sys, time
 import numpy as np, torch

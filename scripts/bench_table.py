@@ -2,7 +2,7 @@
 
 ``make bench`` runs each benchmark, saves the JSON it prints as ``benchmarks/results/<script>.json`` and then
 runs this script. One row per benchmark script (a row per part for scripts that report parts): what it
-compares (the first line of the script's docstring), the ratio and the agreement figures the JSON holds, the
+compares (the first paragraph of the script's docstring), the ratio and the agreement figures the JSON holds, the
 script's ``TARGET`` (a module constant, when it has one) and the JSON's ``measured`` date. A script without
 a saved JSON gets a row that says so. Only the lines between the README's ``bench:start`` and ``bench:end``
 markers change.
@@ -26,15 +26,18 @@ AGREEMENT = ("max_abs_diff", "identical_table", "same_tokens", "same_prediction"
              "equal_to_1e-5", "jaccard")
 
 
-def _script_facts(path: Path) -> tuple[str, str]:
-    """(first docstring line, TARGET constant or '') of a benchmark script, read without running it."""
+def _script_facts(path: Path) -> tuple[str, str, str]:
+    """(first docstring line, TARGET, RATIO) of a benchmark script, read without running it. ``RATIO`` says
+    what its ratio is when it is not "how many times faster"."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     doc = (ast.get_docstring(tree) or "").strip().splitlines()
-    target = ""
+    consts = {"TARGET": "", "RATIO": "faster"}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "TARGET" for t in node.targets):
-            target = ast.literal_eval(node.value)
-    return (doc[0].rstrip(".") if doc else path.stem), target
+        for name in consts:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name for t in node.targets):
+                consts[name] = ast.literal_eval(node.value)
+    para = " ".join(doc[: doc.index("")] if "" in doc else doc).replace("; prints JSON", "").rstrip(".")
+    return (para or path.stem), consts["TARGET"], consts["RATIO"]
 
 
 def _fmt(value: object) -> str:
@@ -45,13 +48,12 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _result(data: dict) -> str:
+def _result(data: dict, ratio: str = "faster") -> str:
     parts = []
     if "ratio" in data:
-        parts.append(f"**{data['ratio']}×**")
-    for key in ("baseline_s", "this_tree_s"):
-        if key in data:
-            parts.append(f"{key.replace('_s', '')} {data[key]} s")
+        parts.append(f"**{data['ratio']}×** {ratio}")
+    if "baseline_s" in data and "this_tree_s" in data:
+        parts.append(f"{data['baseline_s']} s → {data['this_tree_s']} s")
     parts += [f"{key.replace('_', ' ')} {_fmt(data[key])}" for key in AGREEMENT if key in data]
     return "; ".join(parts) or "see the JSON"
 
@@ -59,7 +61,7 @@ def _result(data: dict) -> str:
 def rows() -> list[str]:
     out = []
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
-        what, target = _script_facts(script)
+        what, target, ratio = _script_facts(script)
         saved = ROOT / "benchmarks" / "results" / f"{script.stem}.json"
         if not saved.is_file():
             out.append(f"| `{script.name}` | {what} | no saved JSON yet (`make bench`) | {target} | |")
@@ -69,9 +71,9 @@ def rows() -> list[str]:
         n = f" (n = {data['n_examples']})" if "n_examples" in data else ""
         if isinstance(data.get("parts"), dict):
             for name, part in data["parts"].items():
-                out.append(f"| `{script.name}` {name} | {what}{n} | {_result(part)} | {target} | {when} |")
+                out.append(f"| `{script.name}` {name} | {what}{n} | {_result(part, ratio)} | {target} | {when} |")
         else:
-            out.append(f"| `{script.name}` | {what}{n} | {_result(data)} | {target} | {when} |")
+            out.append(f"| `{script.name}` | {what}{n} | {_result(data, ratio)} | {target} | {when} |")
     return out
 
 
