@@ -7,6 +7,7 @@ first on ``PYTHONPATH``; both sides use this environment's libraries and the sam
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -55,3 +56,25 @@ def run_side(snippet: str, args: list[str], pythonpath: Path, threads: int) -> d
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["process_wall_s"] = round(wall, 2)
     return out
+
+
+def readme_neurons(path: str | None, tmp: Path) -> str:
+    """``path``, or the README's RQ1 selection (``neurons find`` on 60 train dialogues per emotion) found in
+    ``tmp`` with this tree (not timed)."""
+    if path:
+        return path
+    out = tmp / "find"
+    subprocess.run([sys.executable, "-m", "emocircuits.cli", "neurons", "find", "--data", "builtin:dialogues",
+                    "--split", "train", "--limit-per-label", "60", "--out", str(out)], check=True,
+                   capture_output=True, cwd=ROOT)
+    return str(out / "neurons.json")
+
+
+def baseline_args(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark against the baseline takes: data size, neurons, revision, threads."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--per-label", type=int, default=4, help="test dialogues per emotion (0 = the whole split)")
+    ap.add_argument("--neurons", default=None, help="a neurons.json (default: found here, not timed)")
+    ap.add_argument("--baseline", default=BASELINE)
+    ap.add_argument("--threads", type=int, default=2)
+    return ap

@@ -16,15 +16,13 @@ the settings and (``--profile``) the shares.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _baseline import BASELINE, ROOT, run_side, unpack  # noqa: E402
+from _baseline import ROOT, baseline_args, readme_neurons, run_side, unpack  # noqa: E402
 
 TARGET = "≥ 3× on the README's 24 cells (K = 5), identical table"
 
@@ -84,29 +82,15 @@ print(json.dumps({"seconds": round(seconds, 2), "rows": len(table), "package": e
 '''
 
 
-def _neurons(path: str | None, tmp: Path) -> str:
-    if path:
-        return path
-    out = tmp / "find"
-    subprocess.run([sys.executable, "-m", "emocircuits.cli", "neurons", "find", "--data", "builtin:dialogues",
-                    "--split", "train", "--limit-per-label", "60", "--out", str(out)], check=True,
-                   capture_output=True, cwd=ROOT)
-    return str(out / "neurons.json")
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-label", type=int, default=4, help="test dialogues per emotion (0 = the whole split)")
-    ap.add_argument("--neurons", default=None, help="a neurons.json (default: found here, not timed)")
-    ap.add_argument("--baseline", default=BASELINE)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = baseline_args(__doc__)
     ap.add_argument("--profile", action="store_true", help="profile this tree's run (adds a little overhead)")
     a = ap.parse_args()
     import pandas as pd
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        neurons = _neurons(a.neurons, tmp)
+        neurons = readme_neurons(a.neurons, tmp)
         old_tree = unpack(a.baseline, tmp / "baseline")
         old = run_side(WORKER, [neurons, str(a.per_label), str(tmp / "old.parquet"), "0"], old_tree, a.threads)
         new = run_side(WORKER, [neurons, str(a.per_label), str(tmp / "new.parquet"), "0"], ROOT, a.threads)

@@ -18,15 +18,13 @@ part's times, ratio and largest difference.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _baseline import BASELINE, ROOT, run_side, unpack  # noqa: E402
+from _baseline import ROOT, baseline_args, readme_neurons, run_side, unpack  # noqa: E402
 
 TARGET = "≥ 1.8× each, outputs equal to 1e-5"
 
@@ -75,16 +73,6 @@ print(json.dumps({"seconds": {k: round(v, 2) for k, v in t.items()}, "package": 
 '''
 
 
-def _neurons(path: str | None, tmp: Path) -> str:
-    if path:
-        return path
-    out = tmp / "find"
-    subprocess.run([sys.executable, "-m", "emocircuits.cli", "neurons", "find", "--data", "builtin:dialogues",
-                    "--split", "train", "--limit-per-label", "60", "--out", str(out)], check=True,
-                   capture_output=True, cwd=ROOT)
-    return str(out / "neurons.json")
-
-
 def _table_diff(a, b) -> float:
     """Largest difference over the numeric columns both tables have (the newer one may have more)."""
     numbers = [c for c in a.columns if c in b.columns and a[c].dtype.kind in "fi"]
@@ -94,17 +82,13 @@ def _table_diff(a, b) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-label", type=int, default=4, help="test dialogues per emotion (0 = the whole split)")
-    ap.add_argument("--neurons", default=None, help="a neurons.json (default: found here, not timed)")
-    ap.add_argument("--baseline", default=BASELINE)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = baseline_args(__doc__)
     a = ap.parse_args()
     import torch
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        neurons = _neurons(a.neurons, tmp)
+        neurons = readme_neurons(a.neurons, tmp)
         old_tree = unpack(a.baseline, tmp / "baseline")
         old = run_side(WORKER, [neurons, str(a.per_label), str(tmp / "old.pt")], old_tree, a.threads)
         new = run_side(WORKER, [neurons, str(a.per_label), str(tmp / "new.pt")], ROOT, a.threads)
