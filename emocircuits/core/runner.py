@@ -16,13 +16,14 @@ direction at every position) is applied once; a write that differs between rows 
 ``rows=`` restriction, per-row noise or patching there) makes the runner run that pass without
 sharing — the numbers never depend on whether the prefix was shared.
 
-**Clean keys/values.** A runner asked to :meth:`~Runner.keep_clean` stores, from every pass run with no
-hooks attached, each prompt's keys/values (within a memory budget). A later pass over stored prompts,
-under interventions that leave each row's tokens before position ``q`` untouched (knockout or patching at
-the last token: ``q`` = the last token), reuses the stored keys/values there and runs only each row's
-tokens from ``q`` on. The footprint comes from the interventions themselves
-(:func:`~emocircuits.core.interventions.first_position_attached`); a hook whose footprint is unknown, or
-one attached by hand, makes the pass compute every position.
+**Clean keys/values.** A runner asked to :meth:`~Runner.keep_clean` (or any runner inside
+:func:`clean_kv`) stores each prompt's keys/values, within a memory budget, from passes that read only the
+last token (``last_only``: the label readout) run with no hooks attached, and from clean generation
+prefills. A later such pass over stored prompts, under interventions that leave each row's tokens before
+position ``q`` untouched (knockout or patching at the last token: ``q`` = the last token), reuses the stored
+keys/values there and runs only each row's tokens from ``q`` on. The footprint comes from the interventions
+themselves (:func:`~emocircuits.core.interventions.first_position_attached`); a hook whose footprint is
+unknown, or one attached by hand, makes the pass compute every position.
 
 **Positions** given to interventions are absolute positions of each row's own sequence; padding, the
 shared prefix and reused keys/values are invisible to them (``tests/test_batch_invariance.py``).
@@ -261,8 +262,9 @@ class Runner:
         self.last_reused = 0  # positions the latest pass took from clean keys/values instead of computing
 
     def keep_clean(self, budget: int = KV_MEMORY) -> Runner:
-        """From now on store each prompt's clean keys/values from passes run with no hooks attached (at most
-        ``budget`` bytes), and reuse them in later passes before the first position the interventions change."""
+        """From now on store each prompt's clean keys/values (at most ``budget`` bytes) from ``last_only`` passes
+        run with no hooks attached, and reuse them in later ``last_only`` passes before the first position the
+        interventions change."""
         if self.clean is None or self.clean.budget != budget:
             self.clean = CleanKV(budget)
         return self
