@@ -32,7 +32,7 @@ lint: install
 
 # Each benchmark prints one JSON object, saved as benchmarks/results/<name>.json; the README table is rebuilt
 # from those files. BENCHES=... picks a subset (e.g. make bench BENCHES="bench_windows bench_rq3").
-BENCHES ?= bench_classify_latency bench_heads bench_influence bench_neurons bench_readout bench_sweep bench_windows bench_rq3 bench_generate
+BENCHES ?= bench_cli_start bench_classify_latency bench_steered_generation bench_heads bench_influence bench_neurons bench_readout bench_sweep bench_windows bench_rq3 bench_generate
 
 bench: install
 	set -e; for b in $(BENCHES); do $(PY) benchmarks/$$b.py | $(PY) scripts/bench_table.py --save $$b; done
